@@ -1,0 +1,43 @@
+"""nextpose: top-down human pose estimation with the ResNeXt SimpleBaseline models in PyTorch.
+
+>>> import nextpose
+>>> estimator = nextpose.load("resnext50_coco_256x192")
+>>> poses = estimator.predict("street.jpg", boxes=[[48, 30, 210, 400]])
+>>> poses.keypoints, poses.scores  # (N, 17, 2) image pixels, (N, 17)
+"""
+
+from .checkpoint import CheckpointError
+from .config import CodecConfig, Config, ConfigError, ModelConfig, TestConfig
+from .data import AnnotationError, CocoKeypoints, ImageError, PersonInstance, read_image
+from .inference import PoseEstimator, Poses, load
+from .keypoints import COCO_KEYPOINTS, KeypointSet
+from .model import PoseNet
+from .presets import PRESETS, Preset, get_preset
+from .visualize import draw_poses
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COCO_KEYPOINTS",
+    "PRESETS",
+    "AnnotationError",
+    "CheckpointError",
+    "CocoKeypoints",
+    "CodecConfig",
+    "Config",
+    "ConfigError",
+    "ImageError",
+    "KeypointSet",
+    "ModelConfig",
+    "PersonInstance",
+    "PoseEstimator",
+    "PoseNet",
+    "Poses",
+    "Preset",
+    "TestConfig",
+    "__version__",
+    "draw_poses",
+    "get_preset",
+    "load",
+    "read_image",
+]

@@ -1,0 +1,196 @@
+"""COCO keypoint annotations and person-detection files -> person instances (spec 1.1-1.4)."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class AnnotationError(ValueError):
+    """An annotation or detection file is malformed."""
+
+
+@dataclass
+class PersonInstance:
+    """One person box to estimate, with its ground truth when known.
+
+    Attributes:
+        id: annotation id (ground truth) or running index over person detections.
+        image_id, image_file, image_size: the COCO image, and its (w, h) from the annotation file.
+        bbox: (4,) float32 xyxy image pixels.
+        bbox_score: detector score, 1 for ground-truth boxes.
+        keypoints: (K, 2) float32 image pixels (zeros for detections).
+        visible: (K,) float32, 1 where the keypoint is labelled (COCO v > 0).
+        area: annotated segmentation area (ground truth only).
+    """
+
+    id: int
+    image_id: int
+    image_file: str
+    image_size: tuple[int, int]
+    bbox: np.ndarray
+    bbox_score: float
+    keypoints: np.ndarray
+    visible: np.ndarray
+    area: float = 0.0
+    category_id: int = 1
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: no such {what} file") from None
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+
+
+class CocoKeypoints:
+    """A COCO person-keypoints annotation file, indexed by image.
+
+    Images keep the order of the file's ``images`` list; each image's annotations keep file order.
+    """
+
+    def __init__(self, ann_file: str | Path, num_keypoints: int = 17):
+        self.path = Path(ann_file)
+        self.num_keypoints = num_keypoints
+        data = _load_json(self.path, "annotation")
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+            raise AnnotationError(f"{self.path}: not a COCO annotation file (no 'images' list)")
+        self.images: dict[int, dict] = {}
+        for i, img in enumerate(data["images"]):
+            try:
+                image_id = img["id"]
+                _ = img["file_name"], int(img["width"]), int(img["height"])
+            except (KeyError, TypeError, ValueError):
+                raise AnnotationError(
+                    f"{self.path}: images[{i}] needs 'id', 'file_name', 'width' and 'height'"
+                ) from None
+            if image_id in self.images:
+                raise AnnotationError(f"{self.path}: duplicate image id {image_id}")
+            self.images[image_id] = img
+        self.annotations: dict[int, list[dict]] = {i: [] for i in self.images}
+        for i, ann in enumerate(data.get("annotations", [])):
+            image_id = ann.get("image_id") if isinstance(ann, dict) else None
+            if image_id not in self.images:
+                raise AnnotationError(
+                    f"{self.path}: annotations[{i}] refers to unknown image_id {image_id!r}"
+                )
+            self.annotations[image_id].append(ann)
+
+    def ground_truth_instances(self) -> list[PersonInstance]:
+        """Labelled persons usable as boxes: not crowd, with keypoints, non-empty clipped box."""
+        out = []
+        for image_id, img in self.images.items():
+            for ann in self.annotations[image_id]:
+                inst = self._parse(ann, img)
+                if inst is not None:
+                    out.append(inst)
+        return out
+
+    def _parse(self, ann: dict, img: dict) -> PersonInstance | None:
+        if "bbox" not in ann or "keypoints" not in ann:
+            return None
+        k = self.num_keypoints
+        try:
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            kpts = np.asarray(ann["keypoints"], dtype=np.float32).reshape(k, 3)
+        except (TypeError, ValueError):
+            raise AnnotationError(
+                f"{self.path}: annotation {ann.get('id')}: 'bbox' must be 4 numbers and "
+                f"'keypoints' {3 * k} numbers"
+            ) from None
+        if not (np.isfinite([x, y, w, h]).all() and np.isfinite(kpts).all()):
+            raise AnnotationError(f"{self.path}: annotation {ann.get('id')} has NaN/inf values")
+        width, height = int(img["width"]), int(img["height"])
+        # Clip in float64 to the last pixel index, then store as float32 (spec 1.2).
+        bbox = np.array(
+            [
+                np.clip(x, 0, width - 1),
+                np.clip(y, 0, height - 1),
+                np.clip(x + w, 0, width - 1),
+                np.clip(y + h, 0, height - 1),
+            ]
+        ).astype(np.float32)
+        coords = kpts[:, :2]
+        visible = np.minimum(1, kpts[:, 2]).astype(np.float32)
+        num_keypoints = ann.get("num_keypoints", int((coords.max(axis=1) > 0).sum()))
+        if (
+            ann.get("iscrowd", 0)
+            or num_keypoints == 0
+            or bbox[2] - bbox[0] <= 0
+            or bbox[3] - bbox[1] <= 0
+            or coords.max() <= 0
+        ):
+            return None
+        area = ann.get("area")
+        area = (
+            float(np.float32(area))
+            if area is not None
+            else max(1.0, float((bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) * 0.53))
+        )
+        return PersonInstance(
+            id=ann["id"],
+            image_id=img["id"],
+            image_file=img["file_name"],
+            image_size=(width, height),
+            bbox=bbox,
+            bbox_score=1.0,
+            keypoints=coords.copy(),
+            visible=visible,
+            area=area,
+            category_id=ann.get("category_id", 1),
+        )
+
+    def detection_instances(
+        self, det_file: str | Path, score_threshold: float | None = None
+    ) -> list[PersonInstance]:
+        """Person boxes of a COCO detection-results file, in file order (spec 1.4).
+
+        Entries of other categories are skipped; the kept ones get ids 0, 1, 2, ... Boxes are not
+        clipped. ``score_threshold`` (off by default, as in the reference) drops lower scores.
+        """
+        det_file = Path(det_file)
+        dets = _load_json(det_file, "detection")
+        if not isinstance(dets, list):
+            raise AnnotationError(f"{det_file}: expected a JSON list of detections")
+        k = self.num_keypoints
+        out: list[PersonInstance] = []
+        person_index = 0
+        for i, det in enumerate(dets):
+            try:
+                if det["category_id"] != 1:
+                    continue
+                image_id = det["image_id"]
+                x, y, w, h = np.asarray(det["bbox"][:4], dtype=np.float32)
+                score = np.float32(det["score"])
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise AnnotationError(
+                    f"{det_file}: entry {i} needs 'image_id', 'category_id', 'bbox' [x, y, w, h] "
+                    "and 'score'"
+                ) from None
+            if image_id not in self.images:
+                raise AnnotationError(
+                    f"{det_file}: entry {i} refers to image_id {image_id}, not in {self.path}"
+                )
+            index = person_index
+            person_index += 1
+            if score_threshold is not None and score < score_threshold:
+                continue
+            img = self.images[image_id]
+            out.append(
+                PersonInstance(
+                    id=index,
+                    image_id=image_id,
+                    image_file=img["file_name"],
+                    image_size=(int(img["width"]), int(img["height"])),
+                    bbox=np.array([x, y, x + w, y + h], dtype=np.float32),
+                    bbox_score=float(score),
+                    keypoints=np.zeros((k, 2), np.float32),
+                    visible=np.ones(k, np.float32),
+                )
+            )
+        return out

@@ -1,0 +1,68 @@
+"""Shared fixtures: paths to the COCO sample and the reference oracle, and generated weights."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nextpose import checkpoint
+from nextpose.model import PoseNet
+from nextpose.presets import get_preset
+
+DATA = Path(__file__).parent / "data"
+COCO = DATA / "coco-mini"
+ORACLE = DATA / "oracle"
+ORACLE_RUNS = ORACLE / "td-hm_resnext50_8xb64-210e_coco-256x192"
+ANN_FILE = COCO / "test_coco.json"
+DET_FILE = COCO / "test_coco_det_AP_H_56.json"
+IMAGES = sorted(COCO.glob("*.jpg"))
+
+
+def _make_weights_module():
+    spec = importlib.util.spec_from_file_location("make_weights", ORACLE / "make_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def oracle_checkpoint(depth: int = 50, seed: int = 0, legacy: bool = False) -> dict:
+    """The oracle's deterministic weights, as the reference's file layout."""
+    manifest = json.loads((ORACLE / f"manifest_resnext{depth}.json").read_text())
+    return _make_weights_module().make_checkpoint(manifest, seed, legacy)
+
+
+@pytest.fixture(scope="session")
+def oracle_weights(tmp_path_factory) -> Path:
+    """resnext50 seed-0 weights in the mmpose 1.x layout (``head.*``)."""
+    path = tmp_path_factory.mktemp("weights") / "resnext50_seed0.pth"
+    torch.save(oracle_checkpoint(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def oracle_weights_legacy(tmp_path_factory) -> Path:
+    """The same weights in the 2020 mmpose 0.x layout (``keypoint_head.*``)."""
+    path = tmp_path_factory.mktemp("weights") / "resnext50_seed0_legacy.pth"
+    torch.save(oracle_checkpoint(legacy=True), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A nextpose checkpoint of the tiny preset with random (seeded) weights."""
+    torch.manual_seed(0)
+    preset = get_preset("tiny_coco_96x64")
+    model = PoseNet(preset.config.model)
+    # Random BN statistics so that the heatmaps are not flat.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    for m in model.head.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            torch.nn.init.normal_(m.weight, std=0.05)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    checkpoint.save_model(path, model, preset.config, preset=preset.name)
+    return path
