@@ -7,7 +7,7 @@
 """
 
 from .checkpoint import CheckpointError
-from .config import CodecConfig, Config, ConfigError, ModelConfig, TestConfig
+from .config import CodecConfig, Config, ConfigError, InferenceConfig, ModelConfig
 from .data import AnnotationError, CocoKeypoints, ImageError, PersonInstance, read_image
 from .inference import PoseEstimator, Poses, load
 from .keypoints import COCO_KEYPOINTS, KeypointSet
@@ -27,6 +27,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ImageError",
+    "InferenceConfig",
     "KeypointSet",
     "ModelConfig",
     "PersonInstance",
@@ -34,7 +35,6 @@ __all__ = [
     "PoseNet",
     "Poses",
     "Preset",
-    "TestConfig",
     "__version__",
     "draw_poses",
     "get_preset",

@@ -111,7 +111,7 @@ def read(path: str | Path) -> dict[str, Any]:
             f"{path}: refused to load: the file holds Python objects other than tensors and plain "
             f"data, and loading them could run code. Only weights files are accepted. ({e})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {e})"
         ) from None

@@ -18,7 +18,8 @@ from .visualize import draw_poses
 IMAGES_PER_CHUNK = 16  # images whose crops go through the network together
 
 
-def _read_boxes_file(path: Path) -> dict[str, list]:
+def _read_boxes_file(path: Path) -> dict[str, np.ndarray]:
+    """``{"<image>": [[x1, y1, x2, y2, score?], ...]}`` -> (N, 5) arrays, score 1 where missing."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -29,8 +30,8 @@ def _read_boxes_file(path: Path) -> dict[str, list]:
         raise SystemExit(
             f'error: {path}: expected {{"<image file name>": [[x1, y1, x2, y2, score?], ...]}}'
         )
+    out = {}
     for name, boxes in data.items():
-        arr = np.asarray(boxes, dtype=object)
         ok = isinstance(boxes, list) and all(
             isinstance(b, list)
             and len(b) in (4, 5)
@@ -40,9 +41,10 @@ def _read_boxes_file(path: Path) -> dict[str, list]:
         if not ok:
             raise SystemExit(
                 f"error: {path}: entry '{name}' must be a list of [x1, y1, x2, y2] or "
-                f"[x1, y1, x2, y2, score] boxes, got {arr.tolist()!r:.80}"
+                f"[x1, y1, x2, y2, score] boxes, got {boxes!r:.80}"
             )
-    return data
+        out[name] = np.array([[*b, 1.0][:5] for b in boxes], np.float32).reshape(-1, 5)
+    return out
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -52,7 +54,7 @@ def _predict(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         estimator.config = replace(
-            estimator.config, test=replace(estimator.config.test, batch_size=args.batch_size)
+            estimator.config, test=replace(estimator.config.inference, batch_size=args.batch_size)
         )
     flip = not args.no_flip
     records, failed = [], []

@@ -64,8 +64,8 @@ class CodecConfig:
 
 
 @dataclass(frozen=True)
-class TestConfig:
-    """Test-time behaviour."""
+class InferenceConfig:
+    """How predictions are made (test time)."""
 
     flip: bool = True  # average with the heatmaps of the mirrored crop
     padding: float = 1.25  # box -> crop enlargement
@@ -73,9 +73,9 @@ class TestConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"test.batch_size={self.batch_size} must be >= 1")
+            raise ConfigError(f"inference.batch_size={self.batch_size} must be >= 1")
         if self.padding <= 0:
-            raise ConfigError(f"test.padding={self.padding} must be > 0")
+            raise ConfigError(f"inference.padding={self.padding} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
-    test: TestConfig = field(default_factory=TestConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

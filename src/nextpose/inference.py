@@ -139,7 +139,7 @@ class PoseEstimator:
         The mirrored pass is a separate forward; its heatmaps are mirrored back, left/right channels
         swapped, and shifted one column right (the first column kept), as the reference does.
         """
-        flip = self.config.test.flip if flip is None else flip
+        flip = self.config.inference.flip if flip is None else flip
         out = self.model(inputs)
         if flip:
             mirrored = self.model(inputs.flip(3)).flip(3)[:, list(self.keypoint_set.flip_indices)]
@@ -151,7 +151,7 @@ class PoseEstimator:
         self, crops: Crops, flip: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Keypoints (N, K, 2) in image pixels and scores (N, K) for prepared crops, batched."""
-        batch = self.config.test.batch_size
+        batch = self.config.inference.batch_size
         heatmaps = [
             self.heatmaps(self.normalize(crops.images[i : i + batch]), flip).float().cpu().numpy()
             for i in range(0, len(crops.images), batch)
@@ -204,7 +204,7 @@ class PoseEstimator:
             b = as_boxes(image_boxes, array.shape)
             all_boxes.append(b)
             all_crops.append(
-                prepare_crops(array, b[:, :4], self.input_size, self.config.test.padding)
+                prepare_crops(array, b[:, :4], self.input_size, self.config.inference.padding)
             )
         joined = Crops(
             np.concatenate([c.images for c in all_crops]),

@@ -1,0 +1,98 @@
+"""``nextpose predict`` run in-process, as a user would call it."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import COCO, IMAGES, ORACLE_RUNS
+
+from nextpose.cli import main
+
+
+def test_predict_tiny_with_boxes_file_and_drawing(tiny_checkpoint, tmp_path):
+    boxes = {IMAGES[0].name: [[100, 50, 300, 400, 0.9], [10, 10, 60, 120]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "poses.json"
+    code = main(
+        ["predict", "tiny_coco_96x64", "--checkpoint", str(tiny_checkpoint), str(IMAGES[0]),
+         str(IMAGES[1]), "--boxes", str(tmp_path / "boxes.json"), "--out", str(out),
+         "--draw", str(tmp_path / "drawn"), "--score-threshold=-1e9"]
+    )  # fmt: skip
+    assert code == 0
+    records = json.loads(out.read_text())
+    assert [r["image"] for r in records] == [IMAGES[0].name] * 2 + [IMAGES[1].name]
+    assert records[0]["bbox"] == [100, 50, 300, 400] and records[0]["bbox_score"] == pytest.approx(
+        0.9
+    )
+    assert records[1]["bbox_score"] == 1.0
+    height, width = cv2.imread(str(IMAGES[1])).shape[:2]
+    assert records[2]["bbox"] == [0, 0, width - 1, height - 1]  # no entry: the whole image
+    for r in records:
+        kpts = np.array(r["keypoints"])
+        assert kpts.shape == (17, 3) and np.isfinite(kpts).all()
+    for image in IMAGES[:2]:
+        drawn = cv2.imread(str(tmp_path / "drawn" / (image.stem + ".jpg")))
+        original = cv2.imread(str(image))
+        assert drawn.shape == original.shape
+        assert np.abs(drawn.astype(int) - original).max() > 100  # something was drawn
+
+
+def test_predict_equals_reference_keypoints(oracle_weights, tmp_path):
+    ref = json.loads((ORACLE_RUNS / "inference_topdown_000000197388.json").read_text())
+    boxes = {ref["image"]: [p["bbox_xyxy"] for p in ref["predictions"]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "poses.json"
+    boxes_file = str(tmp_path / "boxes.json")
+    args = ["predict", "resnext50_coco_256x192", str(COCO / ref["image"]), "--checkpoint",
+            str(oracle_weights), "--boxes", boxes_file, "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    got = np.array([r["keypoints"] for r in json.loads(out.read_text())])
+    expected = np.array([p["keypoints"] for p in ref["predictions"]])
+    assert np.abs(got[..., :2] - expected).max() <= 1e-3
+
+
+def test_no_flip_changes_results(tiny_checkpoint, tmp_path):
+    outs = []
+    for extra in ([], ["--no-flip"]):
+        out = tmp_path / f"poses{len(extra)}.json"
+        assert (
+            main(["predict", str(tiny_checkpoint), str(IMAGES[2]), "--out", str(out), *extra]) == 0
+        )
+        outs.append(np.array(json.loads(out.read_text())[0]["keypoints"]))
+    assert not np.allclose(outs[0], outs[1])
+
+
+def test_corrupt_image_is_reported_and_skipped(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(IMAGES[0].read_bytes()[:300])
+    out = tmp_path / "poses.json"
+    assert main(["predict", str(tiny_checkpoint), str(bad), str(IMAGES[1]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.jpg: not a readable image" in err and "1 of 2 images could not be read" in err
+    assert [r["image"] for r in json.loads(out.read_text())] == [IMAGES[1].name]
+
+
+def test_offline_download_error_is_clear(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    url = "http://127.0.0.1:9/resnext50_coco_256x192-dcff15f6_20200727.pth"
+    code = main(["predict", "resnext50_coco_256x192", str(IMAGES[0]), "--checkpoint", url])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"could not download {url}" in err and "--checkpoint PATH" in err
+
+
+def test_bad_boxes_file_and_unknown_model(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "boxes.json").write_text(json.dumps({"a.jpg": [[1, 2, 3]]}))
+    with pytest.raises(SystemExit, match=r"entry 'a\.jpg' must be a list of"):
+        main(
+            [
+                "predict",
+                str(tiny_checkpoint),
+                str(IMAGES[0]),
+                "--boxes",
+                str(tmp_path / "boxes.json"),
+            ]
+        )
+    assert main(["predict", "resnext51_coco", str(IMAGES[0])]) == 2
+    assert "neither a preset" in capsys.readouterr().err
