@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import COCO, IMAGES, ORACLE_RUNS
+from conftest import ANN_FILE, COCO, DATA, IMAGES, ORACLE_RUNS
 
 from nextpose.cli import main
 
@@ -96,3 +96,46 @@ def test_bad_boxes_file_and_unknown_model(tiny_checkpoint, tmp_path, capsys):
         )
     assert main(["predict", "resnext51_coco", str(IMAGES[0])]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+def test_eval_with_gt_boxes_equals_reference(oracle_weights, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "resnext50_coco_256x192", "--checkpoint", str(oracle_weights), "--images",
+            str(COCO), "--ann-file", str(ANN_FILE), "--gt-boxes", "--workers", "1", "--out",
+            str(out)]  # fmt: skip
+    assert main(args) == 0
+    ours = json.loads((out / "keypoints.json").read_text())
+    ref = json.loads((ORACLE_RUNS / "results_gt_flip.keypoints.json").read_text())
+    assert [r["image_id"] for r in ours] == [r["image_id"] for r in ref]
+    got = np.array([r["keypoints"] for r in ours]).reshape(-1, 17, 3)
+    expected = np.array([r["keypoints"] for r in ref]).reshape(-1, 17, 3)
+    assert np.abs(got[..., :2] - expected[..., :2]).max() <= 1e-3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+    table = capsys.readouterr().out
+    assert "published" in table and "0.715" in table  # the preset's published AP beside ours
+
+
+def test_eval_scores_a_results_file_without_a_model(tmp_path):
+    results = DATA / "oracle" / "metric_check" / "noisy_gt_det.keypoints.json"
+    out = tmp_path / "eval"
+    assert (
+        main(["eval", "--results", str(results), "--ann-file", str(ANN_FILE), "--out", str(out)])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = json.loads(
+        (DATA / "oracle" / "metric_check" / "metrics_noisy_gt_det.json").read_text()
+    )
+    assert metrics["AP"] == pytest.approx(expected["coco/AP"], abs=1e-9)
+    assert metrics["AR"] == pytest.approx(expected["coco/AR"], abs=1e-9)
+
+
+def test_eval_missing_dataset_fails_before_loading_a_model(tmp_path):
+    with pytest.raises(SystemExit, match="no such annotation file"):
+        main(
+            ["eval", "resnext50_coco_256x192", "--coco-root", str(tmp_path), "--out", str(tmp_path)]
+        )
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["eval", "resnext50_coco_256x192", "--ann-file", str(ANN_FILE), "--images",
+              str(tmp_path / "nope"), "--out", str(tmp_path)])  # fmt: skip

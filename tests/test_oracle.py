@@ -1,8 +1,8 @@
 """Equivalence with the reference (mmpose 1.3.2) on the COCO sample, with the oracle's weights.
 
-Tolerances (from the issue): network inputs 1e-5 absolute; heatmaps 1e-5 relative to their largest
-magnitude (the oracle weights make activations ~1e4 on purpose); keypoints 1e-3 image pixels;
-scores 1e-5 relative. Measured: inputs bit-equal, heatmaps ~3e-6, keypoints bit-equal.
+Tolerances (from the issues): network inputs 1e-5 absolute; heatmaps 1e-5 relative to their
+largest magnitude (the oracle weights make activations ~1e4 on purpose); keypoints 1e-3 image
+pixels; scores 1e-5 relative. Measured: inputs bit-equal, heatmaps ~3e-6, keypoints bit-equal.
 """
 
 import json
@@ -14,6 +14,8 @@ import torch
 from conftest import ANN_FILE, COCO, DET_FILE, ORACLE_RUNS
 
 import nextpose
+from nextpose.evaluation import MMPOSE_METRIC_NAMES, evaluate_predictions, predictions_from_arrays
+from nextpose.evaluation.evaluate import predict_instances
 from nextpose.inference import prepare_crops
 
 RUNS = ["gt_flip", "gt_noflip", "det_flip", "det_noflip"]
@@ -31,32 +33,85 @@ def _instances(boxes: str):
     return coco.detection_instances(DET_FILE)
 
 
+@pytest.fixture(scope="module")
+def evaluated(estimator):
+    """Per run: the instances and what the evaluation pipeline (worker processes) predicts."""
+    cache = {}
+
+    def get(run: str):
+        if run not in cache:
+            boxes, flip = run.split("_")
+            instances = _instances(boxes)
+            cache[run] = (
+                instances,
+                predict_instances(estimator, instances, COCO, flip=flip == "flip", progress=False),
+            )
+        return cache[run]
+
+    return get
+
+
 def _relative(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 @pytest.mark.parametrize("run", RUNS)
-def test_keypoints_equal_reference(estimator, run):
-    boxes, flip = run.split("_")
+def test_keypoints_equal_reference(evaluated, run):
     oracle = np.load(ORACLE_RUNS / f"oracle_{run}.npz")
-    instances = _instances(boxes)
+    instances, pred = evaluated(run)
     assert [i.id for i in instances] == oracle["id"].tolist()
     assert [i.image_id for i in instances] == oracle["img_id"].tolist()
     np.testing.assert_array_equal(np.stack([i.bbox for i in instances]), oracle["bbox_xyxy"])
+    np.testing.assert_array_equal([i.bbox_score for i in instances], oracle["bbox_score"])
+    np.testing.assert_array_equal(pred.centers, oracle["input_center"])
+    np.testing.assert_array_equal(pred.scales, oracle["input_scale"])
+    assert np.abs(pred.keypoints - oracle["kpts_img"]).max() <= 1e-3
+    relative = np.abs(pred.scores - oracle["kpt_scores"]) / np.abs(oracle["kpt_scores"])
+    assert relative.max() <= 1e-5
 
-    # The public path: one call over all images, crops batched across images in dataset order.
+
+@pytest.mark.parametrize("run", RUNS)
+def test_results_file_and_metrics_equal_reference(evaluated, run, tmp_path):
+    instances, pred = evaluated(run)
+    predictions = predictions_from_arrays(
+        [i.id for i in instances],
+        [i.image_id for i in instances],
+        pred.keypoints,
+        pred.scores,
+        np.stack([i.bbox for i in instances]),
+        [i.bbox_score for i in instances],
+        pred.scales,
+        [i.category_id for i in instances],
+    )
+    metrics = evaluate_predictions(predictions, ANN_FILE, out_dir=tmp_path)
+    ours = json.loads((tmp_path / "keypoints.json").read_text())
+    ref = json.loads((ORACLE_RUNS / f"results_{run}.keypoints.json").read_text())
+    assert len(ours) == len(ref)  # the same instances survive OKS-NMS, in the same order
+    for o, r in zip(ours, ref, strict=True):
+        assert (o["image_id"], o["category_id"]) == (r["image_id"], r["category_id"])
+        np.testing.assert_allclose(o["bbox"], r["bbox"], rtol=0, atol=1e-3)
+        kpts_o, kpts_r = np.reshape(o["keypoints"], (17, 3)), np.reshape(r["keypoints"], (17, 3))
+        assert np.abs(kpts_o[:, :2] - kpts_r[:, :2]).max() <= 1e-3
+        np.testing.assert_allclose(kpts_o[:, 2], kpts_r[:, 2], rtol=1e-5)
+        assert o["score"] == pytest.approx(r["score"], rel=1e-5)
+    expected = json.loads((ORACLE_RUNS / f"metrics_{run}.json").read_text())
+    for name, ref_name in MMPOSE_METRIC_NAMES.items():
+        assert metrics[name] == pytest.approx(expected[ref_name], abs=1e-9)
+
+
+@pytest.mark.parametrize("run", ["gt_flip", "gt_noflip"])
+def test_predict_many_equals_reference(estimator, run):
+    """The user-facing path: crops of all images batched through one call."""
+    oracle = np.load(ORACLE_RUNS / f"oracle_{run}.npz")
+    instances = _instances("gt")
     groups = [list(g) for _, g in groupby(instances, key=lambda i: i.image_file)]
     poses = estimator.predict_many(
         [COCO / g[0].image_file for g in groups],
         [np.stack([np.append(i.bbox, i.bbox_score) for i in g]) for g in groups],
-        flip=flip == "flip",
+        flip=run == "gt_flip",
     )
-    centers = np.concatenate([p.centers for p in poses])
-    scales = np.concatenate([p.scales for p in poses])
     keypoints = np.concatenate([p.keypoints for p in poses])
     scores = np.concatenate([p.scores for p in poses])
-    np.testing.assert_array_equal(centers, oracle["input_center"])
-    np.testing.assert_array_equal(scales, oracle["input_scale"])
     assert np.abs(keypoints - oracle["kpts_img"]).max() <= 1e-3
     assert (np.abs(scores - oracle["kpt_scores"]) / np.abs(oracle["kpt_scores"])).max() <= 1e-5
 
@@ -89,11 +144,8 @@ def test_inputs_and_heatmaps_equal_reference(estimator, run):
     assert _relative(final, oracle["hm_final"]) <= 1e-5
     if "hm_final_f16" in oracle.files:  # every instance, stored as float16 (2.5e-4 relative)
         all_final = estimator.heatmaps(inputs, flip=True).numpy()
-        expected = (
-            oracle["hm_final_f16"].astype(np.float32)
-            * oracle["hm_final_scale"][:, None, None, None]
-        )
-        assert _relative(all_final, expected) <= 2.5e-4
+        scale = oracle["hm_final_scale"][:, None, None, None]
+        assert _relative(all_final, oracle["hm_final_f16"].astype(np.float32) * scale) <= 2.5e-4
         flat = all_final.reshape(len(all_final), 17, -1)
         np.testing.assert_array_equal(flat.argmax(-1), oracle["hm_final_argmax"])
 

@@ -9,6 +9,7 @@
 from .checkpoint import CheckpointError
 from .config import CodecConfig, Config, ConfigError, InferenceConfig, ModelConfig
 from .data import AnnotationError, CocoKeypoints, ImageError, PersonInstance, read_image
+from .evaluation import evaluate
 from .inference import PoseEstimator, Poses, load
 from .keypoints import COCO_KEYPOINTS, KeypointSet
 from .model import PoseNet
@@ -37,6 +38,7 @@ __all__ = [
     "Preset",
     "__version__",
     "draw_poses",
+    "evaluate",
     "get_preset",
     "load",
     "read_image",

@@ -113,6 +113,66 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed and len(failed) == len(paths) else 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import METRIC_NAMES, score_results_file
+    from .evaluation.evaluate import (
+        COCO_VAL_ANN,
+        COCO_VAL_DETECTIONS,
+        COCO_VAL_IMAGES,
+        evaluate,
+    )
+
+    root = Path(args.coco_root) if args.coco_root else None
+    ann_file = Path(args.ann_file) if args.ann_file else root / COCO_VAL_ANN if root else None
+    if ann_file is None:
+        raise SystemExit("error: eval needs --coco-root DIR or --ann-file FILE")
+    if not ann_file.is_file():
+        raise SystemExit(f"error: {ann_file}: no such annotation file")
+    out = Path(args.out)
+    published = {}
+    if args.results:
+        if args.model:
+            raise SystemExit("error: --results scores an existing file; give no MODEL with it")
+        metrics = score_results_file(args.results, ann_file)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    else:
+        if not args.model:
+            raise SystemExit("error: eval needs a MODEL (or --results FILE)")
+        images = Path(args.images) if args.images else root / COCO_VAL_IMAGES if root else None
+        if images is None or not images.is_dir():
+            raise SystemExit(
+                f"error: {images or 'the images folder'}: no such folder (--images DIR)"
+            )
+        bbox_file = None
+        if args.bbox_file:
+            bbox_file = Path(args.bbox_file)
+        elif root and not args.gt_boxes:
+            bbox_file = root / COCO_VAL_DETECTIONS
+        if bbox_file is not None and not bbox_file.is_file():
+            raise SystemExit(f"error: {bbox_file}: no such detection file (or use --gt-boxes)")
+        estimator = load(args.model, args.checkpoint, device=args.device)
+        metrics = evaluate(
+            estimator,
+            ann_file,
+            images,
+            bbox_file,
+            out_dir=out,
+            flip=not args.no_flip,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            bbox_score_threshold=args.bbox_score_threshold,
+            nms=args.nms,
+        )
+        published = PRESETS[args.model].published if args.model in PRESETS else {}
+    print(f"{'metric':<8} {'measured':>9} {'published':>10}")
+    for name in METRIC_NAMES:
+        ref = f"{published[name]:.3f}" if name in published else "-"
+        print(f"{name:<8} {metrics[name]:>9.3f} {ref:>10}")
+    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextpose", description="Top-down human pose estimation (ResNeXt SimpleBaseline)."
@@ -140,6 +200,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, help="crops per forward pass")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("eval", help="COCO keypoint AP/AR, as the published numbers were measured")
+    p.add_argument("model", nargs="?", help="a preset or a nextpose checkpoint")
+    p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
+    p.add_argument(
+        "--coco-root",
+        help="COCO folder: annotations/person_keypoints_val2017.json, val2017/, "
+        "person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+    )
+    p.add_argument("--images", help="image folder (overrides --coco-root)")
+    p.add_argument("--ann-file", help="keypoint annotations (overrides --coco-root)")
+    boxes = p.add_mutually_exclusive_group()
+    boxes.add_argument("--bbox-file", help="person detections, COCO results format")
+    boxes.add_argument("--gt-boxes", action="store_true", help="use the ground-truth boxes")
+    p.add_argument(
+        "--bbox-score-threshold",
+        type=float,
+        help="drop detections scoring below this (default: keep all, as published)",
+    )
+    p.add_argument(
+        "--nms",
+        choices=["oks", "soft_oks", "none"],
+        default="oks",
+        help="per-image pose NMS (default oks, threshold 0.9)",
+    )
+    p.add_argument("--results", help="score this COCO results file instead of running a model")
+    p.add_argument("--no-flip", action="store_true", help="skip the flip test")
+    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 32)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
+    p.set_defaults(func=_eval)
     return parser
 
 

@@ -75,6 +75,25 @@ def warp_to_crop(image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, in
     return cv2.warpAffine(image, matrix, crop_size, flags=cv2.INTER_LINEAR)
 
 
+def crop_region(
+    boxes: np.ndarray, crop_size: tuple[int, int], padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Padded, aspect-fixed (N, 2) centres and scales of xyxy boxes: what each crop shows."""
+    center, scale = box_to_center_scale(boxes, padding)
+    return center, fix_aspect_ratio(scale, crop_size[0] / crop_size[1])
+
+
+def crop(
+    image: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    crop_size: tuple[int, int],
+    rotation: float = 0.0,
+) -> np.ndarray:
+    """The (h, w, C) crop of ``image`` showing region (center, scale), rotated by ``rotation``°."""
+    return warp_to_crop(image, image_to_crop_matrix(center, scale, rotation, crop_size), crop_size)
+
+
 def crop_to_image(
     points: np.ndarray, center: np.ndarray, scale: np.ndarray, crop_size: tuple[int, int]
 ) -> np.ndarray:

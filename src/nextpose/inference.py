@@ -11,13 +11,7 @@ from . import checkpoint
 from .codec import decode_heatmaps
 from .config import Config
 from .data.images import read_image
-from .geometry import (
-    box_to_center_scale,
-    crop_to_image,
-    fix_aspect_ratio,
-    image_to_crop_matrix,
-    warp_to_crop,
-)
+from .geometry import crop, crop_region, crop_to_image
 from .keypoints import COCO_KEYPOINTS, KeypointSet
 from .model import PoseNet
 from .presets import PRESETS, get_preset
@@ -54,7 +48,7 @@ class Poses:
 class Crops:
     """Network inputs cut from images, and where they came from."""
 
-    images: np.ndarray  # (N, h, w, 3) uint8 RGB
+    images: np.ndarray | torch.Tensor  # (N, h, w, 3) uint8 RGB
     centers: np.ndarray  # (N, 2) float32 image pixels
     scales: np.ndarray  # (N, 2) float32 (w, h) image pixels, aspect-fixed
 
@@ -63,12 +57,10 @@ def prepare_crops(
     image: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int], padding: float = 1.25
 ) -> Crops:
     """Cut one crop per xyxy box out of an (H, W, 3) uint8 image."""
-    center, scale = box_to_center_scale(boxes, padding)
-    scale = fix_aspect_ratio(scale, input_size[0] / input_size[1])
+    center, scale = crop_region(boxes, input_size, padding)
     crops = np.empty((len(center), input_size[1], input_size[0], 3), np.uint8)
     for i in range(len(center)):
-        matrix = image_to_crop_matrix(center[i], scale[i], 0.0, input_size)
-        crops[i] = warp_to_crop(image, matrix, input_size)
+        crops[i] = crop(image, center[i], scale[i], input_size)
     return Crops(crops, center, scale)
 
 
@@ -127,9 +119,11 @@ class PoseEstimator:
     def input_size(self) -> tuple[int, int]:
         return self.config.model.input_size
 
-    def normalize(self, crops: np.ndarray) -> torch.Tensor:
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 on the device, (x - mean) / std."""
-        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2)
+        if isinstance(crops, np.ndarray):
+            crops = torch.from_numpy(np.ascontiguousarray(crops))
+        x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         return (x.float() - self._mean) / self._std
 
     @torch.inference_mode()

@@ -1,0 +1,38 @@
+"""COCO keypoint evaluation matching the reference's CocoMetric (rescoring, OKS-NMS, COCOeval)."""
+
+from .coco_eval import (
+    METRIC_NAMES,
+    MMPOSE_METRIC_NAMES,
+    PosePrediction,
+    build_results,
+    evaluate_predictions,
+    evaluate_results,
+    group_by_image,
+    predictions_from_arrays,
+    scale_area,
+    score_results_file,
+    write_results,
+)
+from .evaluate import InstancePredictions, evaluate, predict_instances
+from .oks_nms import oks_iou, oks_nms, rescore, soft_oks_nms
+
+__all__ = [
+    "METRIC_NAMES",
+    "MMPOSE_METRIC_NAMES",
+    "InstancePredictions",
+    "PosePrediction",
+    "build_results",
+    "evaluate",
+    "evaluate_predictions",
+    "evaluate_results",
+    "group_by_image",
+    "oks_iou",
+    "oks_nms",
+    "predict_instances",
+    "predictions_from_arrays",
+    "rescore",
+    "scale_area",
+    "score_results_file",
+    "soft_oks_nms",
+    "write_results",
+]

@@ -1,0 +1,125 @@
+"""Run an estimator over a COCO-format dataset and score it: what ``nextpose eval`` does."""
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data.coco import CocoKeypoints, PersonInstance
+from ..data.datasets import CropDataset, collate_crops
+from ..inference import Crops, PoseEstimator
+from .coco_eval import NmsMode, evaluate_predictions, predictions_from_arrays
+
+COCO_VAL_ANN = "annotations/person_keypoints_val2017.json"
+COCO_VAL_IMAGES = "val2017"
+COCO_VAL_DETECTIONS = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+
+
+@dataclass
+class InstancePredictions:
+    """Predictions for a list of person instances, in the same order (N instances, K keypoints)."""
+
+    keypoints: np.ndarray  # (N, K, 2) float32 image pixels
+    scores: np.ndarray  # (N, K) float32
+    centers: np.ndarray  # (N, 2) float32 crop centres, image pixels
+    scales: np.ndarray  # (N, 2) float32 padded, aspect-fixed crop sizes, image pixels
+
+
+def predict_instances(
+    estimator: PoseEstimator,
+    instances: list[PersonInstance],
+    image_dir: str | Path,
+    flip: bool | None = None,
+    batch_size: int | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> InstancePredictions:
+    """Keypoints for every instance; images are decoded and cropped in ``workers`` processes."""
+    config = estimator.config
+    dataset = CropDataset(instances, image_dir, config.model.input_size, config.inference.padding)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size or config.inference.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        pin_memory=estimator.device.type == "cuda",
+        persistent_workers=False,
+    )
+    n, k = len(instances), config.model.num_keypoints
+    out = InstancePredictions(
+        np.zeros((n, k, 2), np.float32),
+        np.zeros((n, k), np.float32),
+        np.zeros((n, 2), np.float32),
+        np.zeros((n, 2), np.float32),
+    )
+    bar = tqdm(total=n, desc="pose", unit="box", disable=not progress, file=sys.stderr)
+    for batch in loader:
+        index = batch["index"].numpy()
+        crops = Crops(batch["image"], batch["center"].numpy(), batch["scale"].numpy())
+        out.keypoints[index], out.scores[index] = estimator.predict_crops(crops, flip)
+        out.centers[index], out.scales[index] = crops.centers, crops.scales
+        bar.update(len(index))
+    bar.close()
+    return out
+
+
+def evaluate(
+    estimator: PoseEstimator,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    bbox_file: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    flip: bool | None = None,
+    batch_size: int | None = None,
+    workers: int = 2,
+    bbox_score_threshold: float | None = None,
+    nms: NmsMode = "oks",
+    nms_threshold: float = 0.9,
+    progress: bool = True,
+) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``estimator`` on a dataset, as the reference measures it.
+
+    Args:
+        ann_file: COCO person-keypoints annotations (the ground truth).
+        image_dir: folder holding the images named in ``ann_file``.
+        bbox_file: person detections (COCO results format); None uses the ground-truth boxes.
+        out_dir: if given, ``keypoints.json`` (COCO results, after rescoring and NMS) and
+            ``metrics.json`` are written there.
+        bbox_score_threshold: drop detections scoring below this (the reference keeps all).
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``.
+    """
+    coco = CocoKeypoints(ann_file, estimator.config.model.num_keypoints)
+    if bbox_file is None:
+        instances = coco.ground_truth_instances()
+    else:
+        instances = coco.detection_instances(bbox_file, bbox_score_threshold)
+    pred = predict_instances(estimator, instances, image_dir, flip, batch_size, workers, progress)
+    predictions = predictions_from_arrays(
+        ids=[i.id for i in instances],
+        img_ids=[i.image_id for i in instances],
+        keypoints=pred.keypoints,
+        keypoint_scores=pred.scores,
+        bboxes=np.stack([i.bbox for i in instances]) if instances else np.zeros((0, 4)),
+        bbox_scores=np.array([i.bbox_score for i in instances], np.float32),
+        scales=pred.scales,
+        category_ids=[i.category_id for i in instances],
+    )
+    metrics = evaluate_predictions(
+        predictions,
+        ann_file,
+        out_dir=out_dir,
+        nms=nms,
+        nms_threshold=nms_threshold,
+        sigmas=estimator.keypoint_set.sigmas_array(),
+    )
+    if out_dir is not None:
+        path = Path(out_dir) / "metrics.json"
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
