@@ -7,6 +7,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .keypoints import COCO_KEYPOINTS, KeypointSet
+
 # Bottleneck blocks per stage of the ResNeXt trunks (the same counts as ResNet-50/101/152).
 RESNEXT_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
@@ -79,12 +81,100 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation, applied in this order: flip, half body, box shift/scale/rotation."""
+
+    flip_prob: float = 0.5  # horizontal flip (keypoints swap left/right)
+    half_body_prob: float = 0.3  # crop to the upper or lower body
+    half_body_min_keypoints: int = 9  # visible keypoints needed to consider a half-body crop
+    half_body_min_upper: int = 2  # visible upper-body keypoints needed to choose the upper half
+    half_body_min_lower: int = 3  # ... and lower-body keypoints for the lower half
+    half_body_upper_prob: float = 0.7  # preference for the upper half when both qualify
+    half_body_padding: float = 1.5  # half-body box = keypoint extent x this
+    shift_factor: float = 0.16  # centre shift, fraction of the box size (truncated normal)
+    shift_prob: float = 0.3
+    scale_factor: tuple[float, float] = (0.5, 1.5)  # box scale range (truncated normal, mean 1)
+    scale_prob: float = 1.0
+    rotate_factor: float = 80.0  # rotation range, degrees (truncated normal)
+    rotate_prob: float = 0.6
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "half_body_prob", "half_body_upper_prob", "shift_prob",
+                     "scale_prob", "rotate_prob"):  # fmt: skip
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be in [0, 1]")
+        lo, hi = self.scale_factor
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.augment.scale_factor={self.scale_factor}: need 0 < lo <= hi")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training samples are made."""
+
+    padding: float = 1.25  # box -> crop enlargement
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0  # with the same seed, a run sees the same samples in the same order
+    workers: int = 2  # data loading processes per device
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"data.workers={self.workers} must be >= 0")
+        if self.padding <= 0:
+            raise ConfigError(f"data.padding={self.padding} must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: Adam, linear warm-up, step decay (the published recipe by default)."""
+
+    epochs: int = 210
+    batch_size: int = 64  # per device
+    lr: float = 5e-4  # Adam, for a total batch of base_batch_size when scale_lr is on
+    warmup_iters: int = 500  # linear warm-up from lr * warmup_ratio, in iterations
+    warmup_ratio: float = 0.001
+    milestones: tuple[int, ...] = (170, 200)  # epochs after which lr *= gamma
+    gamma: float = 0.1
+    scale_lr: bool = False  # lr *= total batch / base_batch_size
+    base_batch_size: int = 512
+    val_interval: int = 10  # validate every N epochs (and after the last)
+    log_interval: int = 50  # iterations between log lines
+    amp: str = "none"  # "none", "bf16" or "fp16" (with loss scaling)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the network
+    sync_bn: bool = False  # batch statistics across devices (DDP)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "base_batch_size", "val_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.warmup_iters < 0 or not 0 < self.warmup_ratio <= 1:
+            raise ConfigError("train.warmup_iters must be >= 0 and warmup_ratio in (0, 1]")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp='{self.amp}' must be 'none', 'bf16' or 'fp16'")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"train.milestones={self.milestones} must be increasing")
+
+
+@dataclass(frozen=True)
 class Config:
-    """Everything that defines a model and how it is run."""
+    """Everything that defines a model, how it is trained and how it is run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    keypoints: KeypointSet = COCO_KEYPOINTS
+
+    def __post_init__(self) -> None:
+        if self.keypoints.num_keypoints != self.model.num_keypoints:
+            raise ConfigError(
+                f"model.num_keypoints={self.model.num_keypoints} but the keypoint set has "
+                f"{self.keypoints.num_keypoints} keypoints"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,7 +198,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             raise ConfigError(f"unknown config key '{path}'{suggestion}")
         kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a nested dataclass's own validation
+        raise ConfigError(f"{where or 'config'}: {e}") from None
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -12,7 +12,7 @@ from .codec import decode_heatmaps
 from .config import Config
 from .data.images import read_image
 from .geometry import crop, crop_region, crop_to_image
-from .keypoints import COCO_KEYPOINTS, KeypointSet
+from .keypoints import KeypointSet
 from .model import PoseNet
 from .presets import PRESETS, get_preset
 
@@ -94,17 +94,10 @@ class PoseEstimator:
         self,
         model: PoseNet,
         config: Config,
-        keypoint_set: KeypointSet = COCO_KEYPOINTS,
         device: str | torch.device = "cpu",
         name: str = "custom",
     ):
-        if keypoint_set.num_keypoints != config.model.num_keypoints:
-            raise ValueError(
-                f"the model has {config.model.num_keypoints} keypoints but the keypoint set "
-                f"{keypoint_set.num_keypoints}"
-            )
         self.config = config
-        self.keypoint_set = keypoint_set
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.name = name
@@ -114,6 +107,10 @@ class PoseEstimator:
         self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=self.device).view(
             1, 3, 1, 1
         )
+
+    @property
+    def keypoint_set(self) -> KeypointSet:
+        return self.config.keypoints
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -136,7 +133,9 @@ class PoseEstimator:
         flip = self.config.inference.flip if flip is None else flip
         out = self.model(inputs)
         if flip:
-            mirrored = self.model(inputs.flip(3)).flip(3)[:, list(self.keypoint_set.flip_indices)]
+            mirrored = self.model(inputs.flip(3)).flip(3)[
+                :, list(self.config.keypoints.flip_indices)
+            ]
             mirrored = torch.cat([mirrored[..., :1], mirrored[..., :-1]], dim=3)
             out = (out + mirrored) * 0.5
         return out

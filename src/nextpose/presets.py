@@ -7,7 +7,7 @@ AP 56.4, flip test on).
 
 from dataclasses import dataclass, field
 
-from .config import RESNEXT_BLOCKS, CodecConfig, Config, ModelConfig
+from .config import RESNEXT_BLOCKS, CodecConfig, Config, ModelConfig, TrainConfig
 
 _ZOO = "https://download.openmmlab.com/mmpose/top_down/resnext/"
 
@@ -20,12 +20,17 @@ class Preset:
     config: Config
     weights_url: str | None  # None: no published weights (tests only)
     published: dict[str, float] = field(default_factory=dict)  # AP, AP50, AP75, AR, AR50
-    train_batch: tuple[int, int] = (64, 8)  # (per GPU, GPUs) of the published run
 
 
-def _resnext(depth: int, input_size: tuple[int, int], sigma: float) -> Config:
-    model = ModelConfig(blocks=RESNEXT_BLOCKS[depth], input_size=input_size)
-    return Config(model=model, codec=CodecConfig(sigma=sigma))
+def _resnext(
+    depth: int, input_size: tuple[int, int], sigma: float, batch: int, base_batch: int
+) -> Config:
+    """A published model; it was trained on 8 GPUs with ``batch`` crops each."""
+    return Config(
+        model=ModelConfig(blocks=RESNEXT_BLOCKS[depth], input_size=input_size),
+        codec=CodecConfig(sigma=sigma),
+        train=TrainConfig(batch_size=batch, base_batch_size=base_batch),
+    )
 
 
 def _published(ap: float, ap50: float, ap75: float, ar: float, ar50: float) -> dict[str, float]:
@@ -40,45 +45,39 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "resnext50_coco_256x192",
-            _resnext(50, _S256, 2.0),
+            _resnext(50, _S256, 2.0, 64, 512),
             _ZOO + "resnext50_coco_256x192-dcff15f6_20200727.pth",
             _published(0.715, 0.897, 0.791, 0.771, 0.935),
-            (64, 8),
         ),
         Preset(
             "resnext50_coco_384x288",
-            _resnext(50, _S384, 3.0),
+            _resnext(50, _S384, 3.0, 64, 512),
             _ZOO + "resnext50_coco_384x288-412c848f_20200727.pth",
             _published(0.724, 0.899, 0.794, 0.777, 0.936),
-            (64, 8),
         ),
         Preset(
             "resnext101_coco_256x192",
-            _resnext(101, _S256, 2.0),
+            _resnext(101, _S256, 2.0, 64, 512),
             _ZOO + "resnext101_coco_256x192-c7eba365_20200727.pth",
             _published(0.726, 0.900, 0.801, 0.781, 0.939),
-            (64, 8),
         ),
         Preset(
             "resnext101_coco_384x288",
-            _resnext(101, _S384, 3.0),
+            _resnext(101, _S384, 3.0, 32, 256),
             _ZOO + "resnext101_coco_384x288-f5eabcd6_20200727.pth",
             _published(0.744, 0.903, 0.815, 0.794, 0.939),
-            (32, 8),
         ),
         Preset(
             "resnext152_coco_256x192",
-            _resnext(152, _S256, 2.0),
+            _resnext(152, _S256, 2.0, 32, 512),
             _ZOO + "resnext152_coco_256x192-102449aa_20200727.pth",
             _published(0.730, 0.903, 0.808, 0.785, 0.940),
-            (32, 8),
         ),
         Preset(
             "resnext152_coco_384x288",
-            _resnext(152, _S384, 3.0),
+            _resnext(152, _S384, 3.0, 48, 384),
             _ZOO + "resnext152_coco_384x288-806176df_20200727.pth",
             _published(0.742, 0.904, 0.810, 0.794, 0.940),
-            (48, 8),
         ),
         # One block per stage, 8 groups, 32-channel deconvs, 64x96 input: milliseconds on a CPU.
         Preset(
