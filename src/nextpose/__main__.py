@@ -1,4 +1,4 @@
-"""``python -m nextpose`` (also what ``torchrun -m nextpose`` runs)."""
+"""``python -m nextpose`` (and ``torchrun -m nextpose``) runs the command line."""
 
 import sys
 

@@ -2,115 +2,255 @@
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
 from .checkpoint import CheckpointError
-from .data.images import ImageError, read_image
+from .config import Config
+from .data.images import ImageError, VideoError, is_video_file
+from .detection import DEFAULT_DETECTOR, DETECTORS
 from .inference import load
 from .presets import PRESETS
-from .visualize import draw_poses
+from .training.loop import TrainingError
 
+COCO_TRAIN_ANN = "annotations/person_keypoints_train2017.json"
+COCO_TRAIN_IMAGES = "train2017"
 IMAGES_PER_CHUNK = 16  # images whose crops go through the network together
 
 
-def _read_boxes_file(path: Path) -> dict[str, np.ndarray]:
-    """``{"<image>": [[x1, y1, x2, y2, score?], ...]}`` -> (N, 5) arrays, score 1 where missing."""
+def _read_boxes_file(path: Path) -> "BoxTable":  # noqa: F821 (imported lazily)
+    """A boxes file (``{"<image>": [[x1, y1, x2, y2, score?], ...]}`` or COCO detection
+    results) as a :class:`~nextpose.pipeline.BoxTable`; a bad file ends the command."""
+    from .pipeline import BoxTable
+
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"error: {path}: no such boxes file") from None
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise SystemExit(
-            f'error: {path}: expected {{"<image file name>": [[x1, y1, x2, y2, score?], ...]}}'
-        )
-    out = {}
-    for name, boxes in data.items():
-        ok = isinstance(boxes, list) and all(
-            isinstance(b, list)
-            and len(b) in (4, 5)
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in b)
-            for b in boxes
-        )
-        if not ok:
-            raise SystemExit(
-                f"error: {path}: entry '{name}' must be a list of [x1, y1, x2, y2] or "
-                f"[x1, y1, x2, y2, score] boxes, got {boxes!r:.80}"
+        return BoxTable.read(path)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+class _JsonList:
+    """A JSON list written one record at a time (memory stays flat on long videos).
+
+    A file is written under a temporary name and renamed when closed, so a reader never sees
+    half a list; on interruption, the records so far still form a valid file.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        self.count = 0
+        self._tmp: str | None = None
+        if self.path is None:
+            self._file: IO[str] = sys.stdout
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
             )
-        out[name] = np.array([[*b, 1.0][:5] for b in boxes], np.float32).reshape(-1, 5)
+            self._file = os.fdopen(fd, "w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(("[\n" if self.count == 0 else ",\n") + json.dumps(record))
+        self.count += 1
+
+    def close(self) -> None:
+        self._file.write("\n]\n" if self.count else "[]\n")
+        self._file.flush()
+        if self._tmp is not None:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+
+
+def _records(frame: Any, coco: bool) -> list[dict[str, Any]]:
+    """One output record per person: COCO results, or nextpose's own layout (the default)."""
+    if coco:
+        return frame.to_coco()
+    poses, out = frame.poses, []
+    for i in range(len(poses)):
+        kpts = np.concatenate([poses.keypoints[i], poses.scores[i][:, None]], axis=1)
+        record: dict[str, Any] = {"image": frame.name}
+        if frame.frame is not None:
+            record["frame"], record["time"] = frame.frame, frame.time
+        record["bbox"] = [float(v) for v in poses.boxes[i]]
+        record["bbox_score"] = float(poses.box_scores[i])
+        record["keypoints"] = kpts.astype(float).tolist()
+        if frame.track_ids is not None:
+            record["track_id"] = int(frame.track_ids[i])
+        out.append(record)
     return out
 
 
+def _frame_line(frame: Any, coco: bool) -> dict[str, Any]:
+    """A JSON Lines record: one frame and all its people (also when there are none)."""
+    line: dict[str, Any] = {"image": frame.name, "image_id": frame.image_id}
+    if frame.frame is not None:
+        line["frame"], line["time"] = frame.frame, frame.time
+    line["height"], line["width"] = frame.image.shape[:2]
+    line["poses"] = _records(frame, coco)
+    return line
+
+
+def _input_groups(inputs: Sequence[str]) -> list[tuple[str, Any]]:
+    """Consecutive images and folders form one stream; each video or camera is its own."""
+    groups: list[tuple[str, Any]] = []
+    for text in inputs:
+        if text.isdigit() and not Path(text).exists():
+            groups.append(("camera", int(text)))
+        elif is_video_file(text):
+            groups.append(("video", text))
+        elif groups and groups[-1][0] == "images":
+            groups[-1][1].append(text)
+        else:
+            groups.append(("images", [text]))
+    return groups
+
+
+class _Drawer:
+    """``--draw DIR``: an image per image (folder layout kept), an MP4 per video or camera."""
+
+    def __init__(self, directory: Path, score_threshold: float):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.score_threshold = score_threshold
+        self._used: set[Path] = set()
+        self._video: cv2.VideoWriter | None = None
+        self.written: list[Path] = []
+
+    def _unique(self, target: Path) -> Path:
+        stem, n = target.stem, 1
+        while target in self._used:
+            n += 1
+            target = target.with_name(f"{stem}-{n}{target.suffix}")
+        self._used.add(target)
+        return target
+
+    def image(self, frame: Any) -> None:
+        target = self._unique(self.dir / Path(frame.name).with_suffix(".jpg"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        drawn = frame.draw(self.score_threshold)
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(drawn[..., ::-1]))
+        if ok:
+            target.write_bytes(data.tobytes())
+            self.written.append(target)
+
+    def video_frame(self, frame: Any) -> None:
+        if self._video is None:
+            target = self._unique(self.dir / Path(frame.name).with_suffix(".mp4"))
+            h, w = frame.image.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._video = cv2.VideoWriter(str(target), fourcc, frame.fps or 30.0, (w, h))
+            if not self._video.isOpened():
+                self._video = None
+                raise ValueError(f"{target}: OpenCV cannot write MP4 video here")
+            self.written.append(target)
+        drawn = frame.draw(self.score_threshold)
+        self._video.write(np.ascontiguousarray(drawn[..., ::-1]))
+
+    def end_video(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+
+
 def _predict(args: argparse.Namespace) -> int:
-    boxes_by_name = _read_boxes_file(Path(args.boxes)) if args.boxes else {}
+    from .detection import load_detector
+    from .pipeline import PosePipeline
+
+    table = _read_boxes_file(Path(args.boxes)) if args.boxes else None
+    if args.detector_weights and not args.detector:
+        raise SystemExit("error: --detector-weights needs --detector")
     estimator = load(args.model, args.checkpoint, device=args.device)
     if args.batch_size:
-        from dataclasses import replace
-
         estimator.config = replace(
-            estimator.config, test=replace(estimator.config.inference, batch_size=args.batch_size)
+            estimator.config,
+            inference=replace(estimator.config.inference, batch_size=args.batch_size),
         )
-    flip = not args.no_flip
-    records, failed = [], []
-    draw_dir = Path(args.draw) if args.draw else None
-    if draw_dir:
-        draw_dir.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in args.images]
-    for start in range(0, len(paths), IMAGES_PER_CHUNK):
-        images, names, boxes = [], [], []
-        for path in paths[start : start + IMAGES_PER_CHUNK]:
+    detector = None
+    if args.detector:
+        detector = load_detector(
+            args.detector,
+            weights=args.detector_weights or "default",
+            device=args.device,
+            score_threshold=args.detector_score,
+            min_size=args.detector_min_size,
+            max_people=args.max_people,
+            batch_size=args.detector_batch_size,
+        )
+    pipeline = PosePipeline(
+        estimator,
+        detector,
+        boxes=table,
+        flip=not args.no_flip,
+        workers=args.workers,
+        track=args.track,
+        smooth=args.smooth,
+    )
+    coco = args.format == "coco"
+    failed: list[str] = []
+
+    def skipped(name: str, error: Exception) -> None:
+        nonlocal inputs
+        print(f"warning: skipped {error}", file=sys.stderr)
+        failed.append(name)
+        inputs += 1
+
+    drawer = _Drawer(Path(args.draw), args.score_threshold) if args.draw else None
+    results = _JsonList(args.out)
+    lines = open(args.jsonl, "w") if args.jsonl else None  # noqa: SIM115 (closed below)
+    frames = people = inputs = 0
+    videos = False
+    interrupted = False
+    try:
+        for kind, source in _input_groups(args.inputs):
+            videos = videos or kind != "images"
             try:
-                images.append(read_image(path))
-            except ImageError as e:
-                print(f"warning: skipped {e}", file=sys.stderr)
-                failed.append(str(path))
-                continue
-            names.append(path.name)
-            given = boxes_by_name.get(str(path), boxes_by_name.get(path.name))
-            boxes.append(given)
-        for path_name, image, poses in zip(
-            names, images, estimator.predict_many(images, boxes, flip), strict=True
-        ):
-            for i in range(len(poses)):
-                kpts = np.concatenate([poses.keypoints[i], poses.scores[i][:, None]], axis=1)
-                records.append(
-                    {
-                        "image": path_name,
-                        "bbox": [float(v) for v in poses.boxes[i]],
-                        "bbox_score": float(poses.box_scores[i]),
-                        "keypoints": kpts.astype(float).tolist(),
-                    }
+                stream = pipeline.run(
+                    source,
+                    on_error=skipped,
+                    progress=False if args.no_progress else None,
+                    max_frames=args.max_frames,
                 )
-            if draw_dir:
-                drawn = draw_poses(
-                    image,
-                    poses.keypoints,
-                    poses.scores,
-                    poses.boxes,
-                    estimator.keypoint_set,
-                    args.score_threshold,
-                )
-                target = draw_dir / (Path(path_name).stem + ".jpg")
-                cv2.imwrite(str(target), np.ascontiguousarray(drawn[..., ::-1]))
-    text = json.dumps(records, indent=1)
+                for frame in stream:
+                    inputs += 1 if kind == "images" or frame.index == 0 else 0
+                    frames += 1
+                    people += len(frame)
+                    for record in _records(frame, coco):
+                        results.write(record)
+                    if lines is not None:
+                        lines.write(json.dumps(_frame_line(frame, coco)) + "\n")
+                    if drawer is not None:
+                        drawer.image(frame) if kind == "images" else drawer.video_frame(frame)
+            except VideoError as e:
+                skipped(str(source), e)
+            finally:
+                if drawer is not None:
+                    drawer.end_video()
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted after {frames} frames; the outputs hold them", file=sys.stderr)
+    finally:
+        results.close()
+        if lines is not None:
+            lines.close()
+    unit = "frames" if videos else "images"
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(
-            f"wrote {len(records)} poses from {len(paths) - len(failed)} images to {args.out}",
-            file=sys.stderr,
-        )
-    else:
-        print(text)
+        print(f"wrote {people} poses from {frames} {unit} to {args.out}", file=sys.stderr)
+    if drawer is not None and drawer.written:
+        print(f"drew {len(drawer.written)} files in {args.draw}", file=sys.stderr)
     if failed:
-        print(f"warning: {len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
-    return 1 if failed and len(failed) == len(paths) else 0
+        what = "inputs" if videos else "images"
+        print(f"warning: {len(failed)} of {inputs} {what} could not be read", file=sys.stderr)
+    if interrupted:
+        return 0 if all(kind == "camera" for kind, _ in _input_groups(args.inputs)) else 130
+    return 1 if failed and frames == 0 else 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -173,32 +313,219 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_config(model: str, overrides: list[str], keypoints: str | None = None) -> Config:
+    """A preset or TOML file, with a custom keypoint set and ``--set`` overrides applied."""
+    from dataclasses import replace
+
+    from .keypoints import load_keypoint_set
+
+    if model in PRESETS:
+        config = PRESETS[model].config
+    elif model.endswith(".toml"):
+        config = Config.from_toml(model)
+    else:
+        raise SystemExit(f"error: '{model}' is neither a preset ({', '.join(PRESETS)}) nor a .toml")
+    if keypoints:
+        kset = load_keypoint_set(keypoints)
+        config = replace(
+            config, keypoints=kset, model=replace(config.model, num_keypoints=kset.num_keypoints)
+        )
+    return config.override(overrides or [])
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(_resolve_config(args.model, args.set, args.keypoints).to_toml(), end="")
+    return 0
+
+
+def _require(path: Path | None, what: str) -> Path:
+    if path is None or not path.exists():
+        raise SystemExit(f"error: {path or what}: no such {what}")
+    return path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import COCO_VAL_ANN, COCO_VAL_DETECTIONS, COCO_VAL_IMAGES
+    from .training import Dataset, train
+
+    config = _resolve_config(args.model, args.set, args.keypoints)
+    root = Path(args.coco_root) if args.coco_root else None
+    ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
+    images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
+    train_data = Dataset(_require(ann, "annotation file"), _require(images, "image folder"))
+    val_data = None
+    if not args.no_val:
+        val_ann = Path(args.val_ann_file) if args.val_ann_file else None
+        val_images = Path(args.val_images) if args.val_images else None
+        val_boxes = Path(args.val_bbox_file) if args.val_bbox_file else None
+        if root:
+            val_ann = val_ann or root / COCO_VAL_ANN
+            val_images = val_images or root / COCO_VAL_IMAGES
+            if val_boxes is None and (root / COCO_VAL_DETECTIONS).is_file():
+                val_boxes = root / COCO_VAL_DETECTIONS
+        if val_ann is not None:
+            val_data = Dataset(
+                _require(val_ann, "validation annotation file"),
+                _require(val_images or images, "validation image folder"),
+                _require(val_boxes, "validation detection file") if val_boxes else None,
+            )
+    if args.resume and not (Path(args.out) / "last.pth").is_file():
+        raise SystemExit(f"error: --resume: {Path(args.out) / 'last.pth'} does not exist")
+    summary = train(
+        config,
+        train_data,
+        args.out,
+        val_data,
+        args.pretrained,
+        args.resume,
+        args.device,
+        progress=not args.quiet,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    from .training.pretrained import SOURCES
+
+    p = sub.add_parser("train", help="train a model (one device, or many with torchrun)")
+    p.add_argument("model", help="a preset name or a CONFIG.toml (see `nextpose config`)")
+    p.add_argument(
+        "--coco-root",
+        help="COCO folder: annotations/, train2017/, val2017/, person_detection_results/",
+    )
+    p.add_argument("--images", help="training image folder (overrides --coco-root)")
+    p.add_argument("--ann-file", help="training keypoint annotations (overrides --coco-root)")
+    p.add_argument("--val-ann-file", help="validation annotations")
+    p.add_argument("--val-images", help="validation image folder (default: --images)")
+    p.add_argument("--val-bbox-file", help="validation person detections (default: GT boxes)")
+    p.add_argument("--no-val", action="store_true", help="do not validate")
+    p.add_argument("--keypoints", help="metainfo of a custom keypoint set (JSON/TOML)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help=f"trunk initialisation: {', '.join(SOURCES)} (default imagenet: the "
+        "OpenMMLab 2020 ImageNet weights the published models started from)",
+    )
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("config", help="print the full resolved config as TOML")
+    p.add_argument("model", help="a preset name or a CONFIG.toml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value")
+    p.add_argument("--keypoints", help="metainfo of a custom keypoint set (JSON/TOML)")
+    p.set_defaults(func=_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextpose", description="Top-down human pose estimation (ResNeXt SimpleBaseline)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="keypoints of the people in images")
+    p = sub.add_parser(
+        "predict",
+        help="keypoints of the people in images, folders, videos or a camera",
+        description="Person boxes come from --detector, --boxes, or the whole image (the "
+        "default). Output: a JSON list with one record per person, in box order.",
+    )
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a nextpose checkpoint")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
     p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively), video files, or a camera index (0)",
+    )
+    p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--detector",
+        nargs="?",
+        const=DEFAULT_DETECTOR,
+        choices=list(DETECTORS),
+        metavar="NAME",
+        help=f"find people with a torchvision detector (default {DEFAULT_DETECTOR}; "
+        f"choices: {', '.join(DETECTORS)}); its COCO weights are downloaded once",
+    )
+    source.add_argument(
         "--boxes",
-        help='JSON {"<image file name>": [[x1, y1, x2, y2, score?], ...]}, image pixels; '
-        "an image without an entry gets one whole-image box",
+        help='JSON {"<image file name>": [[x1, y1, x2, y2, score?], ...]}, image pixels, or COCO '
+        "detection results (image_id = the file's number or the frame number); an image "
+        "without an entry gets one whole-image box",
+    )
+    source.add_argument(
+        "--whole-image", action="store_true", help="one box covering each image (the default)"
+    )
+    p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
+    p.add_argument(
+        "--detector-score",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="keep detections scoring at least this (default 0.5)",
+    )
+    p.add_argument(
+        "--detector-min-size",
+        type=float,
+        default=32.0,
+        metavar="PX",
+        help="drop detections whose longer side is below this (default 32 pixels)",
+    )
+    p.add_argument(
+        "--max-people",
+        type=int,
+        metavar="N",
+        help="keep the N highest-scoring detections per image (default: all)",
+    )
+    p.add_argument(
+        "--detector-batch-size",
+        type=int,
+        metavar="N",
+        help="frames per detector pass (default: 4 on a GPU, 1 on a CPU)",
     )
     p.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster)")
     p.add_argument("--out", help="write the poses here as JSON (default: standard output)")
-    p.add_argument("--draw", metavar="DIR", help="write the images with the poses drawn")
+    p.add_argument(
+        "--format",
+        choices=["nextpose", "coco"],
+        default="nextpose",
+        help="nextpose: {image, [frame, time,] bbox (xyxy), bbox_score, keypoints [[x, y, s]...]}; "
+        "coco: COCO keypoint results {image_id, category_id, keypoints, score, bbox (xywh), "
+        "file_name, [frame, time]}",
+    )
+    p.add_argument("--jsonl", metavar="FILE", help="also write one JSON line per image/frame")
+    p.add_argument(
+        "--draw", metavar="DIR", help="write the images (an MP4 per video) with the poses drawn"
+    )
     p.add_argument(
         "--score-threshold",
         type=float,
         default=0.3,
         help="hide drawn keypoints scoring at or below this (default 0.3)",
     )
+    p.add_argument(
+        "--track", action="store_true", help="give people track ids across frames (IoU matching)"
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="smooth keypoints over time per track (One-Euro filter; implies --track)",
+    )
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop each input after N frames")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, help="crops per forward pass")
+    p.add_argument("--batch-size", type=int, help="crops per pose forward pass")
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("eval", help="COCO keypoint AP/AR, as the published numbers were measured")
@@ -232,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
     p.set_defaults(func=_eval)
+
+    _add_train_parsers(sub)
     return parser
 
 
@@ -239,6 +568,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ImageError, ValueError, KeyError) as e:
+    except (CheckpointError, ImageError, TrainingError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

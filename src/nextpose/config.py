@@ -2,9 +2,12 @@
 
 import dataclasses
 import difflib
+import json
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .keypoints import COCO_KEYPOINTS, KeypointSet
@@ -142,7 +145,8 @@ class TrainConfig:
     amp: str = "none"  # "none", "bf16" or "fp16" (with loss scaling)
     channels_last: bool = False
     compile: bool = False  # torch.compile the network
-    sync_bn: bool = False  # batch statistics across devices (DDP)
+    sync_bn: bool = False  # batch statistics across devices (DDP, CUDA only)
+    freeze_bn: bool = False  # BatchNorm uses its running statistics (fine-tuning small batches)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "base_batch_size", "val_interval", "log_interval"):
@@ -182,6 +186,82 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         return _build(cls, data, "")
+
+    def to_toml(self) -> str:
+        """The full configuration as TOML, one table per section."""
+        lines: list[str] = []
+        _toml_table(self.to_dict(), "", lines)
+        return "\n".join(lines).strip() + "\n"
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        """Read a TOML file; missing keys keep their defaults, unknown keys are errors."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def override(self, assignments: list[str]) -> "Config":
+        """A copy with ``section.key=value`` assignments applied (values in TOML syntax).
+
+        Example: ``config.override(["train.lr=1e-3", "data.augment.flip_prob=0"])``.
+        """
+        data = self.to_dict()
+        for item in assignments:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set '{item}': expected section.key=value")
+            path = key.strip().split(".")
+            try:
+                value = tomllib.loads(f"v = {text.strip()}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = text.strip()  # a bare word: take it as a string
+            node = data
+            for i, part in enumerate(path[:-1]):
+                if not isinstance(node.get(part), dict):
+                    return self._unknown(".".join(path[: i + 1]), node)
+                node = node[part]
+            if path[-1] not in node:
+                return self._unknown(key.strip(), node)
+            node[path[-1]] = value
+        return Config.from_dict(data)
+
+    @staticmethod
+    def _unknown(key: str, node: dict) -> "Config":
+        hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(node), n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"unknown config key '{key}'{suggestion}")
+
+
+def _toml_table(data: dict[str, Any], prefix: str, lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if scalars:
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _toml_table(value, f"{prefix}.{key}" if prefix else key, lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

@@ -21,6 +21,16 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def normalize(crops: torch.Tensor) -> torch.Tensor:
+    """(N, h, w, 3) uint8 RGB crops -> (N, 3, h, w) float32 network input, (x - mean) / std.
+
+    A true division by std, as the reference does (not a multiplication by 1 / std).
+    """
+    mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=crops.device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=crops.device).view(1, 3, 1, 1)
+    return (crops.permute(0, 3, 1, 2).float() - mean) / std
+
+
 @dataclass
 class Poses:
     """The people found in one image.
@@ -42,6 +52,53 @@ class Poses:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+    def to_coco(
+        self, image_id: int, category_id: int = 1, score_threshold: float = 0.2
+    ) -> list[dict]:
+        """COCO keypoint results, one dict per person in box order: ``image_id, category_id,
+        keypoints`` (K*3 floats x, y, score), ``score`` (the box score times the mean keypoint
+        score above ``score_threshold``, as the reference rescores) and ``bbox`` (x, y, w, h)."""
+        from .evaluation.oks_nms import rescore  # evaluation imports this module
+
+        instance_scores = rescore(self.scores, self.box_scores, score_threshold)
+        out = []
+        for i in range(len(self)):
+            x1, y1, x2, y2 = (float(v) for v in self.boxes[i][:4])
+            kpts = np.concatenate([self.keypoints[i], self.scores[i][:, None]], axis=1)
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "keypoints": kpts.astype(float).reshape(-1).tolist(),
+                    "score": float(instance_scores[i]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                }
+            )
+        return out
+
+    def draw(
+        self,
+        image: np.ndarray,
+        score_threshold: float = 0.3,
+        keypoint_set: KeypointSet | None = None,
+        boxes: bool = True,
+        labels: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """A copy of ``image`` (H, W, 3) uint8 RGB with these poses drawn (see ``draw_poses``);
+        keypoints scoring at or below ``score_threshold`` are hidden."""
+        from .keypoints import COCO_KEYPOINTS
+        from .visualize import draw_poses
+
+        return draw_poses(
+            image,
+            self.keypoints,
+            self.scores,
+            self.boxes if boxes else None,
+            keypoint_set or COCO_KEYPOINTS,
+            score_threshold,
+            labels=labels,
+        )
 
 
 @dataclass
@@ -101,12 +158,6 @@ class PoseEstimator:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.name = name
-        self._mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32, device=self.device).view(
-            1, 3, 1, 1
-        )
-        self._std = torch.tensor(PIXEL_STD, dtype=torch.float32, device=self.device).view(
-            1, 3, 1, 1
-        )
 
     @property
     def keypoint_set(self) -> KeypointSet:
@@ -120,8 +171,7 @@ class PoseEstimator:
         """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 on the device, (x - mean) / std."""
         if isinstance(crops, np.ndarray):
             crops = torch.from_numpy(np.ascontiguousarray(crops))
-        x = crops.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return (x.float() - self._mean) / self._std
+        return normalize(crops.to(self.device, non_blocking=True))
 
     @torch.inference_mode()
     def heatmaps(self, inputs: torch.Tensor, flip: bool | None = None) -> torch.Tensor:

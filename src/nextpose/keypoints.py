@@ -1,6 +1,9 @@
 """Keypoint sets: names, left/right mirror partners, OKS sigmas and skeleton (COCO-17 built in)."""
 
+import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +68,52 @@ COCO_KEYPOINTS = KeypointSet(
     upper_body=tuple(range(11)),
     lower_body=tuple(range(11, 17)),
 )  # fmt: skip
+
+
+def load_keypoint_set(path: str | Path) -> KeypointSet:
+    """A keypoint set from a JSON or TOML file (a custom dataset's metainfo).
+
+    Keys: ``names`` (K strings), ``sigmas`` (K OKS sigmas), and either ``flip_indices`` (K ints)
+    or ``flip_pairs`` (``[[left, right], ...]``, by index or by name); optional ``skeleton``
+    (index or name pairs), ``upper_body`` and ``lower_body`` (indices or names).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such keypoint metainfo file") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: cannot parse ({e})") from None
+    try:
+        names = tuple(str(n) for n in data["names"])
+        sigmas = tuple(float(s) for s in data["sigmas"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: needs 'names' (K strings) and 'sigmas' (K numbers)") from None
+    index = {n: i for i, n in enumerate(names)}
+
+    def idx(v: int | str) -> int:
+        if isinstance(v, str):
+            if v not in index:
+                raise ValueError(f"{path}: unknown keypoint name '{v}'")
+            return index[v]
+        return int(v)
+
+    if "flip_indices" in data:
+        flip = tuple(int(i) for i in data["flip_indices"])
+    else:
+        flip_list = list(range(len(names)))
+        for a, b in data.get("flip_pairs", []):
+            flip_list[idx(a)], flip_list[idx(b)] = idx(b), idx(a)
+        flip = tuple(flip_list)
+    try:
+        return KeypointSet(
+            names=names,
+            flip_indices=flip,
+            sigmas=sigmas,
+            skeleton=tuple((idx(a), idx(b)) for a, b in data.get("skeleton", [])),
+            upper_body=tuple(idx(i) for i in data.get("upper_body", [])),
+            lower_body=tuple(idx(i) for i in data.get("lower_body", [])),
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -268,7 +268,7 @@ def evaluate_results(
 
     sig = _sigmas(sigmas)
     # The reference's COCOeval skips detections with no positive keypoint score.
-    kept = [dict(r) for r in results if np.any(np.asarray(r["keypoints"])[2::3] > 0)]
+    kept = [dict(r) for r in results if any(v > 0 for v in r["keypoints"][2::3])]
     if not kept:
         return _zero_metrics(
             "no predictions" if not results else "no prediction has a keypoint score > 0"

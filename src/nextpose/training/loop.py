@@ -1,0 +1,388 @@
+"""The training loop: the published recipe on one device or many (torchrun / DDP).
+
+A run folder holds ``config.toml`` (the resolved config), ``run.json`` (data, versions, git SHA),
+``metrics.jsonl`` (loss/lr every ``log_interval`` iterations, metrics after each validation),
+TensorBoard scalars (``tb/``, when tensorboard is installed), ``last.pth`` (everything needed to
+resume, written atomically after every epoch) and ``best.pth`` (the best validation AP).
+"""
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from .. import __version__, checkpoint
+from ..config import Config
+from ..data.coco import CocoKeypoints, PersonInstance
+from ..data.datasets import TrainDataset, collate_train
+from ..evaluation.coco_eval import evaluate_predictions, predictions_from_arrays
+from ..evaluation.evaluate import InstancePredictions, predict_instances
+from ..inference import PoseEstimator, normalize
+from ..model import PoseNet
+from . import distributed as dist
+from .loss import KeypointMSELoss
+from .optim import build_optimizer, lr_at, set_lr
+from .pretrained import load_pretrained_backbone
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on: a non-finite loss, a missing resume file, a bad setting."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A COCO-format keypoint dataset: annotations, images, and optionally detection boxes."""
+
+    ann_file: Path
+    image_dir: Path
+    bbox_file: Path | None = None  # validation only; None uses the ground-truth boxes
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _unwrap(model: nn.Module) -> PoseNet:
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Trainer:
+    """One training run. Build it, then call :meth:`fit`.
+
+    Args:
+        config: the full configuration (model, data, train, keypoints).
+        train_data: where the training annotations and images are.
+        out_dir: the run folder (created; must hold ``last.pth`` when ``resume``).
+        val_data: validated every ``train.val_interval`` epochs and after the last; None skips.
+        pretrained: trunk initialisation, see :data:`nextpose.training.pretrained.SOURCES`.
+        resume: continue the run in ``out_dir`` from its ``last.pth``.
+        device: "cpu", "cuda", ...; default CUDA when available (torchrun: the local rank's GPU).
+        progress: show a progress bar (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        train_data: Dataset,
+        out_dir: str | Path,
+        val_data: Dataset | None = None,
+        pretrained: str = "imagenet",
+        resume: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        self.out_dir = Path(out_dir)
+        self.dist, self.device = dist.init(device)
+        self.progress = progress and self.dist.is_main
+        state = self._resume_state() if resume else None
+        if state is not None:
+            saved = Config.from_dict(state["config"])
+            if saved != config:
+                print("note: resuming with the run's saved config", file=sys.stderr)
+            config = saved
+        self.config = config
+        self.train_data, self.val_data = train_data, val_data
+        cfg = config.train
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise TrainingError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm)")
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise TrainingError("train.amp='fp16' needs CUDA; use 'bf16' on CPU")
+
+        torch.manual_seed(config.data.seed)  # the head's random init is part of the run's seed
+        self.model = PoseNet(config.model)
+        if state is None:
+            self.pretrained = self._init_backbone(pretrained)
+        else:
+            self.model.load_state_dict(state["state_dict"])
+            self.pretrained = state.get("pretrained")
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        network: nn.Module = self.model
+        if cfg.sync_bn and self.dist.enabled:
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+            self.model = network
+        if self.dist.enabled:
+            network = DistributedDataParallel(
+                network, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if cfg.compile:
+            network = torch.compile(network)
+        self.network = network
+        self.loss_fn = KeypointMSELoss()
+        self.optimizer = build_optimizer(self.model, cfg, self.dist.world_size)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.epoch, self.iteration, self.best_ap = 0, 0, -math.inf
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.iteration = state["epoch"], state["iteration"]
+            self.best_ap = state["best_ap"]
+            torch.set_rng_state(state["rng_torch"])
+
+        instances = CocoKeypoints(train_data.ann_file, config.model.num_keypoints)
+        self.dataset = TrainDataset(
+            instances.ground_truth_instances(), train_data.image_dir, config
+        )
+        if len(self.dataset) == 0:
+            raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
+        self.sampler = DistributedSampler(
+            self.dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=config.data.seed,
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=config.data.workers,
+            collate_fn=collate_train,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=config.data.workers > 0,
+        )
+        self._writer = None
+        if self.dist.is_main:
+            self._start_run_folder(resume)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _resume_state(self) -> dict[str, Any]:
+        path = self.out_dir / "last.pth"
+        if not path.is_file():
+            raise TrainingError(f"--resume: {path} does not exist; nothing to resume")
+        return checkpoint.read(path)
+
+    def _init_backbone(self, pretrained: str) -> str | None:
+        # Rank 0 downloads first so that the other ranks find the file in the cache.
+        if not self.dist.is_main:
+            dist.barrier()
+        loaded = load_pretrained_backbone(self.model.backbone, pretrained, self.config.model)
+        if self.dist.is_main:
+            dist.barrier()
+        return loaded
+
+    def _start_run_folder(self, resume: bool) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.toml").write_text(self.config.to_toml())
+        info = {
+            "nextpose": __version__,
+            "git_sha": _git_sha(),
+            "command": sys.argv,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "train_data": {k: str(v) for k, v in vars(self.train_data).items()},
+            "val_data": {k: str(v) for k, v in vars(self.val_data).items()}
+            if self.val_data
+            else None,
+            "pretrained": self.pretrained,
+            "resumed_at_epoch": self.epoch if resume else None,
+        }
+        with open(self.out_dir / "run.json", "a") as f:
+            f.write(json.dumps(info) + "\n")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out_dir / "tb"))
+        except ImportError:
+            print("note: install tensorboard for training curves (pip install tensorboard)",
+                  file=sys.stderr)  # fmt: skip
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train from the current epoch to ``train.epochs``; returns a summary."""
+        cfg = self.config.train
+        try:
+            while self.epoch < cfg.epochs:
+                self._train_epoch()
+                if self.dist.enabled and not cfg.sync_bn:
+                    dist.average_buffers(self.model)
+                metrics = None
+                done = self.epoch + 1
+                if self.val_data is not None and (
+                    done % cfg.val_interval == 0 or done == cfg.epochs
+                ):
+                    metrics = self.validate()
+                self.epoch = done
+                if self.dist.is_main:
+                    self._save(metrics)
+                dist.barrier()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        return {"epochs": self.epoch, "iterations": self.iteration, "best_ap": self.best_ap,
+                "out_dir": str(self.out_dir)}  # fmt: skip
+
+    def _train_epoch(self) -> None:
+        cfg = self.config.train
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.set_epoch(self.epoch)
+        _set_train_mode(self.network, cfg.freeze_bn)
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
+                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        start = time.perf_counter()
+        for batch in bar:
+            lr = lr_at(cfg, self.iteration, self.epoch, self.dist.world_size)
+            set_lr(self.optimizer, lr)
+            images = normalize(batch["image"].to(self.device, non_blocking=True))
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = batch["heatmaps"].to(self.device, non_blocking=True)
+            weights = batch["weights"].to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                heatmaps = self.network(images)
+            loss = self.loss_fn(heatmaps.float(), targets, weights)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at iteration {self.iteration} (epoch "
+                    f"{self.epoch + 1}); lower train.lr or check the data. The last good "
+                    f"checkpoint is {self.out_dir / 'last.pth'}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.iteration += 1
+            if self.iteration % cfg.log_interval == 0 or self.iteration == 1:
+                value = dist.all_reduce_mean(loss.detach()).item()
+                bar.set_postfix(loss=f"{value:.3g}", lr=f"{lr:.2e}")
+                self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "loss": value,
+                           "lr": lr, "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+
+    def validate(self) -> dict[str, float]:
+        """COCO AP/AR of the current weights; every rank predicts a share, rank 0 scores."""
+        assert self.val_data is not None
+        config = self.config
+        coco = CocoKeypoints(self.val_data.ann_file, config.model.num_keypoints)
+        if self.val_data.bbox_file is None:
+            instances = coco.ground_truth_instances()
+        else:
+            instances = coco.detection_instances(self.val_data.bbox_file)
+        share = instances[self.dist.rank :: self.dist.world_size]
+        estimator = PoseEstimator(self.model, config, device=self.device)
+        pred = predict_instances(
+            estimator, share, self.val_data.image_dir, workers=config.data.workers, progress=False
+        )
+        parts = dist.gather_objects(pred)
+        metrics: dict[str, float] | None = None
+        if self.dist.is_main:
+            merged = _interleave(parts, len(instances))
+            predictions = predictions_from_arrays(
+                [i.id for i in instances],
+                [i.image_id for i in instances],
+                merged.keypoints,
+                merged.scores,
+                _boxes(instances),
+                [i.bbox_score for i in instances],
+                merged.scales,
+                [i.category_id for i in instances],
+            )
+            metrics = evaluate_predictions(
+                predictions, self.val_data.ann_file, sigmas=config.keypoints.sigmas_array()
+            )
+            self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "val": metrics})
+        _set_train_mode(self.network, config.train.freeze_bn)
+        return dist.broadcast_object(metrics)
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            step = record["iteration"]
+            for key in ("loss", "lr"):
+                if key in record:
+                    self._writer.add_scalar(f"train/{key}", record[key], step)
+            for key, value in record.get("val", {}).items():
+                self._writer.add_scalar(f"val/{key}", value, step)
+
+    def _save(self, metrics: dict[str, float] | None) -> None:
+        state = {
+            "state_dict": _unwrap(self.model).state_dict(),
+            "config": self.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "best_ap": self.best_ap,
+            "pretrained": self.pretrained,
+            "metrics": metrics,
+            "rng_torch": torch.get_rng_state(),  # data randomness comes from (seed, epoch, index)
+        }
+        if metrics is not None and metrics["AP"] > self.best_ap:
+            self.best_ap = metrics["AP"]
+            state["best_ap"] = self.best_ap
+            weights = {k: state[k] for k in ("state_dict", "config", "epoch", "metrics")}
+            checkpoint.save(self.out_dir / "best.pth", weights)
+        checkpoint.save(self.out_dir / "last.pth", state)
+
+
+def _boxes(instances: list[PersonInstance]) -> np.ndarray:
+    return np.stack([i.bbox for i in instances]) if instances else np.zeros((0, 4), np.float32)
+
+
+def _interleave(parts: list[InstancePredictions], n: int) -> InstancePredictions:
+    """Undo the ``instances[rank::world]`` split: back to dataset order."""
+    world = len(parts)
+    out = InstancePredictions(
+        *(np.zeros((n, *a.shape[1:]), a.dtype) for a in vars(parts[0]).values())
+    )
+    for rank, part in enumerate(parts):
+        for name, array in vars(part).items():
+            getattr(out, name)[rank::world] = array
+    return out
+
+
+def train(
+    config: Config,
+    train_data: Dataset,
+    out_dir: str | Path,
+    val_data: Dataset | None = None,
+    pretrained: str = "imagenet",
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model; see :class:`Trainer`. Returns ``{"epochs", "iterations", "best_ap", ...}``."""
+    trainer = Trainer(config, train_data, out_dir, val_data, pretrained, resume, device, progress)
+    try:
+        return trainer.fit()
+    finally:
+        dist.shutdown()
