@@ -1,8 +1,15 @@
 """Configuration: round trip through plain data, unknown keys, wrong types, impossible values."""
 
+import json
+from dataclasses import replace
+
 import pytest
+import torch
 
 from nextpose import PRESETS, Config, ConfigError, InferenceConfig, ModelConfig
+from nextpose.cli import main
+from nextpose.keypoints import load_keypoint_set
+from nextpose.model import PoseNet
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -30,3 +37,68 @@ def test_impossible_values():
         ModelConfig(input_size=(190, 256))
     with pytest.raises(ConfigError, match="batch_size=0"):
         InferenceConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("name", ["resnext101_coco_384x288", "tiny_coco_96x64"])
+def test_toml_round_trip(name, tmp_path):
+    config = PRESETS[name].config
+    path = tmp_path / "config.toml"
+    path.write_text(config.to_toml())
+    assert Config.from_toml(path) == config
+
+
+def test_toml_keeps_defaults_and_names_the_file(tmp_path):
+    path = tmp_path / "partial.toml"
+    path.write_text("[train]\nlr = 1e-3\n")
+    assert Config.from_toml(path) == replace(Config(), train=replace(Config().train, lr=1e-3))
+    path.write_text("[train]\nlr = -1.0\n")
+    with pytest.raises(ConfigError, match=r"partial\.toml: .*lr"):
+        Config.from_toml(path)
+    path.write_text("[train\n")
+    with pytest.raises(ConfigError, match=r"partial\.toml: not valid TOML"):
+        Config.from_toml(path)
+
+
+def test_override_sets_nested_values_in_toml_syntax():
+    config = Config().override(
+        ["train.lr=2e-4", "train.milestones=[5, 8]", "data.augment.flip_prob=0", "train.amp=bf16"]
+    )
+    assert config.train.lr == 2e-4 and config.train.milestones == (5, 8)
+    assert config.data.augment.flip_prob == 0.0 and config.train.amp == "bf16"
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.lrr'; did you mean 'lr'"):
+        Config().override(["train.lrr=1"])
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+        Config().override(["train.lr"])
+
+
+def test_custom_keypoint_set_by_name(tmp_path):
+    meta = {
+        "names": ["head", "left_paw", "right_paw", "tail"],
+        "sigmas": [0.05, 0.08, 0.08, 0.1],
+        "flip_pairs": [["left_paw", "right_paw"]],
+        "skeleton": [["head", "tail"], [1, 2]],
+        "upper_body": ["head", "left_paw", "right_paw"],
+    }
+    path = tmp_path / "animal.json"
+    path.write_text(json.dumps(meta))
+    kset = load_keypoint_set(path)
+    assert kset.num_keypoints == 4 and kset.flip_indices == (0, 2, 1, 3)
+    assert kset.skeleton == ((0, 3), (1, 2)) and kset.upper_body == (0, 1, 2)
+    meta["flip_pairs"] = [["left_paw", "right_wing"]]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"animal\.json: .*unknown keypoint name 'right_wing'"):
+        load_keypoint_set(path)
+
+
+def test_config_command_prints_a_readable_config_with_the_custom_head(tmp_path, capsys):
+    path = tmp_path / "three.toml"
+    path.write_text('names = ["a", "b", "c"]\nsigmas = [0.1, 0.1, 0.1]\nflip_pairs = [[0, 2]]\n')
+    assert (
+        main(["config", "tiny_coco_96x64", "--keypoints", str(path), "--set", "train.lr=3e-4"]) == 0
+    )
+    out = tmp_path / "resolved.toml"
+    out.write_text(capsys.readouterr().out)
+    config = Config.from_toml(out)
+    assert config.model.num_keypoints == 3 and config.keypoints.flip_indices == (2, 1, 0)
+    assert config.train.lr == 3e-4
+    assert PoseNet(config.model)(torch.zeros(1, 3, 96, 64)).shape == (1, 3, 24, 16)

@@ -78,6 +78,26 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch
     assert _losses(tmp_path / "unbroken") == _losses(tmp_path / "broken")
 
 
+def test_bf16_autocast_and_channels_last_train_to_a_loadable_checkpoint(tmp_path):
+    config = _config(epochs=1, amp="bf16", channels_last=True)
+    train(config, DATA, tmp_path, pretrained="none", device="cpu", progress=False)
+    losses = _losses(tmp_path)
+    assert len(losses) == 3 and all(0 < loss < 1 for loss in losses)
+    weights = _weights(tmp_path)
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+    estimator = nextpose.load(tmp_path / "last.pth")
+    assert torch.isfinite(
+        torch.from_numpy(estimator.predict(COCO / "000000000785.jpg").scores)
+    ).all()
+
+
+def test_fp16_and_sync_bn_need_cuda(tmp_path):
+    for key in ('amp="fp16"', "sync_bn=true"):
+        with pytest.raises(TrainingError, match="CUDA"):
+            Trainer(_config().override([f"train.{key}"]), DATA, tmp_path, pretrained="none",
+                    device="cpu", progress=False)  # fmt: skip
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(TrainingError, match=r"last\.pth does not exist"):
         Trainer(_config(), DATA, tmp_path, pretrained="none", resume=True, progress=False)

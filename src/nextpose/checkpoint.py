@@ -5,10 +5,13 @@ Accepted layouts: the published mmpose 0.x files (``keypoint_head.*``), mmpose 1
 ``module.`` prefix of DDP; and nextpose's own files, which also carry their :class:`Config`.
 """
 
+import contextlib
 import hashlib
+import http.client
 import os
 import pickle
 import re
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -52,12 +55,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, directory: Path | None = None, progress: bool = True) -> Path:
+LOCAL_FILE_HINT = "--checkpoint PATH in the CLI, or nextpose.load(..., checkpoint=PATH)"
+
+
+def download(
+    url: str,
+    directory: Path | None = None,
+    progress: bool = True,
+    local_file_hint: str = LOCAL_FILE_HINT,
+) -> Path:
     """Fetch ``url`` into the cache (once) and return the local path.
 
     The file is written to a temporary name and renamed when complete, so an interrupted download
     never leaves a file that looks finished. When the file name carries a sha256 prefix, both a
-    fresh download and an already cached file are checked against it.
+    fresh download and an already cached file are checked against it; without one, a cached
+    file that is not a complete zip archive (the format of ``torch.save``) is fetched again.
     """
     directory = Path(directory) if directory else cache_dir()
     name = Path(urllib.parse.urlparse(url).path).name
@@ -66,18 +78,24 @@ def download(url: str, directory: Path | None = None, progress: bool = True) -> 
     target = directory / name
     expected = hash_prefix(name)
     if target.is_file():
-        if expected is None or sha256_of(target).startswith(expected):
+        if expected is not None:
+            intact = sha256_of(target).startswith(expected)
+        else:
+            intact = _complete_zip(target)
+        if intact:
             return target
-        target.unlink()  # a corrupt cached copy: fetch it again
+        target.unlink()  # a corrupt or partial cached copy: fetch it again
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=progress)
-    except (urllib.error.URLError, OSError) as e:
+        # torch.hub announces downloads on standard output, which may carry a command's results.
+        with contextlib.redirect_stdout(sys.stderr):
+            torch.hub.download_url_to_file(url, str(target), expected, progress=progress)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
         raise CheckpointError(
             f"could not download {url} ({reason}). Without network access, fetch the file on "
-            f"another machine and pass its local path (--checkpoint PATH in the CLI, or "
-            f"nextpose.load(..., checkpoint=PATH)), or copy it to {target}"
+            f"another machine and pass its local path ({local_file_hint}), or copy it to "
+            f"{target}"
         ) from None
     except RuntimeError as e:
         if "invalid hash value" in str(e):
@@ -86,7 +104,18 @@ def download(url: str, directory: Path | None = None, progress: bool = True) -> 
                 f"({e}); it was discarded"
             ) from None
         raise
+    if expected is None and not _complete_zip(target):  # a server that stopped sending early
+        target.unlink()
+        raise CheckpointError(f"{url}: the download is incomplete; it was discarded (try again)")
     return target
+
+
+def _complete_zip(path: Path) -> bool:
+    """False for a cut-off zip archive (the format of ``torch.save``, whose directory is at the
+    end); True for a whole one, or another format (which cannot be checked without a hash)."""
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    return not is_zip or zipfile.is_zipfile(path)
 
 
 def resolve(source: str | Path, progress: bool = True) -> Path:
@@ -94,26 +123,40 @@ def resolve(source: str | Path, progress: bool = True) -> Path:
     if is_url(str(source)):
         return download(str(source), progress=progress)
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     return path
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file without executing any code in it (``weights_only``)."""
+    """Load a checkpoint file without executing any code in it (``weights_only``).
+
+    Raises:
+        CheckpointError: the file is missing, damaged, not from ``torch.save``, holds pickled
+            objects that could run code (refused, never run), or is not a dict.
+    """
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # torch.load fails in many ways on a damaged or foreign file
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the blocked callable
+        if isinstance(e, pickle.UnpicklingError) and found:
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects other than tensors and "
+                f"plain data ({found.group(1)}), and loading them could run code. Nothing in it "
+                "was executed. Only weights files are accepted."
+            ) from None
+        problem = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        reason = problem.group(1) if problem else f"{type(e).__name__}: {e}"
+        cached = path.resolve().parent == cache_dir().resolve()
+        hint = "; delete it to download it again" if cached else ""
         raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects other than tensors and plain "
-            f"data, and loading them could run code. Only weights files are accepted. ({e})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {e})"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {reason}); nothing "
+            f"in it was executed{hint}"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")

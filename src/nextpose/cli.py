@@ -2,10 +2,11 @@
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -15,6 +16,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError
 from .config import Config
+from .data.coco import CocoKeypoints
 from .data.images import ImageError, VideoError, is_video_file
 from .detection import DEFAULT_DETECTOR, DETECTORS
 from .inference import load
@@ -24,6 +26,39 @@ from .training.loop import TrainingError
 COCO_TRAIN_ANN = "annotations/person_keypoints_train2017.json"
 COCO_TRAIN_IMAGES = "train2017"
 IMAGES_PER_CHUNK = 16  # images whose crops go through the network together
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device string torch cannot use before any model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise SystemExit(f"error: --device {device}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(
+            f"error: --device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
 
 
 def _read_boxes_file(path: Path) -> "BoxTable":  # noqa: F821 (imported lazily)
@@ -167,7 +202,8 @@ def _predict(args: argparse.Namespace) -> int:
     table = _read_boxes_file(Path(args.boxes)) if args.boxes else None
     if args.detector_weights and not args.detector:
         raise SystemExit("error: --detector-weights needs --detector")
-    estimator = load(args.model, args.checkpoint, device=args.device)
+    _check_device(args.device)
+    estimator = load(args.model, args.checkpoint, device=args.device, **_runtime(args))
     if args.batch_size:
         estimator.config = replace(
             estimator.config,
@@ -248,8 +284,17 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         what = "inputs" if videos else "images"
         print(f"warning: {len(failed)} of {inputs} {what} could not be read", file=sys.stderr)
+    if table is not None and table.misses:
+        print(
+            f"warning: {table.misses} of {table.lookups} images had no entry in {args.boxes}; "
+            "each got one whole-image box (check the file names or image ids)",
+            file=sys.stderr,
+        )
     if interrupted:
         return 0 if all(kind == "camera" for kind, _ in _input_groups(args.inputs)) else 130
+    if frames == 0 and not failed:
+        print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
     return 1 if failed and frames == 0 else 0
 
 
@@ -291,7 +336,13 @@ def _eval(args: argparse.Namespace) -> int:
             bbox_file = root / COCO_VAL_DETECTIONS
         if bbox_file is not None and not bbox_file.is_file():
             raise SystemExit(f"error: {bbox_file}: no such detection file (or use --gt-boxes)")
-        estimator = load(args.model, args.checkpoint, device=args.device)
+        _check_device(args.device)
+        # The annotation and detection files are read once before the model is loaded (or
+        # downloaded): a malformed file is reported before any heavy work.
+        coco = CocoKeypoints(ann_file)
+        if bbox_file is not None:
+            coco.detection_instances(bbox_file)
+        estimator = load(args.model, args.checkpoint, device=args.device, **_runtime(args))
         metrics = evaluate(
             estimator,
             ann_file,
@@ -339,7 +390,9 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _require(path: Path | None, what: str) -> Path:
-    if path is None or not path.exists():
+    """``path``, which must be an existing folder (``what`` ends in "folder") or file."""
+    folder = what.endswith("folder")
+    if path is None or not (path.is_dir() if folder else path.is_file()):
         raise SystemExit(f"error: {path or what}: no such {what}")
     return path
 
@@ -349,7 +402,10 @@ def _train(args: argparse.Namespace) -> int:
     from .training import Dataset, train
 
     config = _resolve_config(args.model, args.set, args.keypoints)
+    _check_device(args.device)
     root = Path(args.coco_root) if args.coco_root else None
+    if root is not None and not root.is_dir():
+        raise SystemExit(f"error: {root}: no such folder (--coco-root)")
     ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
     images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
     train_data = Dataset(_require(ann, "annotation file"), _require(images, "image folder"))
@@ -384,6 +440,90 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--backend`` / ``--precision`` choices as :func:`nextpose.load` arguments."""
+    return {"backend": args.backend, "precision": args.precision}
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    from .inference import BACKENDS, PRECISIONS
+
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
+        "(BatchNorm folded, channels-last), compile (torch.compile of fast), onnxruntime (CPU); "
+        "auto (default) = fast",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="autocast the network to bf16/fp16 (GPUs; CPUs with native bf16/fp16 only)",
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    estimator = load(args.model, args.checkpoint, backend="eager")
+    path = export_onnx(
+        estimator.model,
+        estimator.config,
+        args.out,
+        input=args.input,
+        flip=not args.no_flip,
+        warp=args.warp,
+        opset=args.opset,
+    )
+    w, h = estimator.input_size
+    if args.input == "crops":
+        inputs = f"crops (N, {h}, {w}, 3) uint8 RGB"
+        outputs = "keypoints (N, K, 2) crop pixels"
+    else:
+        inputs = "image (H, W, 3) uint8 RGB, boxes (N, 4) float32 xyxy"
+        outputs = "keypoints (N, K, 2) image pixels"
+    flip = "without" if args.no_flip else "with"
+    print(
+        f"wrote {path}: {inputs} -> {outputs}, scores (N, K); {flip} flip test",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an ONNX graph with the flip test and decoding inside",
+        description="The crops graph takes uint8 RGB crops (N, h, w, 3), cut as nextpose cuts "
+        "them, and returns keypoints in crop pixels and scores; the image graph takes a uint8 "
+        "RGB image (H, W, 3) and float32 xyxy boxes (N, 4) and returns keypoints in image "
+        "pixels and scores. N, H and W are dynamic.",
+    )
+    p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a nextpose checkpoint")
+    p.add_argument("out", help="the ONNX file to write")
+    p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="graph format (onnx)")
+    p.add_argument(
+        "--input",
+        choices=["crops", "image"],
+        default="crops",
+        help="crops: uint8 crops -> crop pixels (default); image: image + boxes -> image "
+        "pixels, the affine crop inside the graph",
+    )
+    p.add_argument("--no-flip", action="store_true", help="leave the flip test out (2x faster)")
+    p.add_argument(
+        "--warp",
+        choices=["fixed", "grid_sample"],
+        default="fixed",
+        help="--input image: crop with OpenCV's fixed-point arithmetic (fixed, exact; default) "
+        "or with the ONNX GridSample op (grid_sample)",
+    )
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16; default 17)")
+    p.set_defaults(func=_export)
 
 
 def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
@@ -483,13 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-people",
-        type=int,
+        type=_count(1),
         metavar="N",
         help="keep the N highest-scoring detections per image (default: all)",
     )
     p.add_argument(
         "--detector-batch-size",
-        type=int,
+        type=_count(1),
         metavar="N",
         help="frames per detector pass (default: 4 on a GPU, 1 on a CPU)",
     )
@@ -521,11 +661,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="smooth keypoints over time per track (One-Euro filter; implies --track)",
     )
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop each input after N frames")
+    p.add_argument(
+        "--max-frames", type=_count(1), metavar="N", help="stop each input after N frames"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, help="crops per pose forward pass")
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--batch-size", type=_count(1), help="crops per pose forward pass")
+    p.add_argument(
+        "--workers", type=_count(1), default=2, help="image decoding threads (default 2)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_runtime_options(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("eval", help="COCO keypoint AP/AR, as the published numbers were measured")
@@ -554,20 +699,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--results", help="score this COCO results file instead of running a model")
     p.add_argument("--no-flip", action="store_true", help="skip the flip test")
-    p.add_argument("--batch-size", type=int, help="crops per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--batch-size", type=_count(1), help="crops per forward pass (default 32)")
+    p.add_argument(
+        "--workers", type=_count(0), default=2, help="image decoding processes (0: none)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
+    _add_runtime_options(p)
     p.set_defaults(func=_eval)
 
+    _add_export_parser(sub)
     _add_train_parsers(sub)
     return parser
 
 
+class _WarningPrinter(logging.Handler):
+    """Prints the library's warnings (e.g. skipped images) as ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    logger = logging.getLogger("nextpose")
+    if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
+        logger.addHandler(_WarningPrinter(logging.WARNING))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (CheckpointError, ImageError, TrainingError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output folder that cannot be written, a full disk
+        print(f"error: {e}", file=sys.stderr)
         return 2

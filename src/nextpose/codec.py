@@ -4,6 +4,7 @@ step toward the higher neighbour for decoding."""
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 
 @lru_cache(maxsize=8)
@@ -110,3 +111,38 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     locations = np.stack([x, y], axis=-1).astype(np.float32)
     locations += np.float32(0.25) * np.sign(np.stack([dx, dy], axis=-1))
     return locations, scores
+
+
+def decode_heatmaps_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_heatmaps` in tensor operations: the same result on any device, and exportable
+    to ONNX (argmax, comparisons and gathers only), so decoding runs where the heatmaps are.
+
+    Args:
+        heatmaps: (N, K, Hh, Wh) float32.
+
+    Returns:
+        locations (N, K, 2) float32 heatmap pixels and scores (N, K) float32, as
+        :func:`decode_heatmaps` gives them (first maximum; (-1, -1) where the maximum is <= 0).
+    """
+    h, w = heatmaps.shape[-2:]
+    flat = heatmaps.flatten(2)  # (N, K, Hh * Wh), row-major
+    index = flat.argmax(dim=2, keepdim=True)  # the first maximum
+    scores = flat.gather(2, index)
+    x = torch.remainder(index, w)
+    y = torch.div(index, w, rounding_mode="floor")
+    valid = scores > 0
+    x = torch.where(valid, x, torch.full_like(x, -1))
+    y = torch.where(valid, y, torch.full_like(y, -1))
+
+    def at(dx: int, dy: int) -> torch.Tensor:  # the value dx, dy away (clamped; masked below)
+        return flat.gather(2, (index + dy * w + dx).clamp(0, h * w - 1))
+
+    # Quarter-pixel step toward the higher neighbour, with the reference's asymmetric bounds.
+    ok_x = (x > 1) & (x < w - 1) & (y > 0) & (y < h)
+    ok_y = (y > 1) & (y < h - 1) & (x > 0) & (x < w)
+    zero = torch.zeros_like(scores)
+    dx = torch.where(ok_x, at(1, 0) - at(-1, 0), zero)
+    dy = torch.where(ok_y, at(0, 1) - at(0, -1), zero)
+    locations = torch.cat([x, y], dim=2).to(heatmaps.dtype)
+    locations = locations + 0.25 * torch.sign(torch.cat([dx, dy], dim=2))
+    return locations, scores.squeeze(2)

@@ -3,6 +3,7 @@
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -48,6 +49,11 @@ class ModelConfig:
         for name in ("groups", "width_per_group", "deconv_channels", "num_deconv", "num_keypoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.num_deconv > 5:
+            raise ConfigError(
+                f"model.num_deconv={self.num_deconv}: at most 5 (each doubles the resolution; "
+                "5 gives heatmaps of the input size)"
+            )
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -66,6 +72,10 @@ class CodecConfig:
     """Keypoints <-> heatmaps (MSRA Gaussian targets, argmax + quarter-pixel decoding)."""
 
     sigma: float = 2.0  # Gaussian std of training targets, heatmap pixels (3 at 384x288)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sigma < math.inf:
+            raise ConfigError(f"codec.sigma={self.sigma} must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "base_batch_size", "val_interval", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if not self.lr > 0:
+        if not 0 < self.lr < math.inf:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.warmup_iters < 0 or not 0 < self.warmup_ratio <= 1:
             raise ConfigError("train.warmup_iters must be >= 0 and warmup_ratio in (0, 1]")
@@ -201,7 +211,9 @@ class Config:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as e:
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
         try:
             return cls.from_dict(data)

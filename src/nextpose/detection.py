@@ -11,9 +11,7 @@ torchvision's Keypoint R-CNN, is trained on people only and has a person box AP 
 137 GFLOPs; the keypoint branch is removed, so it runs as a plain Faster R-CNN.
 """
 
-import contextlib
 import pickle
-import sys
 import urllib.error
 import urllib.parse
 import zipfile
@@ -29,7 +27,8 @@ from torchvision.models import detection as tvd
 from torchvision.models._api import WeightsEnum
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .checkpoint import CheckpointError, cache_dir, is_url, sha256_of
+from . import checkpoint
+from .checkpoint import CheckpointError, is_url
 
 
 @dataclass(frozen=True)
@@ -184,43 +183,14 @@ class PersonDetector:
 
 
 def download_weights(url: str, directory: Path | None = None, progress: bool = True) -> Path:
-    """Fetch detector weights into the cache (once) with torch.hub, as torchvision does.
+    """Fetch detector weights into the cache (once), as for pose checkpoints.
 
-    torchvision's file names end in ``-<sha256 prefix>.<ext>`` (``torch.hub.HASH_REGEX``); the
-    download is checked against that prefix, and so is a file already in the cache (a corrupt
-    one is fetched again). ``file://`` URLs work.
+    torchvision's file names end in ``-<sha256 prefix>.pth``; the download is checked against
+    that prefix, and so is a file already in the cache (a corrupt one is fetched again).
+    ``file://`` URLs work.
     """
-    directory = Path(directory) if directory else cache_dir()
-    name = Path(urllib.parse.urlparse(url).path).name
-    if not name:
-        raise CheckpointError(f"{url}: the URL does not end in a file name")
-    match = torch.hub.HASH_REGEX.search(name)
-    prefix = match.group(1) if match else None
-    target = directory / name
-    if target.is_file() and prefix and not sha256_of(target).startswith(prefix):
-        target.unlink()
-    if target.is_file():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        # torch.hub announces downloads on standard output, which may carry the results.
-        with contextlib.redirect_stdout(sys.stderr):
-            torch.hub.download_url_to_file(url, str(target), prefix, progress=progress)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise CheckpointError(
-            f"could not download {url} ({reason}). Without network access, fetch the file on "
-            f"another machine and pass its local path (--detector-weights PATH in the CLI, "
-            f"weights=PATH in Python), or copy it to {target}"
-        ) from None
-    except RuntimeError as e:
-        if "invalid hash value" in str(e):
-            raise CheckpointError(
-                f"{url}: downloaded file does not match the sha256 prefix '{prefix}' in its name "
-                f"({e}); it was discarded"
-            ) from None
-        raise
-    return target
+    hint = "--detector-weights PATH in the CLI, weights=PATH in Python"
+    return checkpoint.download(url, directory, progress, local_file_hint=hint)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -37,6 +37,8 @@ class KeypointSet:
             )
         if sorted(self.flip_indices) != list(range(k)):
             raise ValueError(f"keypoint set: flip_indices {self.flip_indices} is not a permutation")
+        if not all(0 < s < np.inf for s in self.sigmas):
+            raise ValueError(f"keypoint set: sigmas {self.sigmas} must all be positive numbers")
         for pair in self.skeleton:
             if not all(0 <= i < k for i in pair):
                 raise ValueError(f"keypoint set: skeleton link {pair} is out of range for {k}")
@@ -83,8 +85,12 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such keypoint metainfo file") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot parse ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object with 'names', 'sigmas', 'flip_pairs', ...")
     try:
         names = tuple(str(n) for n in data["names"])
         sigmas = tuple(float(s) for s in data["sigmas"])
@@ -95,25 +101,36 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
     def idx(v: int | str) -> int:
         if isinstance(v, str):
             if v not in index:
-                raise ValueError(f"{path}: unknown keypoint name '{v}'")
+                raise ValueError(f"unknown keypoint name '{v}'")
             return index[v]
-        return int(v)
+        if not isinstance(v, int) or not 0 <= v < len(names):
+            raise ValueError(f"keypoint index {v!r} is out of range for {len(names)} keypoints")
+        return v
 
-    if "flip_indices" in data:
-        flip = tuple(int(i) for i in data["flip_indices"])
-    else:
-        flip_list = list(range(len(names)))
-        for a, b in data.get("flip_pairs", []):
-            flip_list[idx(a)], flip_list[idx(b)] = idx(b), idx(a)
-        flip = tuple(flip_list)
+    def pairs(key: str) -> tuple[tuple[int, int], ...]:
+        items = data.get(key, [])
+        bad = not isinstance(items, list) or not all(
+            isinstance(p, list) and len(p) == 2 for p in items
+        )
+        if bad:
+            raise ValueError(f"'{key}' must be a list of [a, b] pairs, got {items!r:.60}")
+        return tuple((idx(a), idx(b)) for a, b in items)
+
     try:
+        if "flip_indices" in data:
+            flip = tuple(idx(i) for i in data["flip_indices"])
+        else:
+            flip_list = list(range(len(names)))
+            for a, b in pairs("flip_pairs"):
+                flip_list[a], flip_list[b] = b, a
+            flip = tuple(flip_list)
         return KeypointSet(
             names=names,
             flip_indices=flip,
             sigmas=sigmas,
-            skeleton=tuple((idx(a), idx(b)) for a, b in data.get("skeleton", [])),
+            skeleton=pairs("skeleton"),
             upper_body=tuple(idx(i) for i in data.get("upper_body", [])),
             lower_body=tuple(idx(i) for i in data.get("lower_body", [])),
         )
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

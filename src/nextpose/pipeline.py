@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -115,8 +116,17 @@ class Frame:
         return self.poses.draw(self.image, score_threshold, boxes=boxes, labels=labels)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number that is finite in float32 (not NaN, inf, or too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 class BoxTable:
@@ -130,7 +140,9 @@ class BoxTable:
       "category_id": 1}, ...]``: matched by image id (an image's file number, a video's frame
       number) or an optional ``"file_name"``; other categories than 1 (person) are ignored.
 
-    A missing score counts as 1.
+    A missing score counts as 1. Numbers must be finite and boxes not inverted (x2 >= x1,
+    y2 >= y1; w, h >= 0), or :meth:`read` names the entry. ``misses`` counts the images that
+    were looked up and had no entry.
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class BoxTable:
     ):
         self.by_name = dict(by_name or {})
         self.by_id = dict(by_id or {})
+        self.lookups = self.misses = 0
 
     def __len__(self) -> int:
         return len(self.by_name) + len(self.by_id)
@@ -147,12 +160,12 @@ class BoxTable:
     def get(self, names: Sequence[str] = (), image_id: int | None = None) -> np.ndarray | None:
         """(N, 5) float32 boxes of the first of ``names`` present, else of ``image_id``; None
         when the image has no entry."""
-        for name in names:
-            if name in self.by_name:
-                return self.by_name[name]
-        if image_id is not None:
-            return self.by_id.get(image_id)
-        return None
+        self.lookups += 1
+        found = next((self.by_name[name] for name in names if name in self.by_name), None)
+        if found is None and image_id is not None:
+            found = self.by_id.get(image_id)
+        self.misses += found is None
+        return found
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "boxes") -> "BoxTable":
@@ -168,7 +181,13 @@ class BoxTable:
             if not ok:
                 raise ValueError(
                     f"{source}: entry '{name}' must be a list of [x1, y1, x2, y2] or "
-                    f"[x1, y1, x2, y2, score] boxes, got {boxes!r:.80}"
+                    f"[x1, y1, x2, y2, score] boxes of finite numbers, got {boxes!r:.80}"
+                )
+            inverted = [b for b in boxes if b[2] < b[0] or b[3] < b[1]]
+            if inverted:
+                raise ValueError(
+                    f"{source}: entry '{name}': box {list(inverted[0])} has x2 < x1 or y2 < y1 "
+                    "(boxes are [x1, y1, x2, y2], not [x, y, w, h])"
                 )
             by_name[str(name)] = np.array(
                 [[*map(float, b), 1.0][:5] for b in boxes], np.float32
@@ -183,16 +202,23 @@ class BoxTable:
         for i, det in enumerate(data):
             ok = (
                 isinstance(det, dict)
-                and isinstance(det.get("image_id"), int | str)
+                and (
+                    isinstance(det.get("image_id"), int)
+                    or (isinstance(det.get("image_id"), str) and det["image_id"].isdigit())
+                    or isinstance(det.get("file_name"), str)
+                )
                 and isinstance(det.get("bbox"), list)
                 and len(det["bbox"]) == 4
                 and all(map(_number, det["bbox"]))
+                and det["bbox"][2] >= 0
+                and det["bbox"][3] >= 0
                 and _number(det.get("score", 1.0))
             )
             if not ok:
                 raise ValueError(
                     f"{source}: entry {i} must be a COCO detection {{'image_id': int, 'bbox': "
-                    f"[x, y, w, h], 'score': s, 'category_id': 1}}, got {det!r:.80}"
+                    f"[x, y, w, h] (finite, w and h >= 0), 'score': s, 'category_id': 1}}, "
+                    f"got {det!r:.80}"
                 )
             if det.get("category_id", 1) != 1:
                 continue
@@ -498,7 +524,7 @@ class PosePipeline:
                 or a string of digits naming no file), an (H, W, 3) array, or a list/iterable of
                 image files, folders and arrays.
             on_error: called with (name, error) for an image that cannot be read; it is skipped.
-                By default a warning is logged.
+                By default a warning is logged, and the count of skipped images at the end.
             progress: show a progress bar with frames per second (None: only on a terminal).
             max_frames: stop after this many frames.
 
@@ -506,7 +532,9 @@ class PosePipeline:
             VideoError: a video file or camera cannot be opened.
         """
         stream = open_stream(source, max_frames)
+        count_errors = on_error is None
         on_error = on_error or (lambda name, e: log.warning("skipped %s", e))
+        seen = skipped = 0
         stop = threading.Event()
         decoded: queue.Queue = queue.Queue(maxsize=self.prefetch)
         detected: queue.Queue = queue.Queue(maxsize=self.prefetch)
@@ -541,7 +569,9 @@ class PosePipeline:
                     break
                 if isinstance(msg, _Failed):
                     raise msg.error
+                seen += 1
                 if isinstance(msg, _Skipped):
+                    skipped += 1
                     on_error(msg.item.name, msg.error)
                     bar.update(1)
                     continue
@@ -559,6 +589,8 @@ class PosePipeline:
             for frame in self._estimate(batch, tracker, stream.fps):
                 bar.update(1)
                 yield frame
+            if skipped and count_errors:
+                log.warning("%d of %d images could not be read and were skipped", skipped, seen)
         finally:
             stop.set()
             bar.close()

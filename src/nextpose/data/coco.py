@@ -73,12 +73,26 @@ class CocoKeypoints:
                 raise AnnotationError(f"{self.path}: duplicate image id {image_id}")
             self.images[image_id] = img
         self.annotations: dict[int, list[dict]] = {i: [] for i in self.images}
-        for i, ann in enumerate(data.get("annotations", [])):
+        seen: dict[Any, int] = {}
+        annotations = data.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise AnnotationError(f"{self.path}: 'annotations' must be a list")
+        for i, ann in enumerate(annotations):
             image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            if image_id not in self.images:
+            if not isinstance(image_id, int | str) or image_id not in self.images:
                 raise AnnotationError(
                     f"{self.path}: annotations[{i}] refers to unknown image_id {image_id!r}"
                 )
+            ann_id = ann.get("id")
+            if not isinstance(ann_id, int | str):
+                raise AnnotationError(f"{self.path}: annotations[{i}] has no 'id'")
+            if ann_id in seen:
+                # The evaluation tells instances apart by id: a repeat would be dropped silently.
+                raise AnnotationError(
+                    f"{self.path}: duplicate annotation id {ann_id!r} "
+                    f"(annotations[{seen[ann_id]}] and [{i}])"
+                )
+            seen[ann_id] = i
             self.annotations[image_id].append(ann)
 
     def ground_truth_instances(self) -> list[PersonInstance]:
@@ -98,7 +112,7 @@ class CocoKeypoints:
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
             kpts = np.asarray(ann["keypoints"], dtype=np.float32).reshape(k, 3)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise AnnotationError(
                 f"{self.path}: annotation {ann.get('id')}: 'bbox' must be 4 numbers and "
                 f"'keypoints' {3 * k} numbers"
@@ -167,14 +181,19 @@ class CocoKeypoints:
                 image_id = det["image_id"]
                 x, y, w, h = np.asarray(det["bbox"][:4], dtype=np.float32)
                 score = np.float32(det["score"])
-            except (KeyError, TypeError, ValueError, IndexError):
+            except (KeyError, TypeError, ValueError, IndexError, OverflowError):
                 raise AnnotationError(
                     f"{det_file}: entry {i} needs 'image_id', 'category_id', 'bbox' [x, y, w, h] "
                     "and 'score'"
                 ) from None
-            if image_id not in self.images:
+            if not isinstance(image_id, int | str) or image_id not in self.images:
                 raise AnnotationError(
                     f"{det_file}: entry {i} refers to image_id {image_id}, not in {self.path}"
+                )
+            if not np.isfinite([x, y, w, h, score]).all() or w < 0 or h < 0:
+                raise AnnotationError(
+                    f"{det_file}: entry {i} has bbox {det['bbox'][:4]} and score {det['score']}: "
+                    "need finite numbers and a width and height >= 0 ([x, y, w, h])"
                 )
             index = person_index
             person_index += 1

@@ -1,6 +1,7 @@
 """PyTorch datasets that turn person instances into network-ready crops."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ from ..codec import encode_heatmaps
 from ..config import Config
 from ..geometry import box_to_center_scale, crop, crop_region
 from .coco import PersonInstance
-from .images import read_image
+from .images import ImageError, read_image
 from .transforms import PoseSample, TrainTransform
 
 
@@ -18,8 +19,10 @@ class CropDataset(Dataset):
     """Test-time crops: item i is the un-augmented crop of ``instances[i]``.
 
     Items are dicts of numpy arrays: ``image`` (h, w, 3) uint8 RGB, ``center`` and ``scale`` (2,)
-    float32 (the aspect-fixed crop region, image pixels) and ``index``. Instances of one image are
-    usually adjacent and a worker gets whole batches, so the last decoded image is kept.
+    float32 (the aspect-fixed crop region, image pixels), ``index``, and ``error``: "" or, when the
+    image cannot be read, the reason (the crop is then black; the caller skips the instance).
+    Instances of one image are usually adjacent and a worker gets whole batches, so the last
+    decoded image is kept.
     """
 
     def __init__(
@@ -43,20 +46,28 @@ class CropDataset(Dataset):
             self._cached = (file_name, read_image(self.image_dir / file_name))
         return self._cached[1]
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray | int]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | int | str]:
         inst = self.instances[index]
         center, scale = crop_region(inst.bbox[None], self.input_size, self.padding)
-        image = crop(self.image(inst.image_file), center[0], scale[0], self.input_size)
-        return {"image": image, "center": center[0], "scale": scale[0], "index": index}
+        try:
+            image = crop(self.image(inst.image_file), center[0], scale[0], self.input_size)
+            error = ""
+        except ImageError as e:  # reported and skipped by the caller, never a crash mid-run
+            image = np.zeros((self.input_size[1], self.input_size[0], 3), np.uint8)
+            error = str(e)
+        return {"image": image, "center": center[0], "scale": scale[0], "index": index,
+                "error": error}  # fmt: skip
 
 
-def collate_crops(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack crops (kept uint8 and channels-last: 4x less to move than float) and their metadata."""
+def collate_crops(items: list[dict]) -> dict[str, Any]:
+    """Stack crops (kept uint8 and channels-last: 4x less to move than float) and their metadata;
+    ``error`` is a list of strings ("" for a readable image)."""
     return {
         "image": torch.from_numpy(np.stack([i["image"] for i in items])),
         "center": torch.from_numpy(np.stack([i["center"] for i in items])),
         "scale": torch.from_numpy(np.stack([i["scale"] for i in items])),
         "index": torch.tensor([i["index"] for i in items]),
+        "error": [i.get("error", "") for i in items],
     }
 
 
@@ -73,7 +84,9 @@ class TrainDataset(Dataset):
     float32 targets, ``weights`` (K,) float32 target weights, ``keypoints`` (K, 2) float32 crop
     pixels and ``visible`` (K,) float32, plus for debugging ``center``/``scale`` (2,) float32 (the
     augmented, aspect-fixed crop region in image pixels), ``rotation`` (float32 degrees),
-    ``flipped`` and ``index``.
+    ``flipped`` and ``index``, and ``error``: "" or, for an image that cannot be read, the reason;
+    such an item is a black crop with all keypoint weights 0, so it adds nothing to the loss and
+    a run never stops on one bad file (the training loop reports and counts them).
     """
 
     def __init__(self, instances: list[PersonInstance], image_dir: str | Path, config: Config):
@@ -105,11 +118,15 @@ class TrainDataset(Dataset):
         epoch = self.epoch if epoch is None else epoch
         return np.random.default_rng([self.config.data.seed, epoch, index])
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray | int | bool]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | int | bool | str]:
         inst = self.instances[index]
         center, scale = box_to_center_scale(inst.bbox[None], self.config.data.padding)
+        try:
+            image = self.image(inst.image_file)
+        except ImageError as e:
+            return self._unreadable(index, center[0], scale[0], str(e))
         sample = PoseSample(
-            image=self.image(inst.image_file),
+            image=image,
             center=center[0],
             scale=scale[0],
             keypoints=inst.keypoints.astype(np.float32),
@@ -131,11 +148,33 @@ class TrainDataset(Dataset):
             "rotation": np.float32(out.rotation),
             "flipped": out.flipped,
             "index": index,
+            "error": "",
+        }
+
+    def _unreadable(
+        self, index: int, center: np.ndarray, scale: np.ndarray, error: str
+    ) -> dict[str, np.ndarray | int | bool | str]:
+        """The stand-in for an item whose image cannot be read: black, every weight 0."""
+        model = self.config.model
+        (w, h), (hw, hh), k = model.input_size, model.heatmap_size, model.num_keypoints
+        return {
+            "image": np.zeros((h, w, 3), np.uint8),
+            "heatmaps": np.zeros((k, hh, hw), np.float32),
+            "weights": np.zeros(k, np.float32),
+            "keypoints": np.zeros((k, 2), np.float32),
+            "visible": np.zeros(k, np.float32),
+            "center": center.astype(np.float32),
+            "scale": scale.astype(np.float32),
+            "rotation": np.float32(0),
+            "flipped": False,
+            "index": index,
+            "error": error,
         }
 
 
-def collate_train(items: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack training items; images stay uint8 (N, h, w, 3), normalised later on the device."""
+def collate_train(items: list[dict]) -> dict[str, Any]:
+    """Stack training items; images stay uint8 (N, h, w, 3), normalised later on the device;
+    ``error`` is a list of strings ("" for a readable image)."""
     batch = {
         key: torch.from_numpy(np.stack([i[key] for i in items]))
         for key in ("image", "heatmaps", "weights", "keypoints", "visible", "center", "scale")
@@ -143,4 +182,5 @@ def collate_train(items: list[dict]) -> dict[str, torch.Tensor]:
     batch["rotation"] = torch.tensor([float(i["rotation"]) for i in items], dtype=torch.float32)
     batch["flipped"] = torch.tensor([bool(i["flipped"]) for i in items])
     batch["index"] = torch.tensor([i["index"] for i in items])
+    batch["error"] = [i.get("error", "") for i in items]
     return batch

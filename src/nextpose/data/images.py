@@ -1,6 +1,8 @@
 """Reading images as the reference does: OpenCV decode in colour mode, EXIF orientation applied."""
 
+import os
 import re
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +15,93 @@ class ImageError(ValueError):
     """An image file is missing, empty or cannot be decoded."""
 
 
+# Images with more pixels than this are refused before decoding: a small file can declare a huge
+# picture (a 1 MB PNG decodes to 20000 x 20000 x 3 = 1.2 GB). 2**28 = 16384 x 16384 pixels, 0.8 GB
+# decoded; the environment variable NEXTPOSE_MAX_IMAGE_PIXELS changes it (0: no limit).
+MAX_IMAGE_PIXELS = int(os.environ.get("NEXTPOSE_MAX_IMAGE_PIXELS", 2**28))
+
+
+def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) declared by the header of a PNG, JPEG, BMP, TIFF, WebP or PNM file, read
+    without decoding; None for other formats or a header that cannot be parsed."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM":
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 header: 16-bit sizes
+                return struct.unpack("<HH", data[18:22])
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data, "<" if data[0] == 0x49 else ">")
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w, h = int.from_bytes(data[24:27], "little"), int.from_bytes(data[27:30], "little")
+                return w + 1, h + 1
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+        if re.match(rb"P[1-7]\s", data[:3]):
+            tokens = re.sub(rb"#[^\n]*", b"", data[:4096]).split()
+            return int(tokens[1]), int(tokens[2])
+    except (struct.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """Walk the JPEG marker segments up to the frame header (SOFn) and read its size."""
+    pos = 2
+    while pos + 9 < len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return w, h
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+    return None
+
+
+def _tiff_size(data: bytes | memoryview, order: str) -> tuple[int, int] | None:
+    """ImageWidth (tag 256) and ImageLength (257) of a TIFF's first image directory."""
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    found: dict[int, int] = {}
+    for i in range(struct.unpack(order + "H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+        if tag in (256, 257):
+            fmt = "H" if kind == 3 else "I"
+            found[tag] = struct.unpack(
+                order + fmt, data[entry + 8 : entry + 8 + struct.calcsize(fmt)]
+            )[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 RGB array.
 
     OpenCV's colour mode applies the EXIF orientation, turns grayscale into three equal channels,
     drops alpha, converts CMYK and scales 16-bit to 8-bit, exactly as the reference's loader does.
+    A file whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels is refused before
+    decoding.
+
+    Raises:
+        ImageError: the file is missing, empty, too large, or cannot be decoded.
     """
     path = Path(path)
     try:
@@ -30,6 +114,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image file ({e.strerror or e})") from None
     if data.size == 0:
         raise ImageError(f"{path}: the image file is empty")
+    size = image_size(memoryview(data))
+    if size is not None and MAX_IMAGE_PIXELS and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{path}: the image is {size[0]} x {size[1]} pixels, more than the limit of "
+            f"{MAX_IMAGE_PIXELS} (set NEXTPOSE_MAX_IMAGE_PIXELS to allow it); not decoded"
+        )
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageError(f"{path}: not a readable image (corrupt, truncated, or an unknown format)")

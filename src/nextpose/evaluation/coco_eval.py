@@ -11,6 +11,7 @@ keypoint scores are all ``<= 0`` dropped, at most 20 detections per image, and r
 import contextlib
 import io
 import json
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -234,8 +235,11 @@ def _load_ground_truth(ann_file: str | Path) -> Any:
     """
     from pycocotools.coco import COCO
 
-    with open(ann_file, encoding="utf-8") as f:
-        dataset = json.load(f)
+    from ..data.coco import AnnotationError, _load_json
+
+    dataset = _load_json(Path(ann_file), "annotation")
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
+        raise AnnotationError(f"{ann_file}: not a COCO annotation file (no 'images' list)")
     for ann in dataset.get("annotations", []):
         if "keypoints" in ann:
             ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann["keypoints"])[2::3] > 0))
@@ -267,6 +271,7 @@ def evaluate_results(
     from pycocotools.cocoeval import COCOeval
 
     sig = _sigmas(sigmas)
+    _check_results(results, len(sig))
     # The reference's COCOeval skips detections with no positive keypoint score.
     kept = [dict(r) for r in results if any(v > 0 for v in r["keypoints"][2::3])]
     if not kept:
@@ -287,6 +292,40 @@ def evaluate_results(
         coco_eval.accumulate()
         coco_eval.summarize()
     return {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats, strict=True)}
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value: Any) -> bool:
+    """A JSON number that is finite in float32 (not NaN, inf, or too large)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _check_results(results: Any, k: int, source: str = "results") -> None:
+    """Reject what pycocotools would crash on or misread: each result needs an ``image_id``,
+    ``keypoints`` (3K finite numbers) and a finite ``score``."""
+    if not isinstance(results, list):
+        raise ValueError(f"{source}: COCO keypoint results are a JSON list")
+    for i, r in enumerate(results):
+        ok = (
+            isinstance(r, dict)
+            and isinstance(r.get("image_id"), int)
+            and isinstance(r.get("keypoints"), list)
+            and len(r["keypoints"]) == 3 * k
+            and all(map(_number, r["keypoints"]))
+            and _number(r.get("score"))
+        )
+        if not ok:
+            raise ValueError(
+                f"{source}: result {i} must be {{'image_id': int, 'keypoints': [{3 * k} finite "
+                f"numbers: x, y, score per keypoint], 'score': number}}, got {r!r:.100}"
+            )
 
 
 def evaluate_predictions(
@@ -322,8 +361,8 @@ def score_results_file(
     sigmas: np.ndarray | Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Score a COCO keypoint results file without a model (see :func:`evaluate_results`)."""
-    with open(results_json, encoding="utf-8") as f:
-        results = json.load(f)
-    if not isinstance(results, list):
-        raise ValueError(f"{results_json}: a COCO results file is a JSON list")
+    from ..data.coco import _load_json
+
+    results = _load_json(Path(results_json), "results")
+    _check_results(results, len(_sigmas(sigmas)), str(results_json))
     return evaluate_results(results, ann_file, sigmas)

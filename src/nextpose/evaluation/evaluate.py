@@ -1,8 +1,9 @@
 """Run an estimator over a COCO-format dataset and score it: what ``nextpose eval`` does."""
 
 import json
+import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ COCO_VAL_ANN = "annotations/person_keypoints_val2017.json"
 COCO_VAL_IMAGES = "val2017"
 COCO_VAL_DETECTIONS = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 
+log = logging.getLogger("nextpose")
+
 
 @dataclass
 class InstancePredictions:
@@ -27,6 +30,7 @@ class InstancePredictions:
     scores: np.ndarray  # (N, K) float32
     centers: np.ndarray  # (N, 2) float32 crop centres, image pixels
     scales: np.ndarray  # (N, 2) float32 padded, aspect-fixed crop sizes, image pixels
+    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (N,) unreadable image
 
 
 def predict_instances(
@@ -38,7 +42,11 @@ def predict_instances(
     workers: int = 2,
     progress: bool = True,
 ) -> InstancePredictions:
-    """Keypoints for every instance; images are decoded and cropped in ``workers`` processes."""
+    """Keypoints for every instance; images are decoded and cropped in ``workers`` processes.
+
+    An image that cannot be read is reported (a warning naming it), its instances are marked in
+    ``failed`` (zero keypoints and scores) and the run goes on; the count is logged at the end.
+    """
     config = estimator.config
     dataset = CropDataset(instances, image_dir, config.model.input_size, config.inference.padding)
     loader = DataLoader(
@@ -56,15 +64,29 @@ def predict_instances(
         np.zeros((n, k), np.float32),
         np.zeros((n, 2), np.float32),
         np.zeros((n, 2), np.float32),
+        np.zeros(n, bool),
     )
+    bad_images: set[str] = set()
     bar = tqdm(total=n, desc="pose", unit="box", disable=not progress, file=sys.stderr)
     for batch in loader:
         index = batch["index"].numpy()
         crops = Crops(batch["image"], batch["center"].numpy(), batch["scale"].numpy())
         out.keypoints[index], out.scores[index] = estimator.predict_crops(crops, flip)
         out.centers[index], out.scales[index] = crops.centers, crops.scales
+        for i, error in zip(index, batch["error"], strict=True):
+            if error:
+                out.failed[i] = True
+                out.keypoints[i], out.scores[i] = 0, 0
+                if error not in bad_images:
+                    bad_images.add(error)
+                    log.warning("skipped %s", error)
         bar.update(len(index))
     bar.close()
+    if bad_images:
+        log.warning(
+            "%d images could not be read; their %d of %d person boxes were skipped",
+            len(bad_images), int(out.failed.sum()), n,
+        )  # fmt: skip
     return out
 
 
@@ -93,7 +115,8 @@ def evaluate(
         bbox_score_threshold: drop detections scoring below this (the reference keeps all).
 
     Returns:
-        ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``.
+        ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``. Boxes of
+        images that cannot be read are left out (with a warning naming each image and a count).
     """
     coco = CocoKeypoints(ann_file, estimator.config.model.num_keypoints)
     if bbox_file is None:
@@ -101,15 +124,17 @@ def evaluate(
     else:
         instances = coco.detection_instances(bbox_file, bbox_score_threshold)
     pred = predict_instances(estimator, instances, image_dir, flip, batch_size, workers, progress)
+    ok = np.flatnonzero(~pred.failed)
+    kept = [instances[i] for i in ok]
     predictions = predictions_from_arrays(
-        ids=[i.id for i in instances],
-        img_ids=[i.image_id for i in instances],
-        keypoints=pred.keypoints,
-        keypoint_scores=pred.scores,
-        bboxes=np.stack([i.bbox for i in instances]) if instances else np.zeros((0, 4)),
-        bbox_scores=np.array([i.bbox_score for i in instances], np.float32),
-        scales=pred.scales,
-        category_ids=[i.category_id for i in instances],
+        ids=[i.id for i in kept],
+        img_ids=[i.image_id for i in kept],
+        keypoints=pred.keypoints[ok],
+        keypoint_scores=pred.scores[ok],
+        bboxes=np.stack([i.bbox for i in kept]) if kept else np.zeros((0, 4)),
+        bbox_scores=np.array([i.bbox_score for i in kept], np.float32),
+        scales=pred.scales[ok],
+        category_ids=[i.category_id for i in kept],
     )
     metrics = evaluate_predictions(
         predictions,

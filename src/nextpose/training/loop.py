@@ -116,6 +116,17 @@ class Trainer:
             raise TrainingError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm)")
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise TrainingError("train.amp='fp16' needs CUDA; use 'bf16' on CPU")
+        if not resume and (self.out_dir / "last.pth").is_file():
+            raise TrainingError(
+                f"{self.out_dir / 'last.pth'} exists: continue that run with --resume "
+                "(resume=True), or train into another folder"
+            )
+        # Annotations are parsed and every image is checked for before the network is built or
+        # pretrained weights are fetched: a bad file stops the run now, not hours in.
+        train_instances = _instances(train_data, config, "training")
+        if not train_instances:
+            raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
+        self.val_instances = _instances(val_data, config, "validation") if val_data else []
 
         torch.manual_seed(config.data.seed)  # the head's random init is part of the run's seed
         self.model = PoseNet(config.model)
@@ -149,12 +160,9 @@ class Trainer:
             self.best_ap = state["best_ap"]
             torch.set_rng_state(state["rng_torch"])
 
-        instances = CocoKeypoints(train_data.ann_file, config.model.num_keypoints)
-        self.dataset = TrainDataset(
-            instances.ground_truth_instances(), train_data.image_dir, config
-        )
-        if len(self.dataset) == 0:
-            raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
+        self.dataset = TrainDataset(train_instances, train_data.image_dir, config)
+        self.skipped = 0  # samples whose image could not be read (black, weight 0)
+        self._bad_images: set[str] = set()
         self.sampler = DistributedSampler(
             self.dataset,
             num_replicas=self.dist.world_size,
@@ -194,6 +202,9 @@ class Trainer:
 
     def _start_run_folder(self, resume: bool) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(".*.pth.*.tmp"):  # a run killed while saving left these
+            stale.unlink(missing_ok=True)
+        self._trim_log()
         (self.out_dir / "config.toml").write_text(self.config.to_toml())
         info = {
             "nextpose": __version__,
@@ -220,6 +231,24 @@ class Trainer:
             print("note: install tensorboard for training curves (pip install tensorboard)",
                   file=sys.stderr)  # fmt: skip
 
+    def _trim_log(self) -> None:
+        """Drop the ``metrics.jsonl`` records a killed run wrote after its last checkpoint (they
+        are written again on resume) and a half-written last line."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("iteration", 0) <= self.iteration:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
     # -- the loop ----------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
@@ -244,7 +273,7 @@ class Trainer:
             if self._writer is not None:
                 self._writer.close()
         return {"epochs": self.epoch, "iterations": self.iteration, "best_ap": self.best_ap,
-                "out_dir": str(self.out_dir)}  # fmt: skip
+                "skipped_samples": self.skipped, "out_dir": str(self.out_dir)}  # fmt: skip
 
     def _train_epoch(self) -> None:
         cfg = self.config.train
@@ -255,7 +284,9 @@ class Trainer:
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         start = time.perf_counter()
+        skipped = 0
         for batch in bar:
+            skipped += self._report_unreadable(batch["error"])
             lr = lr_at(cfg, self.iteration, self.epoch, self.dist.world_size)
             set_lr(self.optimizer, lr)
             images = normalize(batch["image"].to(self.device, non_blocking=True))
@@ -267,11 +298,13 @@ class Trainer:
                 heatmaps = self.network(images)
             loss = self.loss_fn(heatmaps.float(), targets, weights)
             if not torch.isfinite(loss):
+                last = self.out_dir / "last.pth"
                 raise TrainingError(
                     f"the loss became {loss.item()} at iteration {self.iteration} (epoch "
-                    f"{self.epoch + 1}); lower train.lr or check the data. The last good "
-                    f"checkpoint is {self.out_dir / 'last.pth'}"
-                )
+                    f"{self.epoch + 1}); lower train.lr or check the data. "
+                    + (f"The last good checkpoint is {last}" if last.is_file() else
+                       "No checkpoint was written yet.")
+                )  # fmt: skip
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -282,16 +315,29 @@ class Trainer:
                 bar.set_postfix(loss=f"{value:.3g}", lr=f"{lr:.2e}")
                 self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "loss": value,
                            "lr": lr, "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+        if skipped:
+            print(f"warning: epoch {self.epoch + 1}: {skipped} samples had unreadable images "
+                  "and were skipped", file=sys.stderr)  # fmt: skip
+            self._log({"epoch": self.epoch + 1, "iteration": self.iteration,
+                       "skipped_samples": skipped})  # fmt: skip
+
+    def _report_unreadable(self, errors: list[str]) -> int:
+        """Count a batch's unreadable images; name each file the first time it fails."""
+        count = 0
+        for error in errors:
+            if error:
+                count += 1
+                if error not in self._bad_images:
+                    self._bad_images.add(error)
+                    print(f"warning: skipped {error}", file=sys.stderr)
+        self.skipped += count
+        return count
 
     def validate(self) -> dict[str, float]:
         """COCO AP/AR of the current weights; every rank predicts a share, rank 0 scores."""
         assert self.val_data is not None
         config = self.config
-        coco = CocoKeypoints(self.val_data.ann_file, config.model.num_keypoints)
-        if self.val_data.bbox_file is None:
-            instances = coco.ground_truth_instances()
-        else:
-            instances = coco.detection_instances(self.val_data.bbox_file)
+        instances = self.val_instances
         share = instances[self.dist.rank :: self.dist.world_size]
         estimator = PoseEstimator(self.model, config, device=self.device)
         pred = predict_instances(
@@ -301,15 +347,17 @@ class Trainer:
         metrics: dict[str, float] | None = None
         if self.dist.is_main:
             merged = _interleave(parts, len(instances))
+            ok = np.flatnonzero(~merged.failed)  # boxes of unreadable images are left out
+            kept = [instances[i] for i in ok]
             predictions = predictions_from_arrays(
-                [i.id for i in instances],
-                [i.image_id for i in instances],
-                merged.keypoints,
-                merged.scores,
-                _boxes(instances),
-                [i.bbox_score for i in instances],
-                merged.scales,
-                [i.category_id for i in instances],
+                [i.id for i in kept],
+                [i.image_id for i in kept],
+                merged.keypoints[ok],
+                merged.scores[ok],
+                _boxes(kept),
+                [i.bbox_score for i in kept],
+                merged.scales[ok],
+                [i.category_id for i in kept],
             )
             metrics = evaluate_predictions(
                 predictions, self.val_data.ann_file, sigmas=config.keypoints.sigmas_array()
@@ -350,8 +398,40 @@ class Trainer:
             self.best_ap = metrics["AP"]
             state["best_ap"] = self.best_ap
             weights = {k: state[k] for k in ("state_dict", "config", "epoch", "metrics")}
-            checkpoint.save(self.out_dir / "best.pth", weights)
-        checkpoint.save(self.out_dir / "last.pth", state)
+            self._write(self.out_dir / "best.pth", weights)
+        self._write(self.out_dir / "last.pth", state)
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> None:
+        """Save atomically; a failed write (a full disk) stops the run and keeps the old file."""
+        try:
+            checkpoint.save(path, payload)
+        except OSError as e:
+            kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was saved"
+            raise TrainingError(
+                f"could not write {path} at the end of epoch {self.epoch} ({e.strerror or e}); "
+                f"{kept}. Free some space and continue with --resume"
+            ) from e
+
+
+def _instances(data: Dataset, config: Config, what: str) -> list[PersonInstance]:
+    """The person instances of a dataset; every image they are in must exist (else stop now)."""
+    coco = CocoKeypoints(data.ann_file, config.model.num_keypoints)
+    if data.bbox_file is None:
+        instances = coco.ground_truth_instances()
+    else:
+        instances = coco.detection_instances(data.bbox_file)
+    folder = Path(data.image_dir)
+    if not folder.is_dir():
+        raise TrainingError(f"{folder}: no such {what} image folder")
+    files = dict.fromkeys(i.image_file for i in instances)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        more = f" ... ({len(missing)} in all)" if len(missing) > 5 else ""
+        raise TrainingError(
+            f"{len(missing)} of the {len(files)} {what} images named in {data.ann_file} are not "
+            f"in {folder}: {', '.join(missing[:5])}{more}"
+        )
+    return instances
 
 
 def _boxes(instances: list[PersonInstance]) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""ONNX export (``nextpose export``) and the onnxruntime backend, checked with ONNX Runtime
+against the PyTorch path on the COCO sample (tiny model for speed; the full-size comparison is in
+benchmarks/bench_inference.py)."""
+
+import numpy as np
+import pytest
+from conftest import ANN_FILE, COCO, DET_FILE
+
+import nextpose
+from nextpose.cli import main
+from nextpose.export import export_onnx
+from nextpose.inference import prepare_crops
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_checkpoint):
+    return nextpose.load(str(tiny_checkpoint), backend="eager")
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """(image, boxes) per sample image: five detector boxes, one partly outside the image."""
+    coco = nextpose.CocoKeypoints(ANN_FILE)
+    boxes: dict[str, list] = {}
+    for inst in coco.detection_instances(DET_FILE):
+        boxes.setdefault(inst.image_file, []).append(inst.bbox)
+    out = []
+    for name, b in boxes.items():
+        image = nextpose.read_image(COCO / name)
+        h, w = image.shape[:2]
+        extra = np.array([[w - 60, h - 90, w + 40, h + 20]], np.float32)
+        out.append((image, np.concatenate([np.stack(b[:4]), extra])))
+    return out
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> float:
+    """Share of keypoints within 1e-3 px."""
+    return float((np.abs(got - want).max(-1) <= 1e-3).mean())
+
+
+def test_export_image_graph_cli(tiny_checkpoint, eager, sample, tmp_path):
+    """Image + boxes in, image pixels out: the crop (OpenCV's arithmetic), flip test and decoding
+    inside; images of different sizes and box counts through one graph."""
+    out = tmp_path / "pose.onnx"
+    args = ["export", str(tiny_checkpoint), str(out), "--format", "onnx", "--input", "image"]
+    assert main(args) == 0
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["nextpose.input"] == "image" and meta["nextpose.flip_test"] == "true"
+    assert meta["nextpose.keypoints"].split(",")[:2] == ["nose", "left_eye"]
+    session = ort.InferenceSession(str(out))
+    assert [i.name for i in session.get_inputs()] == ["image", "boxes"]
+    got, want, got_scores, want_scores = [], [], [], []
+    for n, (image, boxes) in enumerate(sample):
+        boxes = boxes[: n + 2]  # 2..5 people
+        keypoints, scores = session.run(None, {"image": image, "boxes": boxes})
+        assert keypoints.shape == (len(boxes), 17, 2) and scores.shape == (len(boxes), 17)
+        poses = eager.predict(image, boxes, flip=True)
+        got.append(keypoints)
+        want.append(poses.keypoints)
+        got_scores.append(scores)
+        want_scores.append(poses.scores)
+    assert _close(np.concatenate(got), np.concatenate(want)) >= 0.99
+    scores, ref = np.concatenate(got_scores), np.concatenate(want_scores)
+    assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_export_crops_graph_without_flip(tiny_checkpoint, eager, sample, tmp_path):
+    out = tmp_path / "crops.onnx"
+    args = ["export", str(tiny_checkpoint), str(out), "--input", "crops", "--no-flip"]
+    assert main(args) == 0
+    session = ort.InferenceSession(str(out))
+    crops = [prepare_crops(image, boxes, eager.input_size) for image, boxes in sample]
+    for c in crops[:2]:  # dynamic batch: 5 crops, then 1
+        for images in (c.images, c.images[:1]):
+            keypoints, scores = session.run(None, {"crops": images})
+            want, want_scores = eager._run_batches([images], flip=False)
+            assert _close(keypoints, want) >= 0.99
+            assert np.abs(scores - want_scores).max() <= 1e-4 * np.abs(want_scores).max()
+    flipped, _ = eager._run_batches([crops[0].images], flip=True)
+    assert _close(session.run(None, {"crops": crops[0].images})[0], flipped) < 0.9
+
+
+def test_onnxruntime_backend_equals_pytorch(tiny_checkpoint, eager, sample):
+    """The backend runs the crops graph (flip inside) and maps back to image pixels."""
+    est = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    images, boxes = [s[0] for s in sample], [s[1] for s in sample]
+    got = est.predict_many(images, boxes)
+    want = eager.predict_many(images, boxes)
+    kpts = np.concatenate([p.keypoints for p in got])
+    assert _close(kpts, np.concatenate([p.keypoints for p in want])) >= 0.99
+    crops = prepare_crops(images[0], boxes[0], est.input_size)
+    _, _, heatmaps = est.network().run(crops.images, True)
+    reference = eager.heatmaps(eager.normalize(crops.images), flip=True).numpy()
+    assert np.abs(heatmaps - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
+def test_grid_sample_image_graph(eager, sample):
+    """The GridSample warp: one grey level off at rounding ties, so keypoints stay close."""
+    graph = export_onnx(eager.model, eager.config, None, input="image", warp="grid_sample")
+    session = ort.InferenceSession(graph)
+    image, boxes = sample[0]
+    keypoints, _ = session.run(None, {"image": image, "boxes": boxes})
+    want = eager.predict(image, boxes).keypoints
+    assert keypoints.shape == want.shape
+    assert np.median(np.abs(keypoints - want)) <= 1e-3
+
+
+def test_export_rejects_bad_options(eager):
+    with pytest.raises(ValueError, match="input"):
+        export_onnx(eager.model, eager.config, None, input="video")
+    with pytest.raises(ValueError, match="heatmaps"):
+        export_onnx(eager.model, eager.config, None, input="image", heatmaps=True)

@@ -1,0 +1,254 @@
+"""The fast inference paths: tensor twins of the decode and crop maths (equal to the NumPy /
+OpenCV reference bit for bit), BatchNorm folding, the backends and the read-ahead of images."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
+
+import nextpose
+from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
+from nextpose.geometry import (
+    affine_matrix_torch,
+    crop,
+    crop_region,
+    crop_region_torch,
+    crop_to_image,
+    crop_to_image_torch,
+    image_to_crop_matrix,
+    warp_crops,
+)
+from nextpose.inference import PoseEstimator, Runtime, _TorchNetwork, ordered_map
+from nextpose.model import PoseNet
+from nextpose.optimize import cpu_supports_bf16, fold_batchnorm, prepare_for_inference
+from nextpose.presets import get_preset
+
+TINY = get_preset("tiny_coco_96x64").config
+SIZE = TINY.model.input_size
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    return nextpose.load(str(tiny_checkpoint), backend="eager").model
+
+
+@pytest.fixture(scope="module")
+def sample_boxes():
+    """Per sample image: its detector boxes (the oracle's), plus boxes partly or wholly outside."""
+    coco = nextpose.CocoKeypoints(ANN_FILE)
+    out = {}
+    for inst in coco.detection_instances(DET_FILE):
+        out.setdefault(inst.image_file, []).append(inst.bbox)
+    for name, boxes in out.items():
+        h, w = nextpose.read_image(COCO / name).shape[:2]
+        extra = [[-50, -30, 80, 200], [w - 40, h - 60, w + 90, h + 10], [w + 5, 0, w + 60, 50]]
+        out[name] = np.concatenate([np.stack(boxes), np.array(extra, np.float32)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def few_boxes(sample_boxes):
+    """Four detector boxes and the three outside ones per image: enough for the model tests."""
+    return {name: np.concatenate([b[:4], b[-3:]]) for name, b in sample_boxes.items()}
+
+
+def test_torch_decode_equals_numpy_decode():
+    rng = np.random.default_rng(0)
+    maps = np.round(rng.standard_normal((40, 17, 8, 6)), 1).astype(np.float32)  # many ties
+    maps[0] = -1  # all negative: (-1, -1), score kept
+    maps[1, 0] = 0.0
+    maps[1, 1] = -0.0
+    for i, (row, col) in enumerate([(0, None), (-1, None), (None, 0), (None, -1), (1, None)]):
+        target = maps[2 + i]
+        if row is not None:
+            target[:, row, :] += 10  # maxima on the first/last/second row
+        else:
+            target[:, :, col] += 10
+    maps[7, :, 3, 2] = maps[7, :, 3, 4] = 20  # equal neighbours: no step
+    want = decode_heatmaps(maps)
+    got = decode_heatmaps_torch(torch.from_numpy(maps))
+    np.testing.assert_array_equal(got[0].numpy(), want[0])
+    np.testing.assert_array_equal(got[1].numpy(), want[1])
+    assert (want[0][0] == -1).all() and (want[0] % 0.25 == 0).all()
+
+
+def test_affine_matrix_equals_opencv_solver():
+    rng = np.random.default_rng(1)
+    centers = rng.uniform(-500, 3000, (2000, 2)).astype(np.float32)
+    scales = rng.uniform(0.5, 2000, (2000, 2)).astype(np.float32)
+    for size in [(192, 256), (288, 384), SIZE]:
+        got = affine_matrix_torch(torch.from_numpy(centers), torch.from_numpy(scales), size)
+        pairs = zip(centers, scales, strict=True)
+        want = np.stack([image_to_crop_matrix(c, s, 0.0, size) for c, s in pairs])
+        np.testing.assert_array_equal(got.numpy(), want)  # the last bits too
+
+
+def test_tensor_regions_and_back_projection_equal_numpy(sample_boxes):
+    boxes = np.concatenate(list(sample_boxes.values()))
+    center, scale = crop_region(boxes, (192, 256))
+    tc, ts = crop_region_torch(torch.from_numpy(boxes), (192, 256))
+    np.testing.assert_array_equal(tc.numpy(), center)
+    np.testing.assert_array_equal(ts.numpy(), scale)
+    points = np.random.default_rng(2).uniform(-4, 200, (len(boxes), 17, 2)).astype(np.float32)
+    got = crop_to_image_torch(torch.from_numpy(points), tc, ts, (192, 256))
+    np.testing.assert_array_equal(got.numpy(), crop_to_image(points, center, scale, (192, 256)))
+
+
+@pytest.mark.parametrize("size", [(192, 256), SIZE])
+def test_fixed_point_warp_equals_opencv(sample_boxes, size):
+    differing = []
+    for name, boxes in sample_boxes.items():
+        image = nextpose.read_image(COCO / name)
+        center, scale = crop_region(boxes, size)
+        want = np.stack([crop(image, c, s, size) for c, s in zip(center, scale, strict=True)])
+        args = (torch.from_numpy(image), torch.from_numpy(center), torch.from_numpy(scale), size)
+        np.testing.assert_array_equal(warp_crops(*args).numpy(), want)  # "fixed": bit-exact
+        diff = np.abs(warp_crops(*args, method="grid_sample").numpy() - want)
+        assert diff.max() <= 1
+        differing.append(diff.mean())
+    assert 0 < np.mean(differing) < 0.01  # grid_sample: float weights, a grey level off at ties
+
+
+def test_fold_batchnorm_matches_the_plain_model(tiny_model):
+    folded = fold_batchnorm(tiny_model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_model.modules())  # a copy
+    deconv = folded.head.deconv_layers[3]  # equal in/out channels: the inductor trap's pattern
+    assert deconv.in_channels == deconv.out_channels and deconv.bias is not None
+    x = torch.randn(3, 3, SIZE[1], SIZE[0])
+    fast = prepare_for_inference(tiny_model, channels_last=True)
+    with torch.inference_mode():
+        want = tiny_model(x)
+        for net, inputs in ((folded, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+            got = net(inputs)
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_fold_refuses_a_batchnorm_without_convolution():
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="no convolution"):
+        fold_batchnorm(model)
+
+
+def test_runtime_choices():
+    assert Runtime().resolve(torch.device("cpu")).backend == "fast"
+    with pytest.raises(ValueError, match="backend"):
+        Runtime(backend="tensorrt")
+    with pytest.raises(ValueError, match="precision"):
+        Runtime(precision="int8")
+    with pytest.raises(ValueError, match="CPU"):
+        Runtime(backend="onnxruntime").resolve(torch.device("cuda"))
+    if not cpu_supports_bf16():
+        with pytest.raises(ValueError, match="native bf16"):
+            Runtime(precision="bf16").resolve(torch.device("cpu"))
+
+
+def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
+    """Folding and channels-last change heatmaps in the last bits only: the same keypoints."""
+    eager = nextpose.load(str(tiny_checkpoint), backend="eager")
+    fast = nextpose.load(str(tiny_checkpoint))
+    assert fast.backend == "fast" and eager.backend == "eager"
+    names = list(few_boxes)
+    want = eager.predict_many([COCO / n for n in names], [few_boxes[n] for n in names])
+    got = fast.predict_many([COCO / n for n in names], [few_boxes[n] for n in names])
+    kpts = np.concatenate([p.keypoints for p in got])
+    ref = np.concatenate([p.keypoints for p in want])
+    close = np.abs(kpts - ref).max(-1) <= 1e-3
+    assert close.mean() >= 0.99, close.mean()
+    scores = np.concatenate([p.scores for p in got])
+    ref_scores = np.concatenate([p.scores for p in want])
+    assert np.abs(scores - ref_scores).max() <= 1e-5 * np.abs(ref_scores).max()
+
+
+def test_read_ahead_and_device_crops_change_nothing(tiny_checkpoint, few_boxes):
+    names = list(few_boxes)
+    images, boxes = [COCO / n for n in names], [few_boxes[n] for n in names]
+    boxes[1] = np.zeros((0, 4), np.float32)  # an image without people in the middle
+    runs = []
+    for options in ({"workers": 0}, {"workers": 2}, {"workers": 3, "device_crops": True}):
+        est = nextpose.load(str(tiny_checkpoint), **options)
+        est.config = est.config.override(["inference.batch_size=5"])  # batches across images
+        runs.append(est.predict_many(images, boxes))
+    for run in runs[1:]:
+        assert [len(p) for p in run] == [len(p) for p in runs[0]]
+        for a, b in zip(run, runs[0], strict=True):
+            np.testing.assert_array_equal(a.keypoints, b.keypoints)
+            np.testing.assert_array_equal(a.scores, b.scores)
+            np.testing.assert_array_equal(a.centers, b.centers)
+
+
+def test_ordered_map_keeps_order_raises_in_place_and_stops():
+    def slow_square(i: int) -> int:
+        time.sleep(0.02 * (i % 3))  # finish out of order
+        if i == 5:
+            raise nextpose.ImageError("bad image 5")
+        return i * i
+
+    got = []
+    with pytest.raises(nextpose.ImageError, match="bad image 5"):
+        for value in ordered_map(slow_square, ((i,) for i in range(10)), workers=3):
+            got.append(value)
+    assert got == [0, 1, 4, 9, 16]
+    assert list(ordered_map(slow_square, ((i,) for i in range(5)), workers=0)) == got
+    started = []
+
+    def record(i: int) -> int:
+        started.append(i)
+        return i
+
+    for value in ordered_map(record, ((i,) for i in range(1000)), workers=2, depth=4):
+        if value == 3:
+            break  # the rest is cancelled: at most depth items beyond are submitted
+    assert len(started) <= 3 + 1 + 4
+
+
+def test_unreadable_image_still_raises(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    est = nextpose.load(str(tiny_checkpoint))
+    with pytest.raises(nextpose.ImageError):
+        est.predict_many([IMAGES[0], bad, IMAGES[1]], [None, None, None])
+
+
+def test_custom_model_estimator_defaults_to_fast():
+    model = PoseNet(TINY.model)
+    est = PoseEstimator(model, TINY)
+    assert est.backend == "fast"
+    poses = est.predict(np.zeros((50, 40, 3), np.uint8))
+    assert poses.keypoints.shape == (1, 17, 2)
+
+
+def test_gpu_style_paths_on_cpu(tiny_model):
+    """What a GPU runs, checked on the CPU: the flip test as one 2N batch, and autocast (bf16
+    here, fp16 on a GPU) with float32 heatmaps out."""
+    fast = prepare_for_inference(tiny_model, channels_last=True)
+    flip_indices = list(TINY.keypoints.flip_indices)
+    x = torch.randn(4, 3, SIZE[1], SIZE[0])
+    two = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", joint_flip=False)
+    joint = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", joint_flip=True)
+    half = _TorchNetwork(fast, torch.device("cpu"), True, "bf16", joint_flip=True)
+    want = two.heatmaps(x, flip_indices)
+    scale = want.abs().max()
+    assert (joint.heatmaps(x, flip_indices) - want).abs().max() <= 1e-6 * scale
+    low = half.heatmaps(x, flip_indices)
+    assert low.dtype == torch.float32 and low.shape == want.shape
+    assert 0 < (low - want).abs().max() <= 0.05 * scale
+
+
+def test_cli_backend_and_precision_options(tiny_checkpoint, tmp_path, capsys):
+    from nextpose.cli import main
+
+    keypoints = {}
+    for backend in ("eager", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
+        args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), str(IMAGES[1]), "--out", str(out)]
+        assert main([*args, "--backend", backend, "--no-progress"]) == 0
+        keypoints[backend] = np.array([r["keypoints"] for r in json.loads(out.read_text())])
+    assert np.abs(keypoints["onnxruntime"] - keypoints["eager"])[..., :2].max() <= 1e-3
+    if not cpu_supports_bf16():
+        args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--precision", "bf16"]
+        assert main(args) == 2
+        assert "no native bf16" in capsys.readouterr().err

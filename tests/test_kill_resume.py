@@ -1,0 +1,137 @@
+"""SIGKILL a training run at random points, resume it, and get the unbroken run's weights
+(issue 7).
+
+The run is the real ``nextpose train`` command in a subprocess. A small launcher reports its
+progress (one line per training step, from the loss) and can stall one checkpoint write right
+after the temporary file is written and synced, so that one kill provably lands inside a
+checkpoint write; the other kills come after a seeded-random number of steps.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import ANN_FILE, COCO
+
+EPOCHS, STEPS_PER_EPOCH = 5, 3  # 12 persons, batch 4
+SETTINGS = [f"train.epochs={EPOCHS}", "train.batch_size=4", "train.warmup_iters=2",
+            "train.milestones=[3]", "train.log_interval=1", "train.lr=0.001",
+            "data.workers=0"]  # fmt: skip
+TRAIN = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(ANN_FILE),
+         "--images", str(COCO), "--quiet"]  # fmt: skip
+TRAIN += [x for s in SETTINGS for x in ("--set", s)]
+
+LAUNCHER = """
+import os, sys, time
+from pathlib import Path
+
+from nextpose.cli import main
+from nextpose.training import loss
+
+progress = Path(os.environ["KILL_TEST_PROGRESS"])
+stall = int(os.environ.get("KILL_TEST_STALL_SAVE", "0"))
+
+
+def note(text):
+    with progress.open("a") as f:
+        f.write(text + "\\n")
+
+
+forward = loss.KeypointMSELoss.forward
+
+
+def reporting_forward(self, *args):
+    note("step")
+    return forward(self, *args)
+
+
+real_fsync, saves = os.fsync, []
+
+
+def stalling_fsync(fd):  # checkpoint.save: torch.save to a temp file, fsync, rename
+    real_fsync(fd)
+    saves.append(fd)
+    if len(saves) == stall:
+        note("saving")
+        time.sleep(120)  # killed here: the temp file is written, not yet renamed
+
+
+loss.KeypointMSELoss.forward = reporting_forward
+os.fsync = stalling_fsync
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def _saved_epoch(run: Path) -> int:
+    path = run / "last.pth"
+    return torch.load(path, weights_only=True)["epoch"] if path.is_file() else 0
+
+
+def _run_until(args: list[str], env: dict[str, str], done, timeout: float = 240) -> None:
+    """Start the launcher, SIGKILL it once ``done(progress lines)`` is true; it must not finish
+    first (that would not be a kill)."""
+    progress = Path(env["KILL_TEST_PROGRESS"])
+    progress.unlink(missing_ok=True)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start = time.monotonic()
+    try:
+        while not done(progress.read_text().split() if progress.exists() else []):
+            assert proc.poll() is None, f"finished before the kill: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() - start < timeout, "no progress"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_path):
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    subprocess.run([sys.executable, "-m", "nextpose", *TRAIN, "--out", str(unbroken)],
+                   env=_env(), check=True, capture_output=True, timeout=300)  # fmt: skip
+
+    def command(run: Path) -> list[str]:
+        resume = ["--resume"] if (run / "last.pth").is_file() else []
+        return [sys.executable, str(launcher), *TRAIN, "--out", str(run), *resume]
+
+    progress = str(tmp_path / "progress.txt")
+    # Kill 1: inside the checkpoint write of epoch 2.
+    _run_until(command(broken), _env(KILL_TEST_PROGRESS=progress, KILL_TEST_STALL_SAVE="2"),
+               lambda lines: "saving" in lines)  # fmt: skip
+    assert _saved_epoch(broken) == 1  # the previous checkpoint is intact and still the last
+    assert len(list(broken.glob(".last.pth.*.tmp"))) == 1  # the write that was cut short
+    # Kills 2 and 3: after a seeded-random number of training steps.
+    rng = random.Random(7)
+    for share in (0.5, 1.0):  # the first anywhere in the first half, so a third kill fits
+        remaining = (EPOCHS - _saved_epoch(broken)) * STEPS_PER_EPOCH
+        steps = rng.randint(1, int(share * remaining) - 3)  # >= 3 steps left: a kill, not an end
+        _run_until(command(broken), _env(KILL_TEST_PROGRESS=progress),
+                   lambda lines, n=steps: lines.count("step") >= n)  # fmt: skip
+        assert _saved_epoch(broken) < EPOCHS
+    # Resume to the end.
+    subprocess.run(command(broken), env=_env(KILL_TEST_PROGRESS=progress), check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+
+    expected = torch.load(unbroken / "last.pth", weights_only=True)
+    got = torch.load(broken / "last.pth", weights_only=True)
+    assert got["epoch"] == EPOCHS and got["iteration"] == EPOCHS * STEPS_PER_EPOCH
+    assert expected["state_dict"].keys() == got["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][key]), key
+    assert not list(broken.glob(".*.tmp"))  # the killed write's temp file was cleaned up
+    # The log has each step once, as the unbroken run's: records after the last checkpoint
+    # of a killed run were dropped on resume.
+    assert (broken / "metrics.jsonl").read_text().count('"loss"') == EPOCHS * STEPS_PER_EPOCH

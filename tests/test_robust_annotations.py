@@ -1,0 +1,344 @@
+"""Bad annotation, detection, boxes and results files through CocoKeypoints, evaluate, the eval
+and predict commands, BoxTable and PoseEstimator.predict (issue 7)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
+from robust_files import coco_json, write_json
+
+import nextpose
+from nextpose import cli
+from nextpose.cli import main
+from nextpose.data.coco import AnnotationError, CocoKeypoints
+from nextpose.evaluation import evaluate, score_results_file
+from nextpose.pipeline import BoxTable
+
+
+@pytest.fixture(scope="module")
+def estimator(tiny_checkpoint):
+    return nextpose.load(tiny_checkpoint)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the eval command gets as far as loading a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the files were checked")
+
+    monkeypatch.setattr(cli, "load", refuse)
+
+
+def _eval_cli(ann_file, *extra):
+    return main(["eval", "resnext50_coco_256x192", "--ann-file", str(ann_file), "--images",
+                 str(COCO), "--out", str(ann_file.parent / "eval"), *extra])  # fmt: skip
+
+
+# -- malformed files -----------------------------------------------------------------------------
+
+
+def test_malformed_json(tmp_path, capsys, no_model):
+    bad = tmp_path / "ann.json"
+    bad.write_text(ANN_FILE.read_text()[:-40])  # cut off
+    with pytest.raises(AnnotationError, match=r"ann\.json: not valid JSON \(.*line \d+"):
+        CocoKeypoints(bad)
+    assert _eval_cli(bad, "--gt-boxes") == 2
+    assert "ann.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_not_a_coco_file(tmp_path):
+    path = write_json(tmp_path / "ann.json", [{"image_id": 1}])
+    with pytest.raises(AnnotationError, match=r"not a COCO annotation file \(no 'images' list\)"):
+        CocoKeypoints(path)
+
+
+def test_image_entry_missing_keys(tmp_path, capsys, no_model):
+    data = coco_json()
+    del data["images"][2]["file_name"]
+    path = write_json(tmp_path / "ann.json", data)
+    with pytest.raises(
+        AnnotationError, match=r"images\[2\] needs 'id', 'file_name', 'width' and 'height'"
+    ):
+        CocoKeypoints(path)
+    assert _eval_cli(path, "--gt-boxes") == 2
+    assert "images[2] needs" in capsys.readouterr().err
+
+
+def test_annotation_missing_id(tmp_path):
+    data = coco_json()
+    del data["annotations"][3]["id"]
+    with pytest.raises(AnnotationError, match=r"annotations\[3\] has no 'id'"):
+        CocoKeypoints(write_json(tmp_path / "ann.json", data))
+
+
+def test_annotation_with_unknown_image(tmp_path):
+    data = coco_json()
+    data["annotations"][0]["image_id"] = 999
+    with pytest.raises(AnnotationError, match=r"annotations\[0\] refers to unknown image_id 999"):
+        CocoKeypoints(write_json(tmp_path / "ann.json", data))
+
+
+def test_annotation_without_keypoints_or_bbox_is_not_a_person_instance(tmp_path):
+    data = coco_json()
+    del data["annotations"][0]["keypoints"]
+    del data["annotations"][1]["bbox"]
+    full = CocoKeypoints(ANN_FILE).ground_truth_instances()
+    fewer = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
+    assert {i.id for i in full} - {i.id for i in fewer} <= {
+        data["annotations"][0]["id"],
+        data["annotations"][1]["id"],
+    }
+    assert len(fewer) == len(full) - 2
+
+
+def test_wrong_keypoint_count(tmp_path, estimator):
+    data = coco_json()
+    data["annotations"][0]["keypoints"] = data["annotations"][0]["keypoints"][:48]
+    path = write_json(tmp_path / "ann.json", data)
+    ann_id = data["annotations"][0]["id"]
+    with pytest.raises(
+        AnnotationError, match=rf"annotation {ann_id}: 'bbox' must be 4 numbers and 'keypoints' 51"
+    ):
+        CocoKeypoints(path).ground_truth_instances()
+    with pytest.raises(AnnotationError, match="'keypoints' 51 numbers"):
+        evaluate(estimator, path, COCO, workers=0, progress=False)
+
+
+def test_keypoint_count_of_another_keypoint_set(tmp_path):
+    with pytest.raises(AnnotationError, match="'keypoints' 42 numbers"):
+        CocoKeypoints(ANN_FILE, num_keypoints=14).ground_truth_instances()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_nan_and_inf_in_annotations(tmp_path, value):
+    data = coco_json()
+    data["annotations"][2]["keypoints"][0] = value  # Python's json writes NaN / Infinity
+    path = write_json(tmp_path / "ann.json", data)
+    ann_id = data["annotations"][2]["id"]
+    with pytest.raises(AnnotationError, match=rf"annotation {ann_id} has NaN/inf values"):
+        CocoKeypoints(path).ground_truth_instances()
+
+
+@pytest.mark.parametrize("bbox", [[50, 60, 0, 100], [50, 60, 100, -5], [50, 60, -10, -10]])
+def test_zero_and_negative_area_ground_truth_boxes_are_skipped(tmp_path, bbox):
+    data = coco_json()
+    data["annotations"][0]["bbox"] = bbox
+    instances = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
+    assert data["annotations"][0]["id"] not in {i.id for i in instances}
+    assert len(instances) == len(CocoKeypoints(ANN_FILE).ground_truth_instances()) - 1
+
+
+def test_ground_truth_box_entirely_outside_the_image_is_skipped(tmp_path):
+    data = coco_json()
+    data["annotations"][0]["bbox"] = [5000, 5000, 100, 200]
+    instances = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
+    assert data["annotations"][0]["id"] not in {i.id for i in instances}
+
+
+def test_image_with_no_persons(tmp_path, estimator):
+    data = coco_json()
+    empty_id = data["images"][0]["id"]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != empty_id]
+    path = write_json(tmp_path / "ann.json", data)
+    coco = CocoKeypoints(path)
+    assert coco.annotations[empty_id] == []
+    metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
+    assert all(np.isfinite(list(metrics.values())))
+
+
+def test_no_persons_at_all(tmp_path, estimator):
+    data = coco_json()
+    data["annotations"] = []
+    path = write_json(tmp_path / "ann.json", data)
+    with pytest.warns(UserWarning, match="no predictions; all metrics are 0"):
+        metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
+    assert set(metrics.values()) == {0.0}
+
+
+def test_duplicate_image_ids(tmp_path):
+    data = coco_json()
+    data["images"].append(dict(data["images"][0]))
+    with pytest.raises(AnnotationError, match=rf"duplicate image id {data['images'][0]['id']}"):
+        CocoKeypoints(write_json(tmp_path / "ann.json", data))
+
+
+def test_duplicate_annotation_ids(tmp_path):
+    data = coco_json()
+    data["annotations"][5]["id"] = data["annotations"][1]["id"]
+    with pytest.raises(
+        AnnotationError,
+        match=rf"duplicate annotation id {data['annotations'][1]['id']} "
+        r"\(annotations\[1\] and \[5\]\)",
+    ):
+        CocoKeypoints(write_json(tmp_path / "ann.json", data))
+
+
+# -- detection files (evaluation) ----------------------------------------------------------------
+
+
+def _detections() -> list[dict]:
+    return json.loads(DET_FILE.read_text())
+
+
+def test_detections_of_other_categories_are_ignored(tmp_path):
+    dets = _detections()
+    others = [dict(d, category_id=3) for d in dets[:7]]
+    path = write_json(tmp_path / "dets.json", others + dets)
+    coco = CocoKeypoints(ANN_FILE)
+    assert len(coco.detection_instances(path)) == len(coco.detection_instances(DET_FILE))
+
+
+def test_detection_file_without_entries_for_an_image(tmp_path, estimator):
+    dets = _detections()[:40]
+    gone = dets[0]["image_id"]
+    path = write_json(tmp_path / "dets.json", [d for d in dets if d["image_id"] != gone])
+    results = tmp_path / "out"
+    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, workers=0, progress=False)
+    ids = {r["image_id"] for r in json.loads((results / "keypoints.json").read_text())}
+    assert gone not in ids and ids
+
+
+def test_empty_detection_file(tmp_path, estimator):
+    path = write_json(tmp_path / "dets.json", [])
+    with pytest.warns(UserWarning, match="no predictions"):
+        metrics = evaluate(estimator, ANN_FILE, COCO, path, workers=0, progress=False)
+    assert set(metrics.values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bbox": [1, 2, math.nan, 4]}, r"entry 0 has bbox \[1, 2, nan, 4\]"),
+        ({"score": math.inf}, "need finite numbers"),
+        ({"bbox": [10, 10, -30, 50]}, r"width and height >= 0 \(\[x, y, w, h\]\)"),
+        ({"bbox": [1, 2]}, r"entry 0 needs 'image_id', 'category_id', 'bbox' \[x, y, w, h\]"),
+        ({"image_id": 123456}, "entry 0 refers to image_id 123456, not in"),
+    ],
+)
+def test_bad_detection_entries_are_reported_before_the_model_loads(
+    tmp_path, capsys, no_model, change, message
+):
+    dets = _detections()
+    dets[0] = dets[0] | change
+    path = write_json(tmp_path / "dets.json", dets)
+    with pytest.raises(AnnotationError, match=message):
+        CocoKeypoints(ANN_FILE).detection_instances(path)
+    assert _eval_cli(ANN_FILE, "--bbox-file", str(path)) == 2
+    assert "dets.json: entry 0" in capsys.readouterr().err
+
+
+def test_zero_area_and_outside_detections_give_finite_results(tmp_path, estimator):
+    dets = _detections()[:6]
+    dets[0]["bbox"] = [100, 100, 0, 0]
+    dets[1]["bbox"] = [-900, -900, 50, 80]  # entirely outside the image
+    dets[2]["bbox"] = [20, 20, 1e6, 1e6]
+    path = write_json(tmp_path / "dets.json", dets)
+    results = tmp_path / "out"
+    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, workers=0, progress=False)
+    for r in json.loads((results / "keypoints.json").read_text()):
+        assert np.isfinite(r["keypoints"]).all() and np.isfinite(r["score"])
+
+
+# -- results files (eval --results) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[{]", r"results\.json: not valid JSON"),
+        ('{"a": 1}', "COCO keypoint results are a JSON list"),
+        ('[{"image_id": 785, "score": 1}]', r"result 0 must be \{'image_id': int, 'keypoints'"),
+        ('[{"image_id": 785, "keypoints": [1, 2, 3], "score": 1}]', "51 finite numbers"),
+    ],
+)
+def test_bad_results_file(tmp_path, capsys, content, message):
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        score_results_file(path, ANN_FILE)
+    args = ["eval", "--results", str(path), "--ann-file", str(ANN_FILE), "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "results.json" in capsys.readouterr().err
+
+
+def test_results_file_against_a_malformed_annotation_file(tmp_path):
+    good = tmp_path / "results.json"
+    good.write_text(json.dumps([{"image_id": 785, "keypoints": [1.0] * 51, "score": 0.5}]))
+    bad = tmp_path / "ann.json"
+    bad.write_text("{not json")
+    with pytest.raises(AnnotationError, match=r"ann\.json: not valid JSON"):
+        score_results_file(good, bad)
+
+
+# -- person boxes for predict (--boxes, BoxTable, the Python API) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        ({"a.jpg": [[1, 2, 3]]}, r"entry 'a\.jpg' must be a list of \[x1, y1, x2, y2\]"),
+        ({"a.jpg": [[1, 2, math.nan, 4]]}, "boxes of finite numbers"),
+        ({"a.jpg": [[100, 50, 80, 200]]}, r"x2 < x1 or y2 < y1 \(boxes are \[x1, y1, x2, y2\]"),
+        ([{"image_id": 1, "bbox": [1, 2, -3, 4], "score": 1}], r"entry 0 must be a COCO detection"),
+        ([{"image_id": "abc", "bbox": [1, 2, 3, 4]}], "entry 0 must be a COCO detection"),
+        ([{"image_id": 1, "bbox": [1, 2, 3, math.inf]}], "entry 0 must be a COCO detection"),
+        ("just a string", r"expected \{\"<image file name>\""),
+    ],
+)
+def test_bad_boxes_file_is_refused_before_the_model_loads(tmp_path, boxes, message, monkeypatch):
+    path = write_json(tmp_path / "boxes.json", boxes)
+    with pytest.raises(ValueError, match=message):
+        BoxTable.read(path)
+    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(SystemExit, match=r"error: .*boxes\.json"):
+        main(["predict", "tiny_coco_96x64", str(IMAGES[0]), "--boxes", str(path)])
+
+
+def test_boxes_file_malformed_json(tmp_path):
+    (tmp_path / "boxes.json").write_text("{'single': 'quotes'}")
+    with pytest.raises(ValueError, match=r"boxes\.json: not valid JSON"):
+        BoxTable.read(tmp_path / "boxes.json")
+
+
+def test_boxes_file_with_other_categories_and_missing_images(tiny_checkpoint, tmp_path, capsys):
+    dets = [
+        {"image_id": int(IMAGES[0].stem), "bbox": [100, 50, 200, 350], "score": 0.9},
+        {"image_id": int(IMAGES[0].stem), "bbox": [0, 0, 50, 50], "category_id": 3},  # a car
+    ]
+    path = write_json(tmp_path / "dets.json", dets)
+    out = tmp_path / "poses.json"
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), str(IMAGES[1]), "--boxes",
+            str(path), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    records = json.loads(out.read_text())
+    assert [r["image"] for r in records] == [IMAGES[0].name, IMAGES[1].name]
+    assert records[0]["bbox"] == [100, 50, 300, 400]  # the person only
+    err = capsys.readouterr().err
+    assert "warning: 1 of 2 images had no entry in" in err and "whole-image box" in err
+
+
+def test_empty_boxes_file_warns_that_nothing_matched(tiny_checkpoint, tmp_path, capsys):
+    path = write_json(tmp_path / "boxes.json", [])
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--boxes", str(path)]
+    assert main(args) == 0
+    assert "1 of 1 images had no entry" in capsys.readouterr().err
+
+
+def test_predict_api_refuses_inverted_and_nan_boxes(estimator):
+    image = np.zeros((100, 80, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"box 1 \[50.0, 10.0, 20.0, 90.0\] has x2 < x1"):
+        estimator.predict(image, [[0, 0, 10, 10], [50, 10, 20, 90]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        estimator.predict(image, [[0, 0, math.nan, 10]])
+    with pytest.raises(ValueError, match=r"boxes must be \(N, 4\)"):
+        estimator.predict(image, [[0, 0, 10]])
+
+
+def test_predict_api_with_no_boxes_and_boxes_outside_the_image(estimator):
+    image = np.zeros((100, 80, 3), np.uint8)
+    assert len(estimator.predict(image, [])) == 0
+    poses = estimator.predict(image, [[-500, -500, -400, -300], [900, 900, 1000, 1000]])
+    assert np.isfinite(poses.keypoints).all() and np.isfinite(poses.scores).all()

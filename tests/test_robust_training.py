@@ -1,0 +1,251 @@
+"""Training with bad data and failures (issue 7): missing and unreadable images, bad validation
+files, a full disk while saving, a non-finite loss, damaged resume state. SIGKILL at random
+points is tested in test_kill_resume.py."""
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ANN_FILE, COCO, IMAGES
+from robust_files import coco_json, image_copy, truncated, write_json
+
+from nextpose import checkpoint, get_preset
+from nextpose.checkpoint import CheckpointError
+from nextpose.cli import main
+from nextpose.data.coco import AnnotationError
+from nextpose.training import Dataset, Trainer, TrainingError, train
+from nextpose.training import loss as loss_module
+
+SETTINGS = {"epochs": 2, "batch_size": 4, "warmup_iters": 2, "milestones": [], "log_interval": 1,
+            "val_interval": 1, "lr": 1e-3}  # fmt: skip
+# Two of the sample images: 1 + 2 persons, one iteration of batch 4 per epoch.
+SMALL_IMAGES = (0, 1)
+
+
+def _config(**train):
+    settings = SETTINGS | train
+    return get_preset("tiny_coco_96x64").config.override(
+        [f"train.{k}={json.dumps(v)}" for k, v in settings.items()] + ["data.workers=0"]
+    )
+
+
+@pytest.fixture
+def small(tmp_path) -> Dataset:
+    """Annotations of two sample images (3 persons), with the images copied to a folder."""
+    data = coco_json()
+    keep = {int(IMAGES[i].stem) for i in SMALL_IMAGES}
+    data["images"] = [img for img in data["images"] if img["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    folder = tmp_path / "images"
+    for i in SMALL_IMAGES:
+        image_copy(folder, i)
+    return Dataset(write_json(tmp_path / "train.json", data), folder)
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path):
+    """Any attempt to fetch pretrained weights fails the test."""
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pretrained weights were fetched before the data was checked")
+
+    monkeypatch.setattr(checkpoint, "download", refuse)
+
+
+def _losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+def test_missing_training_image_is_found_before_training_starts(small, tmp_path, no_download):
+    (small.image_dir / IMAGES[1].name).unlink()
+    with pytest.raises(TrainingError) as err:
+        # "imagenet" would download trunk weights: the data check must come first.
+        Trainer(_config(), small, tmp_path / "run", pretrained="imagenet", progress=False)
+    message = str(err.value)
+    assert f"1 of the 2 training images named in {small.ann_file} are not in" in message
+    assert IMAGES[1].name in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_image_folder(small, tmp_path, no_download):
+    bad = Dataset(small.ann_file, tmp_path / "nowhere")
+    with pytest.raises(TrainingError, match=r"nowhere: no such training image folder"):
+        Trainer(_config(), bad, tmp_path / "run", pretrained="imagenet", progress=False)
+
+
+def test_missing_validation_image_is_found_before_training_starts(small, tmp_path, no_download):
+    val = Dataset(ANN_FILE, small.image_dir)  # holds 2 of the 4 images it names
+    with pytest.raises(TrainingError, match=r"2 of the 4 validation images named in .* are not"):
+        Trainer(_config(), small, tmp_path / "run", val, pretrained="imagenet", progress=False)
+
+
+def test_malformed_validation_file_is_found_before_training_starts(small, tmp_path, no_download):
+    bad = tmp_path / "val.json"
+    bad.write_text(ANN_FILE.read_text()[:500])
+    with pytest.raises(AnnotationError, match=r"val\.json: not valid JSON"):
+        Trainer(_config(), small, tmp_path / "run", Dataset(bad, COCO), "imagenet",
+                progress=False)  # fmt: skip
+
+
+def test_cli_names_the_missing_image(small, tmp_path, capsys):
+    (small.image_dir / IMAGES[0].name).unlink()
+    args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),
+            "--images", str(small.image_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: 1 of the 2 training images named in {small.ann_file}" in err
+    assert IMAGES[0].name in err
+
+
+def test_unreadable_training_image_is_skipped_and_counted(small, tmp_path, capsys):
+    (small.image_dir / IMAGES[1].name).write_bytes(truncated(IMAGES[1], 0.5))  # 2 persons
+    summary = train(_config(), small, tmp_path / "run", pretrained="none", progress=False)
+    assert summary["epochs"] == 2 and summary["skipped_samples"] == 4  # 2 persons x 2 epochs
+    err = capsys.readouterr().err
+    assert err.count(f"warning: skipped {small.image_dir / IMAGES[1].name}: not a readable") == 1
+    assert "warning: epoch 1: 2 samples had unreadable images and were skipped" in err
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["skipped_samples"] for r in records if "skipped_samples" in r] == [2, 2]
+    assert all(torch.isfinite(torch.tensor(_losses(tmp_path / "run"))))
+
+
+def test_unreadable_validation_image_is_skipped(small, tmp_path, capsys):
+    val_folder = tmp_path / "val"
+    for i in SMALL_IMAGES:
+        image_copy(val_folder, i)
+    (val_folder / IMAGES[0].name).write_text("not a jpeg")
+    val = Dataset(small.ann_file, val_folder)
+    summary = train(_config(epochs=1), small, tmp_path / "run", val, "none", progress=False)
+    assert summary["epochs"] == 1
+    assert f"skipped {val_folder / IMAGES[0].name}" in capsys.readouterr().err
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+
+def _disk_full_on_save(monkeypatch, when: int) -> None:
+    """torch.save writes part of the file, then fails with ENOSPC, from save number ``when``."""
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < when:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+
+
+def test_disk_full_while_saving_is_reported_and_the_last_checkpoint_kept(
+    small, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    _disk_full_on_save(monkeypatch, when=2)  # the save after epoch 2
+    with pytest.raises(TrainingError) as err:
+        train(_config(), small, run, pretrained="none", progress=False)
+    message = str(err.value)
+    assert f"could not write {run / 'last.pth'} at the end of epoch 2" in message
+    assert "No space left on device" in message and "the previous last.pth is intact" in message
+    assert "--resume" in message
+    monkeypatch.undo()
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in run.glob("*.pth*")) == ["last.pth"]  # no partial file left
+    summary = train(_config(), small, run, pretrained="none", resume=True, progress=False)
+    assert summary["epochs"] == 2
+
+
+def test_disk_full_on_the_first_save_through_the_cli(small, tmp_path, monkeypatch, capsys):
+    _disk_full_on_save(monkeypatch, when=1)
+    args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),
+            "--images", str(small.image_dir), "--out", str(tmp_path / "run"), "--quiet",
+            "--set", "train.epochs=1", "--set", "data.workers=0"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: could not write" in err and "nothing was saved" in err
+    assert not list((tmp_path / "run").glob("*.pth*"))
+
+
+def test_a_finished_run_is_never_overwritten(small, tmp_path):
+    run = tmp_path / "run"
+    train(_config(epochs=1), small, run, pretrained="none", progress=False)
+    before = (run / "last.pth").read_bytes()
+    with pytest.raises(TrainingError, match=r"last\.pth exists: continue that run with --resume"):
+        train(_config(epochs=1), small, run, pretrained="none", progress=False)
+    assert (run / "last.pth").read_bytes() == before
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+
+def test_resume_from_a_damaged_checkpoint_names_it(small, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(CheckpointError, match=r"last\.pth: not a readable PyTorch checkpoint"):
+        train(_config(), small, run, pretrained="none", resume=True, progress=False)
+
+
+def test_resume_cleans_what_a_killed_run_left(small, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original = Trainer._train_epoch
+
+    def stopped_in_epoch_2(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(), small, run, pretrained="none", progress=False)
+    monkeypatch.undo()
+    (run / ".last.pth.x1y2.tmp").write_bytes(b"PK\x03\x04 cut off by SIGKILL")
+    with open(run / "metrics.jsonl", "a") as f:  # records of the killed epoch, a torn last line
+        f.write(json.dumps({"epoch": 2, "iteration": 2, "loss": 0.5}) + "\n")
+        f.write('{"epoch": 2, "iteration": 3, "lo')
+    train(_config(), small, run, pretrained="none", resume=True, progress=False)
+    assert not list(run.glob(".*.tmp"))
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2]
+    assert 0.5 not in _losses(run)
+
+
+# -- non-finite loss -----------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(small, tmp_path, monkeypatch):
+    real = loss_module.KeypointMSELoss.forward
+    calls = []
+
+    def nan_on_the_second_iteration(self, *args):
+        calls.append(1)
+        return torch.tensor(float("nan")) if len(calls) == 2 else real(self, *args)
+
+    monkeypatch.setattr(loss_module.KeypointMSELoss, "forward", nan_on_the_second_iteration)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError) as err:
+        train(_config(), small, run, pretrained="none", progress=False)
+    message = str(err.value)
+    assert "the loss became nan at iteration 1 (epoch 2); lower train.lr" in message
+    assert f"The last good checkpoint is {run / 'last.pth'}" in message
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_nan_loss_before_any_checkpoint_through_the_cli(small, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        loss_module.KeypointMSELoss, "forward", lambda self, *a: torch.tensor(float("inf"))
+    )
+    args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),
+            "--images", str(small.image_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the loss became inf at iteration 0 (epoch 1)" in err
+    assert "No checkpoint was written yet." in err
