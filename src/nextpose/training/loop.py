@@ -282,33 +282,13 @@ class Trainer:
         _set_train_mode(self.network, cfg.freeze_bn)
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         start = time.perf_counter()
         skipped = 0
         for batch in bar:
             skipped += self._report_unreadable(batch["error"])
             lr = lr_at(cfg, self.iteration, self.epoch, self.dist.world_size)
             set_lr(self.optimizer, lr)
-            images = normalize(batch["image"].to(self.device, non_blocking=True))
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = batch["heatmaps"].to(self.device, non_blocking=True)
-            weights = batch["weights"].to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                heatmaps = self.network(images)
-            loss = self.loss_fn(heatmaps.float(), targets, weights)
-            if not torch.isfinite(loss):
-                last = self.out_dir / "last.pth"
-                raise TrainingError(
-                    f"the loss became {loss.item()} at iteration {self.iteration} (epoch "
-                    f"{self.epoch + 1}); lower train.lr or check the data. "
-                    + (f"The last good checkpoint is {last}" if last.is_file() else
-                       "No checkpoint was written yet.")
-                )  # fmt: skip
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss = self.train_step(batch["image"], batch["heatmaps"], batch["weights"])
             self.iteration += 1
             if self.iteration % cfg.log_interval == 0 or self.iteration == 1:
                 value = dist.all_reduce_mean(loss.detach()).item()
@@ -320,6 +300,35 @@ class Trainer:
                   "and were skipped", file=sys.stderr)  # fmt: skip
             self._log({"epoch": self.epoch + 1, "iteration": self.iteration,
                        "skipped_samples": skipped})  # fmt: skip
+
+    def train_step(
+        self, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """One optimisation step on a batch of uint8 crops (N, h, w, 3), target heatmaps and
+        keypoint weights, at the optimizer's current learning rate; returns the loss."""
+        cfg = self.config.train
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        images = normalize(images.to(self.device, non_blocking=True))
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(self.device, non_blocking=True)
+        weights = weights.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            heatmaps = self.network(images)
+        loss = self.loss_fn(heatmaps.float(), targets, weights)
+        if not torch.isfinite(loss):
+            last = self.out_dir / "last.pth"
+            raise TrainingError(
+                f"the loss became {loss.item()} at iteration {self.iteration} (epoch "
+                f"{self.epoch + 1}); lower train.lr or check the data. "
+                + (f"The last good checkpoint is {last}" if last.is_file() else
+                   "No checkpoint was written yet.")
+            )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
 
     def _report_unreadable(self, errors: list[str]) -> int:
         """Count a batch's unreadable images; name each file the first time it fails."""
