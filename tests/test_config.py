@@ -20,7 +20,8 @@ def test_round_trip(name):
 
 def test_unknown_key_suggests_the_right_one():
     with pytest.raises(
-        ConfigError, match=r"unknown config key 'model\.input_sise'; did you mean 'input_size'"
+        ConfigError,
+        match=r"unknown config key 'model\.input_sise'; did you mean 'model\.input_size'",
     ):
         Config.from_dict({"model": {"input_sise": [192, 256]}})
 
@@ -65,7 +66,8 @@ def test_override_sets_nested_values_in_toml_syntax():
     )
     assert config.train.lr == 2e-4 and config.train.milestones == (5, 8)
     assert config.data.augment.flip_prob == 0.0 and config.train.amp == "bf16"
-    with pytest.raises(ConfigError, match=r"unknown config key 'train\.lrr'; did you mean 'lr'"):
+    unknown = r"unknown config key 'train\.lrr'; did you mean 'train\.lr'"
+    with pytest.raises(ConfigError, match=unknown):
         Config().override(["train.lrr=1"])
     with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         Config().override(["train.lr"])

@@ -10,11 +10,13 @@ import hashlib
 import http.client
 import os
 import pickle
+import pickletools
 import re
 import sys
 import tempfile
 import urllib.error
 import urllib.parse
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -139,19 +141,27 @@ def read(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it parses fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as e:  # torch.load fails in many ways on a damaged or foreign file
         found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the blocked callable
-        if isinstance(e, pickle.UnpicklingError) and found:
+        blocked = found.group(1) if isinstance(e, pickle.UnpicklingError) and found else None
+        if blocked is None and not zipfile.is_zipfile(path):
+            # torch stops on protocol-4/5 opcodes before naming the callable: find it ourselves
+            blocked = ", ".join(_foreign_globals(path)[:3]) or None
+        if blocked:
             raise CheckpointError(
                 f"{path}: refused to load: the file holds Python objects other than tensors and "
-                f"plain data ({found.group(1)}), and loading them could run code. Nothing in it "
+                f"plain data ({blocked}), and loading them could run code. Nothing in it "
                 "was executed. Only weights files are accepted."
             ) from None
         problem = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
         reason = problem.group(1) if problem else f"{type(e).__name__}: {e}"
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "the file is empty"
         cached = path.resolve().parent == cache_dir().resolve()
         hint = "; delete it to download it again" if cached else ""
         raise CheckpointError(
@@ -161,6 +171,32 @@ def read(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """Callables other than torch's and ``collections``' named in a plain or legacy pickle file,
+    found by reading its opcodes (:mod:`pickletools` parses; nothing is built or run)."""
+    names: list[str] = []
+    with contextlib.suppress(Exception), open(path, "rb") as file:
+        while file.peek(1)[:1] == pickle.PROTO:  # each pickle of protocol >= 2 starts so
+            strings: list[object] = []  # the values pushed so far, for STACK_GLOBAL's operands
+            memo: dict[int, object] = {}
+            for op, arg, _ in pickletools.genops(file):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                    memo[int(arg)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(int(arg)))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    safe = ("torch.", "collections.OrderedDict", "_codecs.encode")
+    dotted = re.compile(r"[A-Za-z_][\w.]*$")
+    return list(dict.fromkeys(n for n in names if dotted.match(n) and not n.startswith(safe)))
 
 
 def extract_state_dict(obj: dict[str, Any]) -> "OrderedDict[str, torch.Tensor]":

@@ -247,8 +247,9 @@ class Config:
 
     @staticmethod
     def _unknown(key: str, node: dict) -> "Config":
-        hint = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(node), n=1)
-        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        parent, _, name = key.rpartition(".")
+        hint = difflib.get_close_matches(name, list(node), n=1)
+        suggestion = f"; did you mean '{parent + '.' if parent else ''}{hint[0]}'?" if hint else ""
         raise ConfigError(f"unknown config key '{key}'{suggestion}")
 
 
@@ -287,7 +288,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         path = f"{where}.{key}" if where else key
         if key not in fields:
             hint = difflib.get_close_matches(key, fields, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            full = f"{where}.{hint[0]}" if hint and where else (hint[0] if hint else "")
+            suggestion = f"; did you mean '{full}'?" if hint else ""
             raise ConfigError(f"unknown config key '{path}'{suggestion}")
         kwargs[key] = _coerce(hints[key], value, path)
     try:
