@@ -337,8 +337,24 @@ def test_predict_api_refuses_inverted_and_nan_boxes(estimator):
         estimator.predict(image, [[0, 0, 10]])
 
 
-def test_predict_api_with_no_boxes_and_boxes_outside_the_image(estimator):
+def test_predict_api_with_no_boxes_and_boxes_outside_the_image(estimator, caplog):
     image = np.zeros((100, 80, 3), np.uint8)
     assert len(estimator.predict(image, [])) == 0
-    poses = estimator.predict(image, [[-500, -500, -400, -300], [900, 900, 1000, 1000]])
+    assert not caplog.records
+    boxes = [[-500, -500, -400, -300], [10, 10, 50, 60], [900, 900, 1000, 1000]]
+    poses = estimator.predict(image, boxes)
+    assert len(poses) == 3  # kept, in order, as the reference keeps them
     assert np.isfinite(poses.keypoints).all() and np.isfinite(poses.scores).all()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "2 of 3 boxes lie entirely outside the 80 x 100 image" in warned[0]
+
+
+def test_predict_cli_warns_about_a_box_outside_the_image(tiny_checkpoint, tmp_path, capsys):
+    name = IMAGES[0].name
+    boxes = write_json(tmp_path / "boxes.json", {name: [[-500, -500, -400, -400, 0.9]]})
+    out = tmp_path / "out.json"
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--boxes", str(boxes)]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {name}: 1 of 1 boxes lie entirely outside" in err
+    assert len(json.loads(out.read_text())) == 1

@@ -8,6 +8,7 @@ cropped in background threads.
 """
 
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,6 +35,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
 CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends), measured fastest per crop
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+log = logging.getLogger("nextpose")
 
 # ImageNet statistics in R, G, B order; the network sees (pixel - mean) / std.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -336,8 +339,14 @@ def prepare_crops(
     return Crops(crops, center, scale)
 
 
-def as_boxes(boxes: Sequence | np.ndarray | None, image_shape: tuple[int, ...]) -> np.ndarray:
-    """(N, 5) float32 xyxy + score; no boxes means the whole image; a missing score means 1."""
+def as_boxes(
+    boxes: Sequence | np.ndarray | None, image_shape: tuple[int, ...], source: str = "the image"
+) -> np.ndarray:
+    """(N, 5) float32 xyxy + score; no boxes means the whole image; a missing score means 1.
+
+    Boxes entirely outside the image are kept (the reference keeps them: their crop is black)
+    but logged as a warning naming ``source``: their keypoints mean nothing.
+    """
     if boxes is None:
         h, w = image_shape[:2]
         return np.array([[0, 0, w - 1, h - 1, 1]], np.float32)
@@ -355,6 +364,14 @@ def as_boxes(boxes: Sequence | np.ndarray | None, image_shape: tuple[int, ...]) 
         raise ValueError(
             f"box {inverted[0]} {arr[inverted[0], :4].tolist()} has x2 < x1 or y2 < y1 "
             "(boxes are x1, y1, x2, y2, not x, y, w, h)"
+        )
+    h, w = image_shape[:2]
+    outside = np.flatnonzero((arr[:, 2] < 0) | (arr[:, 3] < 0) | (arr[:, 0] > w) | (arr[:, 1] > h))
+    if len(outside):
+        log.warning(
+            f"{source}: {len(outside)} of {len(arr)} boxes lie entirely outside the {w} x {h} "
+            f"image (box {outside[0]}: {arr[outside[0], :4].tolist()}); their crops are black "
+            "and their keypoints mean nothing"
         )
     if arr.shape[1] == 4:
         arr = np.concatenate([arr, np.ones((len(arr), 1), np.float32)], axis=1)
@@ -529,8 +546,9 @@ class PoseEstimator:
     ) -> tuple[np.ndarray, Crops]:
         """Read one image and cut the crops of its boxes: on the CPU with OpenCV, or on the
         device (``device_crops``), where only the image is copied over."""
-        array = read_image(image) if isinstance(image, str | Path) else _check_image(image)
-        b = as_boxes(boxes, array.shape)
+        is_file = isinstance(image, str | Path)
+        array = read_image(image) if is_file else _check_image(image)
+        b = as_boxes(boxes, array.shape, str(image) if is_file else "the image")
         padding = self.config.inference.padding
         if not (self.runtime.device_crops and len(b)):
             return b, prepare_crops(array, b[:, :4], self.input_size, padding)

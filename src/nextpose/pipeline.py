@@ -645,7 +645,7 @@ class PosePipeline:
                 found = self._boxes(images, items)
             pending.clear()
             for item, image, boxes in zip(items, images, found, strict=True):
-                b = as_boxes(boxes, image.shape)
+                b = as_boxes(boxes, image.shape, item.name)
                 crops = prepare_crops(image, b[:, :4], size, padding)
                 if not _put(out, _Detected(item, image, b, crops), stop):
                     return False
