@@ -171,7 +171,7 @@ class _Drawer:
         target = self._unique(self.dir / Path(frame.name).with_suffix(".jpg"))
         target.parent.mkdir(parents=True, exist_ok=True)
         drawn = frame.draw(self.score_threshold)
-        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(drawn[..., ::-1]))
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         if ok:
             target.write_bytes(data.tobytes())
             self.written.append(target)
@@ -187,7 +187,7 @@ class _Drawer:
                 raise ValueError(f"{target}: OpenCV cannot write MP4 video here")
             self.written.append(target)
         drawn = frame.draw(self.score_threshold)
-        self._video.write(np.ascontiguousarray(drawn[..., ::-1]))
+        self._video.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def end_video(self) -> None:
         if self._video is not None:
