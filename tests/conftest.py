@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.pth"
     checkpoint.save_model(path, model, preset.config, preset=preset.name)
     return path
+
+
+def refused(code: int, pattern: str, capsys) -> None:
+    """A command returned exit status 2 and printed an error matching ``pattern``."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(pattern, err), err

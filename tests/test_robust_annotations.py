@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
+from conftest import ANN_FILE, COCO, DET_FILE, IMAGES, refused
 from robust_files import coco_json, write_json
 
 import nextpose
@@ -288,13 +288,15 @@ def test_results_file_against_a_malformed_annotation_file(tmp_path):
         ("just a string", r"expected \{\"<image file name>\""),
     ],
 )
-def test_bad_boxes_file_is_refused_before_the_model_loads(tmp_path, boxes, message, monkeypatch):
+def test_bad_boxes_file_is_refused_before_the_model_loads(
+    tmp_path, boxes, message, monkeypatch, capsys
+):
     path = write_json(tmp_path / "boxes.json", boxes)
     with pytest.raises(ValueError, match=message):
         BoxTable.read(path)
     monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(SystemExit, match=r"error: .*boxes\.json"):
-        main(["predict", "tiny_coco_96x64", str(IMAGES[0]), "--boxes", str(path)])
+    code = main(["predict", "tiny_coco_96x64", str(IMAGES[0]), "--boxes", str(path)])
+    refused(code, r"error: .*boxes\.json", capsys)
 
 
 def test_boxes_file_malformed_json(tmp_path):

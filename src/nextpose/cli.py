@@ -52,12 +52,12 @@ def _check_device(device: str | None) -> None:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise SystemExit(f"error: --device {device}: {e}") from None
+        raise UsageError(f"--device {device}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device}: CUDA is not available on this machine")
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise SystemExit(
-            f"error: --device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+        raise UsageError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
         )
 
 
@@ -69,7 +69,12 @@ def _read_boxes_file(path: Path) -> "BoxTable":  # noqa: F821 (imported lazily)
     try:
         return BoxTable.read(path)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(f"{e}") from None
+
+
+class UsageError(Exception):
+    """A command line that cannot work (a missing file, clashing options, a bad device), found
+    before any heavy work; :func:`main` prints it and exits with status 2, as argparse does."""
 
 
 class _JsonList:
@@ -201,7 +206,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     table = _read_boxes_file(Path(args.boxes)) if args.boxes else None
     if args.detector_weights and not args.detector:
-        raise SystemExit("error: --detector-weights needs --detector")
+        raise UsageError("--detector-weights needs --detector")
     _check_device(args.device)
     estimator = load(args.model, args.checkpoint, device=args.device, **_runtime(args))
     if args.batch_size:
@@ -310,32 +315,30 @@ def _eval(args: argparse.Namespace) -> int:
     root = Path(args.coco_root) if args.coco_root else None
     ann_file = Path(args.ann_file) if args.ann_file else root / COCO_VAL_ANN if root else None
     if ann_file is None:
-        raise SystemExit("error: eval needs --coco-root DIR or --ann-file FILE")
+        raise UsageError("eval needs --coco-root DIR or --ann-file FILE")
     if not ann_file.is_file():
-        raise SystemExit(f"error: {ann_file}: no such annotation file")
+        raise UsageError(f"{ann_file}: no such annotation file")
     out = Path(args.out)
     published = {}
     if args.results:
         if args.model:
-            raise SystemExit("error: --results scores an existing file; give no MODEL with it")
+            raise UsageError("--results scores an existing file; give no MODEL with it")
         metrics = score_results_file(args.results, ann_file)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     else:
         if not args.model:
-            raise SystemExit("error: eval needs a MODEL (or --results FILE)")
+            raise UsageError("eval needs a MODEL (or --results FILE)")
         images = Path(args.images) if args.images else root / COCO_VAL_IMAGES if root else None
         if images is None or not images.is_dir():
-            raise SystemExit(
-                f"error: {images or 'the images folder'}: no such folder (--images DIR)"
-            )
+            raise UsageError(f"{images or 'the images folder'}: no such folder (--images DIR)")
         bbox_file = None
         if args.bbox_file:
             bbox_file = Path(args.bbox_file)
         elif root and not args.gt_boxes:
             bbox_file = root / COCO_VAL_DETECTIONS
         if bbox_file is not None and not bbox_file.is_file():
-            raise SystemExit(f"error: {bbox_file}: no such detection file (or use --gt-boxes)")
+            raise UsageError(f"{bbox_file}: no such detection file (or use --gt-boxes)")
         _check_device(args.device)
         # The annotation and detection files are read once before the model is loaded (or
         # downloaded): a malformed file is reported before any heavy work.
@@ -375,7 +378,7 @@ def _resolve_config(model: str, overrides: list[str], keypoints: str | None = No
     elif model.endswith(".toml"):
         config = Config.from_toml(model)
     else:
-        raise SystemExit(f"error: '{model}' is neither a preset ({', '.join(PRESETS)}) nor a .toml")
+        raise UsageError(f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a .toml")
     if keypoints:
         kset = load_keypoint_set(keypoints)
         config = replace(
@@ -393,7 +396,7 @@ def _require(path: Path | None, what: str) -> Path:
     """``path``, which must be an existing folder (``what`` ends in "folder") or file."""
     folder = what.endswith("folder")
     if path is None or not (path.is_dir() if folder else path.is_file()):
-        raise SystemExit(f"error: {path or what}: no such {what}")
+        raise UsageError(f"{path or what}: no such {what}")
     return path
 
 
@@ -405,7 +408,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_device(args.device)
     root = Path(args.coco_root) if args.coco_root else None
     if root is not None and not root.is_dir():
-        raise SystemExit(f"error: {root}: no such folder (--coco-root)")
+        raise UsageError(f"{root}: no such folder (--coco-root)")
     ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
     images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
     train_data = Dataset(_require(ann, "annotation file"), _require(images, "image folder"))
@@ -426,7 +429,7 @@ def _train(args: argparse.Namespace) -> int:
                 _require(val_boxes, "validation detection file") if val_boxes else None,
             )
     if args.resume and not (Path(args.out) / "last.pth").is_file():
-        raise SystemExit(f"error: --resume: {Path(args.out) / 'last.pth'} does not exist")
+        raise UsageError(f"--resume: {Path(args.out) / 'last.pth'} does not exist")
     summary = train(
         config,
         train_data,
@@ -727,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ImageError, TrainingError, ValueError, KeyError) as e:
+    except (UsageError, CheckpointError, ImageError, TrainingError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. an output folder that cannot be written, a full disk
