@@ -105,6 +105,10 @@ def test_a_plain_pickle_of_a_callable_is_refused_by_name(tmp_path, protocol):
     path.write_bytes(pickle.dumps({"a": print, "b": "builtins"}, protocol=protocol))
     with pytest.raises(CheckpointError, match=r"x\.pth: refused to load.*\((builtins\.)?print\)"):
         checkpoint.read(path)
+    if protocol >= 4:  # read from the opcodes: names repeated through the memo are resolved
+        path.write_bytes(pickle.dumps([print, print, len, "x"], protocol=protocol))
+        with pytest.raises(CheckpointError, match=r"\(builtins\.print, builtins\.len\)"):
+            checkpoint.read(path)
 
 
 def test_checkpoint_that_is_not_a_dict(tmp_path):

@@ -179,21 +179,22 @@ def _foreign_globals(path: Path) -> list[str]:
     names: list[str] = []
     with contextlib.suppress(Exception), open(path, "rb") as file:
         while file.peek(1)[:1] == pickle.PROTO:  # each pickle of protocol >= 2 starts so
-            strings: list[object] = []  # the values pushed so far, for STACK_GLOBAL's operands
+            pushed: list[object] = []  # per opcode, the string it pushed (None: no string)
             memo: dict[int, object] = {}
             for op, arg, _ in pickletools.genops(file):
+                top = pushed[-1] if pushed else None
                 if op.name in ("GLOBAL", "INST"):
                     names.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
-                elif op.name == "MEMOIZE" and strings:
-                    memo[len(memo)] = strings[-1]
-                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                    memo[int(arg)] = strings[-1]
+                elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                    names.append(f"{pushed[-2]}.{pushed[-1]}")
+                if op.name == "MEMOIZE":  # memoizing leaves the stack as it is
+                    memo[len(memo)] = top
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = top
                 elif op.name in ("BINGET", "LONG_BINGET", "GET"):
-                    strings.append(memo.get(int(arg)))
-                elif isinstance(arg, str):
-                    strings.append(arg)
+                    pushed.append(memo.get(int(arg)))
+                else:
+                    pushed.append(arg if isinstance(arg, str) else None)
     safe = ("torch.", "collections.OrderedDict", "_codecs.encode")
     dotted = re.compile(r"[A-Za-z_][\w.]*$")
     return list(dict.fromkeys(n for n in names if dotted.match(n) and not n.startswith(safe)))
