@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .data.coco import is_json_number
 from .data.images import ImageError, VideoReader, is_video_file, list_images, read_image
 from .detection import DEFAULT_DETECTOR, PersonDetector, load_detector
 from .inference import Crops, PoseEstimator, Poses, _check_image, as_boxes, load, prepare_crops
@@ -116,19 +116,6 @@ class Frame:
         return self.poses.draw(self.image, score_threshold, boxes=boxes, labels=labels)
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _number(value: Any) -> bool:
-    """A JSON number that is finite in float32 (not NaN, inf, or too large)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
-    except OverflowError:  # an int beyond float range
-        return False
-
-
 class BoxTable:
     """Person boxes per image, given by the user.
 
@@ -175,7 +162,7 @@ class BoxTable:
             ok = isinstance(boxes, list | tuple | np.ndarray) and all(
                 isinstance(b, list | tuple | np.ndarray)
                 and len(b) in (4, 5)
-                and all(map(_number, b))
+                and all(map(is_json_number, b))
                 for b in boxes
             )
             if not ok:
@@ -209,10 +196,10 @@ class BoxTable:
                 )
                 and isinstance(det.get("bbox"), list)
                 and len(det["bbox"]) == 4
-                and all(map(_number, det["bbox"]))
+                and all(map(is_json_number, det["bbox"]))
                 and det["bbox"][2] >= 0
                 and det["bbox"][3] >= 0
-                and _number(det.get("score", 1.0))
+                and is_json_number(det.get("score", 1.0))
             )
             if not ok:
                 raise ValueError(

@@ -1,6 +1,7 @@
 """COCO keypoint annotations and person-detection files -> person instances (spec 1.1-1.4)."""
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,19 @@ import numpy as np
 
 class AnnotationError(ValueError):
     """An annotation or detection file is malformed."""
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def is_json_number(value: Any) -> bool:
+    """A JSON number that is finite in float32 (not NaN, inf, too large, or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 @dataclass

@@ -11,7 +11,6 @@ keypoint scores are all ``<= 0`` dropped, at most 20 detections per image, and r
 import contextlib
 import io
 import json
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..data.coco import is_json_number
 from ..keypoints import COCO_KEYPOINTS
 from .oks_nms import oks_nms, rescore, soft_oks_nms
 
@@ -294,19 +294,6 @@ def evaluate_results(
     return {name: float(v) for name, v in zip(METRIC_NAMES, coco_eval.stats, strict=True)}
 
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _number(value: Any) -> bool:
-    """A JSON number that is finite in float32 (not NaN, inf, or too large)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
-    except OverflowError:  # an int beyond float range
-        return False
-
-
 def _check_results(results: Any, k: int, source: str = "results") -> None:
     """Reject what pycocotools would crash on or misread: each result needs an ``image_id``,
     ``keypoints`` (3K finite numbers) and a finite ``score``."""
@@ -318,8 +305,8 @@ def _check_results(results: Any, k: int, source: str = "results") -> None:
             and isinstance(r.get("image_id"), int)
             and isinstance(r.get("keypoints"), list)
             and len(r["keypoints"]) == 3 * k
-            and all(map(_number, r["keypoints"]))
-            and _number(r.get("score"))
+            and all(map(is_json_number, r["keypoints"]))
+            and is_json_number(r.get("score"))
         )
         if not ok:
             raise ValueError(
