@@ -8,7 +8,10 @@ Prints, for resnext50 256x192 (seed-0 deterministic weights) on the COCO sample:
 3. model-only crops/s (flip on, batch 8) of the plain eager model and of every fast path,
    with the fast path's ablations (channels-last, BatchNorm folding, joint flip batch);
 4. each path's numerical effect on the oracle sample: keypoints vs the fp32 eager path (share
-   within 1e-3 px, max deviation) and vs the reference's (mmpose) keypoints;
+   within 1e-3 px, max deviation) and vs the reference's (mmpose) keypoints; bf16 and fp16
+   are also emulated in fp32 (``nextpose.optimize.emulate_autocast``), so their effect is
+   measured on any machine (the seed-0 weights' activations reach 2e5 and overflow fp16;
+   ``--checkpoint`` measures trained weights instead);
 5. the in-graph crop (ONNX image graph): mean abs pixel difference vs OpenCV and keypoints;
 6. end-to-end crops/s: read JPEGs + crop + forward + flip + decode back to image pixels, for
    the plain path (eager, one image at a time) and nextpose's paths, with ratios.
@@ -41,6 +44,7 @@ import torch
 
 import nextpose
 from nextpose import checkpoint
+from nextpose.evaluation import evaluate
 from nextpose.geometry import crop_region, crop_to_image, warp_crops
 from nextpose.inference import PoseEstimator, _TorchNetwork, prepare_crops
 from nextpose.model import PoseNet
@@ -48,6 +52,7 @@ from nextpose.optimize import (
     cpu_capability,
     cpu_supports_bf16,
     cpu_supports_fp16,
+    emulate_autocast,
     prepare_for_inference,
 )
 from nextpose.presets import get_preset
@@ -55,6 +60,7 @@ from nextpose.presets import get_preset
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "tests" / "data" / "coco-mini"
 ORACLE = ROOT / "tests" / "data" / "oracle"
+DETECTIONS = "test_coco_det_AP_H_56.json"
 ORACLE_RUNS = ORACLE / "td-hm_resnext50_8xb64-210e_coco-256x192"
 
 
@@ -150,7 +156,7 @@ def sample(boxes: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndar
     if boxes == "gt":
         instances = coco.ground_truth_instances()
     else:
-        instances = coco.detection_instances(COCO / "test_coco_det_AP_H_56.json")
+        instances = coco.detection_instances(COCO / DETECTIONS)
     files: list[str] = []
     per_image: list[np.ndarray] = []
     for inst in instances:
@@ -183,6 +189,7 @@ def main() -> None:
         metavar="IMAGES",
         help="also time one pass over IMAGES JPEGs with 21 boxes each (5000: val2017-sized)",
     )
+    parser.add_argument("--checkpoint", help="weights instead of the oracle's seed-0 ones")
     parser.add_argument("--precision", choices=["bf16", "fp16"], help="also time autocast")
     parser.add_argument(
         "--sections",
@@ -228,7 +235,11 @@ def main() -> None:
     preset = get_preset(args.preset)
     config = preset.config
     w, h = config.model.input_size
-    net = oracle_model(args.preset)
+    if args.checkpoint:  # e.g. a trained run's last.pth: peaked heatmaps, unlike seed 0's
+        net = nextpose.load(args.preset, args.checkpoint, backend="eager").model
+        print(f"  weights: {args.checkpoint} (the mmpose columns compare other weights)")
+    else:
+        net = oracle_model(args.preset)
     gflop = gflop_per_crop(net, (w, h))
 
     print("\n== ceiling")
@@ -327,6 +338,16 @@ def main() -> None:
 
     if "numerics" in sections:
         print("\n== numerics: flip on, keypoints in image pixels")
+        # bf16/fp16 rounding emulated in fp32 (see emulate_autocast): their effect on keypoints,
+        # measurable on any machine; a native autocast row appears where the hardware has one.
+        folded = prepare_for_inference(net, device, channels_last=False)
+        emulated = {
+            f"{graph} {p} (emulated)": PoseEstimator(
+                emulate_autocast(model, dtype), config, device, args.preset, backend="eager"
+            )
+            for p, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+            for graph, model in (("eager", net), ("fast", folded))
+        }
         for run in ["gt"] if args.quick else ["gt", "det"]:
             files, per_image, ref_kpts, _ = sample(run)
             crops = [
@@ -337,15 +358,32 @@ def main() -> None:
                 np.concatenate([c.centers for c in crops]),
                 np.concatenate([c.scales for c in crops]),
             )
-            results = {n: est.predict_crops(joined, flip=True) for n, est in estimators.items()}
+            results, failed = {}, {}
+            for name, est in [*estimators.items(), *emulated.items()]:
+                try:
+                    results[name] = est.predict_crops(joined, flip=True)
+                except ValueError as e:  # heatmaps not finite: fp16 overflowing
+                    failed[name] = str(e).split(": ", 1)[1].split(" with ")[0]
             eager_kpts, eager_scores = results["eager"]
             print(f"  {run} boxes ({len(eager_kpts)} people, {eager_kpts.size // 2} keypoints)")
             for name, (kpts, scores) in results.items():
                 rel = (np.abs(scores - eager_scores) / np.abs(eager_scores)).max()
                 print(
-                    f"    {name:<14} vs fp32 eager: {compare(kpts, eager_kpts)}; scores max rel "
+                    f"    {name:<22} vs fp32 eager: {compare(kpts, eager_kpts)}; scores max rel "
                     f"{rel:.1e} | vs mmpose: {compare(kpts, ref_kpts)}"
                 )
+            for name, why in failed.items():
+                print(f"    {name:<22} {why}")
+        if args.checkpoint:  # trained weights: what the changes do to the metric
+            print("  COCO AP on the sample (detector boxes, flip, rescoring + OKS-NMS)")
+            for name, est in [*estimators.items(), *emulated.items()]:
+                try:
+                    m = evaluate(
+                        est, COCO / "test_coco.json", COCO, COCO / DETECTIONS, progress=False
+                    )
+                except ValueError:
+                    continue
+                print(f"    {name:<22} AP {m['AP']:.4f}  AP50 {m['AP50']:.4f}  AR {m['AR']:.4f}")
 
     if "crop" in sections:
         print("\n== in-graph / on-device crop vs OpenCV (det boxes)")

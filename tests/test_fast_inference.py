@@ -3,6 +3,7 @@ OpenCV reference bit for bit), BatchNorm folding, the backends and the read-ahea
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,7 +24,12 @@ from nextpose.geometry import (
 )
 from nextpose.inference import PoseEstimator, Runtime, _TorchNetwork, ordered_map
 from nextpose.model import PoseNet
-from nextpose.optimize import cpu_supports_bf16, fold_batchnorm, prepare_for_inference
+from nextpose.optimize import (
+    cpu_supports_bf16,
+    emulate_autocast,
+    fold_batchnorm,
+    prepare_for_inference,
+)
 from nextpose.presets import get_preset
 
 TINY = get_preset("tiny_coco_96x64").config
@@ -236,6 +242,69 @@ def test_gpu_style_paths_on_cpu(tiny_model):
     low = half.heatmaps(x, flip_indices)
     assert low.dtype == torch.float32 and low.shape == want.shape
     assert 0 < (low - want).abs().max() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_emulated_autocast_rounds_as_autocast_does(dtype):
+    """Convolution + BatchNorm + ReLU (+ a residual sum): the emulation gives what real CPU
+    autocast gives, to the last bit for nearly every value and one unit of ``dtype``'s last
+    place for the rest (float32 sums in another order, rounded again)."""
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU()
+    ).eval()
+    layers[1].running_mean.normal_(0, 0.5)
+    layers[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 16, 12, 10)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=dtype):
+            real = layers(x)
+        emulated = emulate_autocast(layers, dtype)(x)
+    assert real.dtype == dtype and emulated.dtype == torch.float32
+    assert torch.equal(emulated.to(dtype).float(), emulated)  # representable in dtype
+    same = (real.float() == emulated).float().mean()
+    assert same >= 0.999, same
+    ulp = torch.finfo(dtype).eps * emulated.abs()
+    assert ((real.float() - emulated).abs() <= ulp).all()
+
+
+def test_emulated_autocast_of_the_model(tiny_model):
+    """The whole network: reduced-precision sized errors (not zero, not large), the model
+    itself untouched, float32 refused."""
+    x = torch.randn(2, 3, SIZE[1], SIZE[0])
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    with torch.inference_mode():
+        want = tiny_model(x)
+        for dtype, most in ((torch.bfloat16, 0.05), (torch.float16, 0.01)):
+            got = emulate_autocast(tiny_model, dtype)(x)
+            error = (got - want).abs().max() / want.abs().max()
+            assert 0 < error <= most, (dtype, error)
+            assert torch.equal(got.to(dtype).float(), got)
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        emulate_autocast(tiny_model, torch.float32)
+
+
+def test_non_finite_heatmaps_are_refused(tiny_checkpoint):
+    """Heatmaps with inf/NaN (a broken checkpoint; fp16 overflowing) raise an error that says
+    how many people and why, instead of returning meaningless keypoints."""
+    image = np.full((60, 40, 3), 128, np.uint8)
+    boxes = [[0, 0, 39, 59], [5, 5, 30, 40]]
+    for backend in ("eager", "fast"):
+        est = nextpose.load(str(tiny_checkpoint), backend=backend)
+        assert est.predict(image, boxes).scores.shape == (2, 17)
+        with torch.no_grad():
+            est.model.head.final_layer.bias[3] = float("nan")
+        est._network = None  # rebuilt from the changed model
+        with pytest.raises(ValueError, match=r"heatmaps of 2 of 2 people are not finite.*fp32"):
+            est.predict(image, boxes)
+    # fp16 (a GPU precision; forced here on the CPU) with activations past 65504.
+    est = nextpose.load(str(tiny_checkpoint), backend="eager")
+    with torch.no_grad():
+        est.model.head.final_layer.weight.mul_(1e9)
+    est.runtime = replace(est.runtime, precision="fp16")
+    with pytest.raises(ValueError, match=r"float16's range \(65504\); use precision bf16"):
+        est.predict(image, boxes)
 
 
 def test_cli_backend_and_precision_options(tiny_checkpoint, tmp_path, capsys):

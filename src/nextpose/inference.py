@@ -502,8 +502,30 @@ class PoseEstimator:
         if isinstance(parts[0][0], torch.Tensor):
             keypoints = torch.cat([p[0] for p in parts]).cpu().numpy()
             scores = torch.cat([p[1] for p in parts]).cpu().numpy()
-            return keypoints, scores
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        else:
+            keypoints = np.concatenate([p[0] for p in parts])
+            scores = np.concatenate([p[1] for p in parts])
+        self._check_finite(scores)
+        return keypoints, scores
+
+    def _check_finite(self, scores: np.ndarray) -> None:
+        """Refuse heatmaps holding inf or NaN (a score is its heatmap's maximum, and NaN wins
+        argmax), rather than return keypoints that mean nothing."""
+        bad = int((~np.isfinite(scores)).any(axis=1).sum())
+        if not bad:
+            return
+        precision = self.runtime.precision
+        if precision == "fp16":
+            why = (
+                "the activations exceed float16's range (65504); use precision bf16 "
+                "(same range as float32) or fp32"
+            )
+        else:
+            why = "the checkpoint's weights hold inf/NaN or its activations overflow float32"
+        raise ValueError(
+            f"{self.name}: the heatmaps of {bad} of {len(scores)} people are not finite "
+            f"(inf or NaN) with precision {precision} on the {self.backend} backend: {why}"
+        )
 
     def predict_crops(
         self, crops: Crops, flip: bool | None = None
