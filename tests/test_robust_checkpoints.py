@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IMAGES
+from conftest import IMAGES, refused
 
 import nextpose
 from nextpose import checkpoint
@@ -66,6 +66,24 @@ def test_checkpoint_with_another_keypoint_count(tmp_path):
     with pytest.raises(CheckpointError, match=r"shape mismatches: head\.final_layer\.weight"):
         nextpose.load("tiny_coco_96x64", path)
     assert nextpose.load(path).config.model.num_keypoints == 14  # it carries its own config
+
+
+def test_checkpoint_with_nan_weights(tmp_path, capsys):
+    """A diverged run's weights are refused at load time, naming the tensors, not discovered
+    later as NaN heatmaps."""
+    config = nextpose.get_preset("tiny_coco_96x64").config
+    model = nextpose.PoseNet(config.model)
+    with torch.no_grad():
+        model.head.final_layer.bias[2] = float("nan")
+        model.backbone.layer1[0].bn1.running_var[0] = float("inf")
+    path = tmp_path / "diverged.pth"
+    checkpoint.save_model(path, model, config)
+    with pytest.raises(CheckpointError, match=r"diverged.pth: .* NaN or inf in ") as err:
+        nextpose.load(path)
+    assert "backbone.layer1.0.bn1.running_var" in str(err.value)
+    assert "head.final_layer.bias" in str(err.value)
+    code = main(["predict", str(path), str(IMAGES[0]), "--whole-image"])
+    refused(code, r"diverged.pth: the checkpoint's weights hold NaN or inf", capsys)
 
 
 @pytest.mark.parametrize("fraction", [0.0001, 0.3, 0.9, 0.999])

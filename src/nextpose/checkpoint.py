@@ -247,6 +247,13 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
                 lines.append(f"  {label}: {', '.join(keys[:5])}{more}")
         lines.append("  Is it a checkpoint for another architecture or input size?")
         raise CheckpointError("\n".join(lines))
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        more = f" ... ({len(broken)} in all)" if len(broken) > 5 else ""
+        raise CheckpointError(
+            f"{source}: the checkpoint's weights hold NaN or inf in {', '.join(broken[:5])}{more}"
+            " (saved from a diverged training run?)"
+        )
     model.load_state_dict(state, strict=True)
 
 
