@@ -124,7 +124,8 @@ def emulate_autocast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
     It runs at float32 speed, so the effect of bf16 or fp16 on keypoints can be measured on a
     CPU without native support (where real autocast is ~25x slower than float32). It differs
-    from a real reduced-precision run only in summation order.
+    from hardware that accumulates in float32 (cuDNN, AMX) only in summation order; a CPU
+    without native support emulates some layers (transposed convolutions) less exactly.
     """
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"emulate_autocast: dtype must be bfloat16 or float16, not {dtype}")
