@@ -483,12 +483,14 @@ def main() -> None:
         files, per_image, _, _ = sample("det")
         many = [COCO / files[i % len(files)] for i in range(args.val_sized)]
         many_boxes = [np.resize(per_image[i % len(files)], (21, 4)) for i in range(len(many))]
-        fast = estimator("fast", device_crops=cuda, workers=8 if cuda else 2)
+        precision = args.precision or "fp32"
+        fast = estimator("fast", precision=precision, device_crops=cuda, workers=8 if cuda else 2)
         start = time.perf_counter()
         fast.predict_many(many, many_boxes, flip=True)
         seconds = time.perf_counter() - start
+        where = ", crops on the GPU" if cuda else ""
         print(
-            f"  val-sized pass (fast{', crops on the GPU' if cuda else ''}): {len(many)} images, "
+            f"  val-sized pass (fast {precision}{where}, batch {args.batch}): {len(many)} images, "
             f"{21 * len(many)} boxes in {seconds:.1f} s = {21 * len(many) / seconds:.1f} crops/s"
         )
 

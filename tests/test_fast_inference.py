@@ -169,6 +169,64 @@ def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
     assert np.abs(scores - ref_scores).max() <= 1e-5 * np.abs(ref_scores).max()
 
 
+def test_compile_backend_equals_eager_and_compiles_at_most_twice(tiny_checkpoint, few_boxes):
+    """Inductor on the folded graph gives eager's keypoints, compiling one graph for a single
+    crop and one for every other batch size, not one per number of people (~30 s each for
+    resnext50, and after 8 torch falls back to the uncompiled model)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = nextpose.load(str(tiny_checkpoint), backend="eager")
+    compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
+    for name, count in zip(few_boxes, (1, 3, 2, 7), strict=False):  # flip test on: 2 passes
+        image, boxes = COCO / name, few_boxes[name][:count]
+        want, got = eager.predict(image, boxes), compiled.predict(image, boxes)
+        assert len(got) == count
+        assert np.abs(got.keypoints - want.keypoints).max() <= 1e-3
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+
+
+def test_cuda_graph_batches_are_padded_to_powers_of_two(tiny_model):
+    """A network replaying CUDA graphs records one per batch size: batches are padded to powers
+    of two (few sizes) and the outputs for the real crops come back, copied. Checked here with
+    the plain model standing in for the graphs."""
+    fast = prepare_for_inference(tiny_model)
+    sizes = []
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return fast(x)
+
+    graphs = _TorchNetwork(recorded, torch.device("cpu"), True, "fp32", True, cuda_graphs=True)
+    plain = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", True)
+    flip_indices = list(TINY.keypoints.flip_indices)
+    for n in (1, 3, 5, 8):
+        x = torch.randn(n, 3, SIZE[1], SIZE[0])
+        want, got = plain.heatmaps(x, flip_indices), graphs.heatmaps(x, flip_indices)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    assert sizes == [2, 8, 16, 16]  # the flip test's joint batches of 2N, padded
+
+
+def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
+    """On a GPU, fp32 means IEEE float32 convolutions (PyTorch's default lets cuDNN use TF32's
+    10-bit mantissa); the setting is the user's again afterwards."""
+    seen = []
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        return tiny_model(x)
+
+    before = torch.backends.cudnn.conv.fp32_precision
+    on_gpu = _TorchNetwork(recorded, torch.device("cuda"), False, "fp32", joint_flip=True)
+    on_cpu = _TorchNetwork(recorded, torch.device("cpu"), False, "fp32", joint_flip=True)
+    x = torch.randn(2, 3, SIZE[1], SIZE[0])
+    on_gpu.heatmaps(x, None)  # no flip: nothing is copied to the (absent) GPU
+    on_cpu.heatmaps(x, None)
+    assert seen == ["ieee", before]
+    assert torch.backends.cudnn.conv.fp32_precision == before
+
+
 def test_read_ahead_and_device_crops_change_nothing(tiny_checkpoint, few_boxes):
     names = list(few_boxes)
     images, boxes = [COCO / n for n in names], [few_boxes[n] for n in names]

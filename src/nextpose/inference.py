@@ -104,8 +104,8 @@ class Runtime:
             graph (CPU). ``auto`` resolves to ``fast``, whose keypoints equal eager's on the
             reference sample (see BENCHMARKS.md).
         precision: ``fp32``, or autocast to ``bf16`` / ``fp16`` (GPU; bf16 on CPUs with native
-            bf16 only). On a GPU the fast backends also set ``cudnn.benchmark`` and run the flip
-            test as one batch of 2N.
+            bf16 only). On a GPU fp32 convolutions are IEEE float32, not TF32, and the fast
+            backends also set ``cudnn.benchmark`` and run the flip test as one batch of 2N.
         device_crops: cut crops on the network's device (:func:`~nextpose.geometry.warp_crops`,
             OpenCV's arithmetic) instead of with OpenCV on the CPU; meant for GPUs.
         workers: threads that read and crop the next images while a batch is in the network
@@ -148,7 +148,9 @@ class Runtime:
 
 
 class _TorchNetwork:
-    """A PyTorch network and how to call it: memory layout, autocast, flip-test batching."""
+    """A PyTorch network and how to call it: memory layout, autocast, flip-test batching, and
+    on a GPU true float32 convolutions (cuDNN would use TF32: 10-bit mantissas) and CUDA graphs.
+    """
 
     def __init__(
         self,
@@ -158,6 +160,7 @@ class _TorchNetwork:
         precision: Precision,
         joint_flip: bool,
         chunk: int | None = None,
+        cuda_graphs: bool = False,
     ):
         self.net = net
         self.device = device
@@ -165,13 +168,29 @@ class _TorchNetwork:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.joint_flip = joint_flip
         self.chunk = chunk  # largest batch per forward pass; larger inputs run in pieces
+        # ``net`` replays CUDA graphs (compile_model on a GPU): one is recorded per batch size,
+        # so batches are padded to powers of two, and outputs are copied out of its buffers.
+        self.cuda_graphs = cuda_graphs
         self._flip_list: list[int] = []
         self._flip_index = torch.zeros(0, dtype=torch.long)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x).float().contiguous()
+            # Made here, in inference mode, every input of a compiled graph is an inference
+            # tensor (a normal tensor among them would make it compile a second time).
+            x = (
+                x.contiguous(memory_format=torch.channels_last)
+                if x.is_inference()
+                else x.clone(memory_format=torch.channels_last)
+            )
+        if not self.cuda_graphs:
+            return self.net(x).float().contiguous()
+        n = len(x)
+        padded = 1 << max(n - 1, 0).bit_length()  # the next power of two
+        if padded > n:
+            x = torch.cat([x, x.new_zeros((padded - n, *x.shape[1:]))])
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.net(x)[:n].float().clone()
 
     def heatmaps(self, inputs: torch.Tensor, flip_indices: Sequence[int] | None) -> torch.Tensor:
         autocast = (
@@ -185,10 +204,30 @@ class _TorchNetwork:
         if self.chunk and len(inputs) > self.chunk:
             pieces = inputs.split(self.chunk)
             return torch.cat([self.heatmaps(piece, flip_indices) for piece in pieces])
-        with torch.inference_mode(), autocast:
+        exact = (
+            _ieee_fp32_convolutions() if self.device.type == "cuda" else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast, exact:
             if flip_indices is None:
                 return self._forward(inputs)
             return flip_test(self._forward, inputs, self._flip_index, self.joint_flip)
+
+
+@contextlib.contextmanager
+def _ieee_fp32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in true float32 while inside (PyTorch's default lets them round
+    float32 inputs to TF32, whose 10-bit mantissa moves keypoints as fp16 does). Autocast's
+    bf16/fp16 convolutions are unaffected."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        switch, name, exact = torch.backends.cudnn.conv, "fp32_precision", "ieee"
+    else:  # torch < 2.9: the older flag
+        switch, name, exact = torch.backends.cudnn, "allow_tf32", False
+    before = getattr(switch, name)
+    setattr(switch, name, exact)
+    try:
+        yield
+    finally:
+        setattr(switch, name, before)
 
 
 class _OnnxNetwork:
@@ -441,7 +480,8 @@ class PoseEstimator:
         # A GPU: one 2N batch for the flip test keeps it busier. A CPU: passes of at most
         # CPU_CHUNK crops (larger ones spill the caches: 10% slower per crop at 32 than at 8).
         chunk = None if cuda else CPU_CHUNK
-        return _TorchNetwork(net, self.device, True, precision, joint_flip=cuda, chunk=chunk)
+        graphs = cuda and backend == "compile"
+        return _TorchNetwork(net, self.device, True, precision, cuda, chunk, cuda_graphs=graphs)
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 on the device, (x - mean) / std."""
@@ -480,7 +520,9 @@ class PoseEstimator:
             keypoints, scores, _ = net.run(np.ascontiguousarray(images, dtype=np.uint8), flip)
             return keypoints, scores
         indices = list(self.config.keypoints.flip_indices) if flip else None
-        heatmaps = net.heatmaps(normalize(self._to_device(images)), indices)
+        with torch.inference_mode():
+            inputs = normalize(self._to_device(images))
+        heatmaps = net.heatmaps(inputs, indices)
         with torch.inference_mode():
             locations, scores = decode_heatmaps_torch(heatmaps)
             w, h = self.input_size  # stride: Python scalars, no copy to the device

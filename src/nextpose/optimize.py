@@ -88,8 +88,14 @@ def prepare_for_inference(
 
 
 def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Callable:
-    """``torch.compile`` of a prepared (BatchNorm-folded) model; on a CPU with constant
-    folding and weight prepacking (inductor ``freezing``), which needs inference mode.
+    """``torch.compile`` of a prepared (BatchNorm-folded) model, compiled once for any batch
+    size (the batch dimension is symbolic: a static graph per size would compile again for
+    every new number of people, ~30 s each, and fall back to the uncompiled model after 8).
+
+    On a CPU with constant folding and weight prepacking (inductor ``freezing``, which needs
+    inference mode); on a GPU with CUDA graphs (``mode="reduce-overhead"``), one recorded per
+    batch size: give it few sizes (``_TorchNetwork`` pads batches to powers of two) and copy
+    each output before the next call, which overwrites it.
 
     Refuses a model that still has BatchNorm: torch 2.14's frozen inductor graphs get a
     ConvTranspose2d followed by BatchNorm wrong (about 10% of outputs), folding avoids it.
@@ -97,8 +103,8 @@ def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Calla
     if any(isinstance(m, _BatchNorm) for m in model.modules()):
         raise ValueError("compile_model: fold BatchNorm first (see fold_batchnorm)")
     if torch.device(device).type == "cpu":
-        return torch.compile(model, dynamic=False, options={"freezing": True})
-    return torch.compile(model, dynamic=False)
+        return torch.compile(model, dynamic=True, options={"freezing": True})
+    return torch.compile(model, dynamic=True, mode="reduce-overhead")
 
 
 def cpu_supports_bf16() -> bool:
