@@ -2,6 +2,7 @@
 OpenCV reference bit for bit), BatchNorm folding, the backends and the read-ahead of images."""
 
 import json
+import threading
 import time
 from dataclasses import replace
 
@@ -224,6 +225,33 @@ def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
     on_gpu.heatmaps(x, None)  # no flip: nothing is copied to the (absent) GPU
     on_cpu.heatmaps(x, None)
     assert seen == ["ieee", before]
+    assert torch.backends.cudnn.conv.fp32_precision == before
+
+    # Two threads overlapping: the first one out leaves the switch on for the other, the last
+    # one out restores the user's setting.
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first(x: torch.Tensor) -> torch.Tensor:
+        a_inside.set()
+        b_inside.wait(timeout=30)
+        return tiny_model(x)
+
+    def second(x: torch.Tensor) -> torch.Tensor:
+        b_inside.set()
+        a_done.wait(timeout=30)
+        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        return tiny_model(x)
+
+    a, b = (_TorchNetwork(f, torch.device("cuda"), False, "fp32", True) for f in (first, second))
+    thread_a = threading.Thread(target=a.heatmaps, args=(x, None))
+    thread_b = threading.Thread(target=b.heatmaps, args=(x, None))
+    thread_a.start()
+    assert a_inside.wait(timeout=30)
+    thread_b.start()
+    thread_a.join(timeout=30)
+    a_done.set()
+    thread_b.join(timeout=30)
+    assert seen[-1] == "ieee"
     assert torch.backends.cudnn.conv.fp32_precision == before
 
 

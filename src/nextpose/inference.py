@@ -204,30 +204,48 @@ class _TorchNetwork:
         if self.chunk and len(inputs) > self.chunk:
             pieces = inputs.split(self.chunk)
             return torch.cat([self.heatmaps(piece, flip_indices) for piece in pieces])
-        exact = (
-            _ieee_fp32_convolutions() if self.device.type == "cuda" else contextlib.nullcontext()
-        )
+        cuda = self.device.type == "cuda"
+        exact = _ieee_fp32_convolutions if cuda else contextlib.nullcontext()
         with torch.inference_mode(), autocast, exact:
             if flip_indices is None:
                 return self._forward(inputs)
             return flip_test(self._forward, inputs, self._flip_index, self.joint_flip)
 
 
-@contextlib.contextmanager
-def _ieee_fp32_convolutions() -> Iterator[None]:
+class _IeeeFp32Convolutions:
     """cuDNN convolutions in true float32 while inside (PyTorch's default lets them round
-    float32 inputs to TF32, whose 10-bit mantissa moves keypoints as fp16 does). Autocast's
-    bf16/fp16 convolutions are unaffected."""
-    if hasattr(torch.backends.cudnn, "conv"):
-        switch, name, exact = torch.backends.cudnn.conv, "fp32_precision", "ieee"
-    else:  # torch < 2.9: the older flag
-        switch, name, exact = torch.backends.cudnn, "allow_tf32", False
-    before = getattr(switch, name)
-    setattr(switch, name, exact)
-    try:
-        yield
-    finally:
-        setattr(switch, name, before)
+    float32 inputs to TF32, whose 10-bit mantissa moves keypoints as fp16 does); autocast's
+    bf16/fp16 convolutions are unaffected. The switch is global: the first of overlapping
+    users (threads) sets it, the last one out restores the user's setting."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._before: object = None
+
+    @staticmethod
+    def _switch() -> tuple[object, str, object]:
+        if hasattr(torch.backends.cudnn, "conv"):
+            return torch.backends.cudnn.conv, "fp32_precision", "ieee"
+        return torch.backends.cudnn, "allow_tf32", False  # torch < 2.9
+
+    def __enter__(self) -> None:
+        switch, name, exact = self._switch()
+        with self._lock:
+            if self._inside == 0:
+                self._before = getattr(switch, name)
+                setattr(switch, name, exact)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        switch, name, _ = self._switch()
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                setattr(switch, name, self._before)
+
+
+_ieee_fp32_convolutions = _IeeeFp32Convolutions()
 
 
 class _OnnxNetwork:
