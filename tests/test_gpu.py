@@ -65,18 +65,23 @@ def test_gpu_crops_and_decode_equal_the_cpu(detections):
 
 
 def test_cuda_graphs_and_reduced_precision(tiny_checkpoint, detections):
-    """The compile backend (inductor + CUDA graphs) equals fast; bf16 and fp16 give finite
-    keypoints near fp32's; all compile one graph for one crop and one for other batch sizes."""
-    fast = nextpose.load(str(tiny_checkpoint), device="cuda")
+    """The compile backend (inductor + CUDA graphs) equals fast, compiling one graph for one
+    crop and one for other batch sizes per precision; bf16 and fp16 give finite keypoints near
+    fp32's."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    graphs = nextpose.load(str(tiny_checkpoint), device="cuda", backend="compile")
-    for name, count in zip(detections, (1, 5, 3, 2), strict=False):
-        image, boxes = COCO / name, detections[name][:count]
-        want, got = fast.predict(image, boxes), graphs.predict(image, boxes)
-        assert np.abs(got.keypoints - want.keypoints).max() <= 1e-3
-        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-6)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    for precision in ("fp32", "bf16"):  # autocast is part of the compiled graph
+        fast = nextpose.load(str(tiny_checkpoint), device="cuda", precision=precision)
+        graphs = nextpose.load(
+            str(tiny_checkpoint), device="cuda", backend="compile", precision=precision
+        )
+        for name, count in zip(detections, (1, 5, 3, 2), strict=False):
+            image, boxes = COCO / name, detections[name][:count]
+            want, got = fast.predict(image, boxes), graphs.predict(image, boxes)
+            near = (np.abs(got.keypoints - want.keypoints).max(-1) <= 1e-3).mean()
+            assert near >= (1 if precision == "fp32" else 0.9), (precision, near)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
+    fast = nextpose.load(str(tiny_checkpoint), device="cuda")
     want, _ = _predict(fast, detections)
     for precision in ("bf16", "fp16"):
         low = nextpose.load(str(tiny_checkpoint), device="cuda", precision=precision)
