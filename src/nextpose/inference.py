@@ -176,8 +176,8 @@ class _TorchNetwork:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            # Made here, in inference mode, every input of a compiled graph is an inference
-            # tensor (a normal tensor among them would make it compile a second time).
+            # Copied here, in inference mode, when not already an inference tensor: a normal
+            # tensor among a compiled graph's inputs would make it compile a second time.
             x = (
                 x.contiguous(memory_format=torch.channels_last)
                 if x.is_inference()

@@ -88,9 +88,10 @@ def prepare_for_inference(
 
 
 def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Callable:
-    """``torch.compile`` of a prepared (BatchNorm-folded) model, compiled once for any batch
-    size (the batch dimension is symbolic: a static graph per size would compile again for
-    every new number of people, ~30 s each, and fall back to the uncompiled model after 8).
+    """``torch.compile`` of a prepared (BatchNorm-folded) model with a symbolic batch size: one
+    graph for every batch of two or more crops, and one for a single crop (torch specialises
+    size 1). Static graphs would compile again for every new number of people, ~30 s each, and
+    torch falls back to the uncompiled model after 8.
 
     On a CPU with constant folding and weight prepacking (inductor ``freezing``, which needs
     inference mode); on a GPU with CUDA graphs (``mode="reduce-overhead"``), one recorded per
