@@ -102,6 +102,8 @@ def main() -> None:
     for amp, seconds in times.items():
         rate = args.batch * args.steps / statistics.median(seconds)
         label = "fp32" if amp == "none" else f"AMP {amp}"
+        if amp == "none" and device.type == "cuda" and hasattr(torch.backends.cudnn, "conv"):
+            label += f" (cuDNN convolutions: {torch.backends.cudnn.conv.fp32_precision})"
         print(f"  {label:<9} {rate:9.1f} images/s  x{rate / fp32:.2f} fp32")
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**30
