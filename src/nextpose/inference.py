@@ -502,8 +502,10 @@ class PoseEstimator:
         return _TorchNetwork(net, self.device, True, precision, cuda, chunk, cuda_graphs=graphs)
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 on the device, (x - mean) / std."""
-        return normalize(self._to_device(crops))
+        """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 on the device, (x - mean) / std; an
+        inference tensor, as the network's inputs are (so a compiled graph is not made twice)."""
+        with torch.inference_mode():
+            return normalize(self._to_device(crops))
 
     def _to_device(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """An array or tensor on the device; to a GPU through pinned memory, asynchronously."""
@@ -539,9 +541,7 @@ class PoseEstimator:
             return keypoints, scores
         indices = list(self.config.keypoints.flip_indices) if flip else None
         with torch.inference_mode():
-            inputs = normalize(self._to_device(images))
-        heatmaps = net.heatmaps(inputs, indices)
-        with torch.inference_mode():
+            heatmaps = net.heatmaps(self.normalize(images), indices)
             locations, scores = decode_heatmaps_torch(heatmaps)
             w, h = self.input_size  # stride: Python scalars, no copy to the device
             sx, sy = (
