@@ -25,12 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 # mmpose files are named "<name>-<first 8 hex digits of sha256>_<date>.pth".
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})(?:_\d{8})?\.pth?$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found, downloaded, read, or does not fit the model."""
 
 
 def cache_dir() -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .keypoints import COCO_KEYPOINTS, KeypointSet
 
 # Bottleneck blocks per stage of the ResNeXt trunks (the same counts as ResNet-50/101/152).
@@ -19,10 +20,6 @@ RESNEXT_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type, or impossible."""
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,7 @@ from typing import Any
 
 import numpy as np
 
-
-class AnnotationError(ValueError):
-    """An annotation or detection file is malformed."""
-
+from ..errors import AnnotationError
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -10,10 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-class ImageError(ValueError):
-    """An image file is missing, empty or cannot be decoded."""
-
+from ..errors import ImageError, VideoError
 
 # Images with more pixels than this are refused before decoding: a small file can declare a huge
 # picture (a 1 MB PNG decodes to 20000 x 20000 x 3 = 1.2 GB). 2**28 = 16384 x 16384 pixels, 0.8 GB
@@ -168,10 +165,6 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 def is_video_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
-class VideoError(ImageError):
-    """A video file or camera cannot be opened."""
 
 
 class VideoReader:

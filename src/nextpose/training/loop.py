@@ -28,6 +28,7 @@ from .. import __version__, checkpoint
 from ..config import Config
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train
+from ..errors import TrainingError
 from ..evaluation.coco_eval import evaluate_predictions, predictions_from_arrays
 from ..evaluation.evaluate import InstancePredictions, predict_instances
 from ..inference import PoseEstimator, normalize
@@ -36,10 +37,6 @@ from . import distributed as dist
 from .loss import KeypointMSELoss
 from .optim import build_optimizer, lr_at, set_lr
 from .pretrained import load_pretrained_backbone
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on: a non-finite loss, a missing resume file, a bad setting."""
 
 
 @dataclass(frozen=True)

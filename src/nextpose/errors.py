@@ -1,0 +1,56 @@
+"""The library's errors: every problem with a user's input, file or setting is a
+:class:`NextposeError`, whose message names the file or option and what is wrong with it.
+
+The command line prints these as ``error: ...`` and exits with status 2; any other exception is
+a bug and keeps its traceback. Each kind also derives from the built-in error it refines
+(``ValueError``, ``RuntimeError``, ...), so ``except ValueError`` in older user code still works.
+"""
+
+
+class NextposeError(Exception):
+    """Base of every error nextpose raises about its inputs (not about its own bugs)."""
+
+
+class ConfigError(NextposeError, ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+class CheckpointError(NextposeError, RuntimeError):
+    """A checkpoint cannot be found, downloaded, read, or does not fit the model."""
+
+
+class ImageError(NextposeError, ValueError):
+    """An image file or array is missing, empty, too large or cannot be decoded."""
+
+
+class VideoError(ImageError):
+    """A video file, stream or camera cannot be opened."""
+
+
+class AnnotationError(NextposeError, ValueError):
+    """An annotation, detection, results or boxes file is malformed."""
+
+
+class InputError(NextposeError, ValueError):
+    """An argument cannot work: boxes of the wrong shape, an unknown option value, clashing
+    options, an output that would overwrite an input."""
+
+
+class MissingExtraError(NextposeError, ImportError):
+    """An optional dependency is not installed; the message gives the pip command."""
+
+
+class TrainingError(NextposeError, RuntimeError):
+    """Training cannot go on: a non-finite loss, a missing resume file, a busy run folder."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import ``module`` for ``what``, or raise :class:`MissingExtraError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{what} needs the '{extra}' extra: pip install \"nextpose[{extra}]\""
+        ) from None
