@@ -13,7 +13,7 @@ from .coco_eval import (
     score_results_file,
     write_results,
 )
-from .evaluate import InstancePredictions, evaluate, predict_instances
+from .evaluate import InstancePredictions, evaluate, predict_instances, score_instances
 from .oks_nms import oks_iou, oks_nms, rescore, soft_oks_nms
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "predictions_from_arrays",
     "rescore",
     "scale_area",
+    "score_instances",
     "score_results_file",
     "soft_oks_nms",
     "write_results",

@@ -90,6 +90,35 @@ def predict_instances(
     return out
 
 
+def score_instances(
+    instances: list[PersonInstance],
+    pred: InstancePredictions,
+    ann_file: str | Path,
+    sigmas: np.ndarray,
+    out_dir: str | Path | None = None,
+    nms: NmsMode = "oks",
+    nms_threshold: float = 0.9,
+) -> dict[str, float]:
+    """COCO AP/AR of predictions for ``instances`` (same order), as the reference scores them:
+    rescoring, per-image NMS, COCOeval; instances of unreadable images (``pred.failed``) are left
+    out. With ``out_dir``, the post-NMS results are written to ``out_dir/keypoints.json``."""
+    ok = np.flatnonzero(~pred.failed) if len(pred.failed) else np.arange(len(instances))
+    kept = [instances[i] for i in ok]
+    predictions = predictions_from_arrays(
+        ids=[i.id for i in kept],
+        img_ids=[i.image_id for i in kept],
+        keypoints=pred.keypoints[ok],
+        keypoint_scores=pred.scores[ok],
+        bboxes=np.stack([i.bbox for i in kept]) if kept else np.zeros((0, 4)),
+        bbox_scores=np.array([i.bbox_score for i in kept], np.float32),
+        scales=pred.scales[ok],
+        category_ids=[i.category_id for i in kept],
+    )
+    return evaluate_predictions(
+        predictions, ann_file, out_dir=out_dir, nms=nms, nms_threshold=nms_threshold, sigmas=sigmas
+    )
+
+
 def evaluate(
     estimator: PoseEstimator,
     ann_file: str | Path,
@@ -124,25 +153,14 @@ def evaluate(
     else:
         instances = coco.detection_instances(bbox_file, bbox_score_threshold)
     pred = predict_instances(estimator, instances, image_dir, flip, batch_size, workers, progress)
-    ok = np.flatnonzero(~pred.failed)
-    kept = [instances[i] for i in ok]
-    predictions = predictions_from_arrays(
-        ids=[i.id for i in kept],
-        img_ids=[i.image_id for i in kept],
-        keypoints=pred.keypoints[ok],
-        keypoint_scores=pred.scores[ok],
-        bboxes=np.stack([i.bbox for i in kept]) if kept else np.zeros((0, 4)),
-        bbox_scores=np.array([i.bbox_score for i in kept], np.float32),
-        scales=pred.scales[ok],
-        category_ids=[i.category_id for i in kept],
-    )
-    metrics = evaluate_predictions(
-        predictions,
+    metrics = score_instances(
+        instances,
+        pred,
         ann_file,
+        estimator.keypoint_set.sigmas_array(),
         out_dir=out_dir,
         nms=nms,
         nms_threshold=nms_threshold,
-        sigmas=estimator.keypoint_set.sigmas_array(),
     )
     if out_dir is not None:
         path = Path(out_dir) / "metrics.json"

@@ -29,8 +29,7 @@ from ..config import Config
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train
 from ..errors import TrainingError
-from ..evaluation.coco_eval import evaluate_predictions, predictions_from_arrays
-from ..evaluation.evaluate import InstancePredictions, predict_instances
+from ..evaluation.evaluate import InstancePredictions, predict_instances, score_instances
 from ..inference import PoseEstimator, normalize
 from ..model import PoseNet
 from . import distributed as dist
@@ -353,20 +352,8 @@ class Trainer:
         metrics: dict[str, float] | None = None
         if self.dist.is_main:
             merged = _interleave(parts, len(instances))
-            ok = np.flatnonzero(~merged.failed)  # boxes of unreadable images are left out
-            kept = [instances[i] for i in ok]
-            predictions = predictions_from_arrays(
-                [i.id for i in kept],
-                [i.image_id for i in kept],
-                merged.keypoints[ok],
-                merged.scores[ok],
-                _boxes(kept),
-                [i.bbox_score for i in kept],
-                merged.scales[ok],
-                [i.category_id for i in kept],
-            )
-            metrics = evaluate_predictions(
-                predictions, self.val_data.ann_file, sigmas=config.keypoints.sigmas_array()
+            metrics = score_instances(
+                instances, merged, self.val_data.ann_file, config.keypoints.sigmas_array()
             )
             self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "val": metrics})
         _set_train_mode(self.network, config.train.freeze_bn)
@@ -438,10 +425,6 @@ def _instances(data: Dataset, config: Config, what: str) -> list[PersonInstance]
             f"in {folder}: {', '.join(missing[:5])}{more}"
         )
     return instances
-
-
-def _boxes(instances: list[PersonInstance]) -> np.ndarray:
-    return np.stack([i.bbox for i in instances]) if instances else np.zeros((0, 4), np.float32)
 
 
 def _interleave(parts: list[InstancePredictions], n: int) -> InstancePredictions:
