@@ -21,6 +21,18 @@ DET_FILE = COCO / "test_coco_det_AP_H_56.json"
 IMAGES = sorted(COCO.glob("*.jpg"))
 
 
+def crops_of(image, boxes, input_size, padding: float = 1.25):
+    """(crops (N, h, w, 3) uint8, centers, scales) of xyxy ``boxes`` in ``image``, cut as the
+    engine cuts them."""
+    import numpy as np
+
+    from nextpose.engine import cut_crops
+    from nextpose.geometry import crop_region
+
+    centers, scales = crop_region(np.asarray(boxes, np.float32)[:, :4], input_size, padding)
+    return cut_crops(image, centers, scales, input_size), centers, scales
+
+
 def _make_weights_module():
     spec = importlib.util.spec_from_file_location("make_weights", ORACLE / "make_weights.py")
     module = importlib.util.module_from_spec(spec)

@@ -36,8 +36,18 @@ def test_wrong_types_are_rejected():
 def test_impossible_values():
     with pytest.raises(ConfigError, match="multiples of 32"):
         ModelConfig(input_size=(190, 256))
-    with pytest.raises(ConfigError, match="batch_size=0"):
-        InferenceConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="padding=0"):
+        InferenceConfig(padding=0)
+
+
+def test_run_time_options_are_not_part_of_the_model():
+    """The batch size is an option of the run: not in the config, ignored in old checkpoints."""
+    assert "batch_size" not in Config().to_dict()["inference"]
+    old = Config().to_dict()
+    old["inference"]["batch_size"] = 32  # as nextpose 0.1 saved it
+    assert Config.from_dict(old) == Config()
+    with pytest.raises(ConfigError, match=r"unknown config key 'inference\.batch_size'"):
+        Config().override(["inference.batch_size=8"])
 
 
 @pytest.mark.parametrize("name", ["resnext101_coco_384x288", "tiny_coco_96x64"])

@@ -4,12 +4,11 @@ benchmarks/bench_inference.py)."""
 
 import numpy as np
 import pytest
-from conftest import ANN_FILE, COCO, DET_FILE
+from conftest import ANN_FILE, COCO, DET_FILE, crops_of
 
 import nextpose
 from nextpose.cli import main
 from nextpose.export import export_onnx
-from nextpose.inference import prepare_crops
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -73,15 +72,15 @@ def test_export_crops_graph_without_flip(tiny_checkpoint, eager, sample, tmp_pat
     args = ["export", str(tiny_checkpoint), str(out), "--input", "crops", "--no-flip"]
     assert main(args) == 0
     session = ort.InferenceSession(str(out))
-    crops = [prepare_crops(image, boxes, eager.input_size) for image, boxes in sample]
+    crops = [crops_of(image, boxes, eager.input_size)[0] for image, boxes in sample]
     for c in crops[:2]:  # dynamic batch: 5 crops, then 1
-        for images in (c.images, c.images[:1]):
+        for images in (c, c[:1]):
             keypoints, scores = session.run(None, {"crops": images})
-            want, want_scores = eager._run_batches([images], flip=False)
+            want, want_scores = (t.numpy() for t in eager.network.keypoints(images, flip=False))
             assert _close(keypoints, want) >= 0.99
             assert np.abs(scores - want_scores).max() <= 1e-4 * np.abs(want_scores).max()
-    flipped, _ = eager._run_batches([crops[0].images], flip=True)
-    assert _close(session.run(None, {"crops": crops[0].images})[0], flipped) < 0.9
+    flipped = eager.network.keypoints(crops[0], flip=True)[0].numpy()
+    assert _close(session.run(None, {"crops": crops[0]})[0], flipped) < 0.9
 
 
 def test_onnxruntime_backend_equals_pytorch(tiny_checkpoint, eager, sample):
@@ -92,9 +91,9 @@ def test_onnxruntime_backend_equals_pytorch(tiny_checkpoint, eager, sample):
     want = eager.predict_many(images, boxes)
     kpts = np.concatenate([p.keypoints for p in got])
     assert _close(kpts, np.concatenate([p.keypoints for p in want])) >= 0.99
-    crops = prepare_crops(images[0], boxes[0], est.input_size)
-    _, _, heatmaps = est.network().run(crops.images, True)
-    reference = eager.heatmaps(eager.normalize(crops.images), flip=True).numpy()
+    crops = crops_of(images[0], boxes[0], est.input_size)[0]
+    _, _, heatmaps = est.network.session(True).run(None, {"crops": crops})
+    reference = eager.heatmaps(eager.normalize(crops), flip=True).numpy()
     assert np.abs(heatmaps - reference).max() <= 1e-5 * np.abs(reference).max()
 
 

@@ -13,6 +13,7 @@ from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
 
 import nextpose
 from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
+from nextpose.engine import ordered_map
 from nextpose.geometry import (
     affine_matrix_torch,
     crop,
@@ -23,7 +24,6 @@ from nextpose.geometry import (
     image_to_crop_matrix,
     warp_crops,
 )
-from nextpose.inference import PoseEstimator, Runtime, _TorchNetwork, ordered_map
 from nextpose.model import PoseNet
 from nextpose.optimize import (
     cpu_supports_bf16,
@@ -31,10 +31,17 @@ from nextpose.optimize import (
     fold_batchnorm,
     prepare_for_inference,
 )
+from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
+from nextpose.runtime import RunOptions, TorchNetwork
 
 TINY = get_preset("tiny_coco_96x64").config
 SIZE = TINY.model.input_size
+
+
+def network(net, device="cpu", precision="fp32", **how) -> TorchNetwork:
+    """The runtime's PyTorch network for ``net`` (the tiny model's config)."""
+    return TorchNetwork(net, TINY, RunOptions(device=device, precision=precision), **how)
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +147,19 @@ def test_fold_refuses_a_batchnorm_without_convolution():
         fold_batchnorm(model)
 
 
-def test_runtime_choices():
-    assert Runtime().resolve(torch.device("cpu")).backend == "fast"
-    with pytest.raises(ValueError, match="backend"):
-        Runtime(backend="tensorrt")
-    with pytest.raises(ValueError, match="precision"):
-        Runtime(precision="int8")
-    with pytest.raises(ValueError, match="CPU"):
-        Runtime(backend="onnxruntime").resolve(torch.device("cuda"))
+def test_run_option_choices():
+    assert RunOptions().resolve().backend == "fast"
+    with pytest.raises(nextpose.InputError, match="backend"):
+        RunOptions(backend="tensorrt")
+    with pytest.raises(nextpose.InputError, match="precision"):
+        RunOptions(precision="int8")
+    with pytest.raises(nextpose.InputError, match="batch_size"):
+        RunOptions(batch_size=0)
+    with pytest.raises(nextpose.InputError, match="CPU"):
+        RunOptions(device="cuda", backend="onnxruntime").resolve()
     if not cpu_supports_bf16():
-        with pytest.raises(ValueError, match="native bf16"):
-            Runtime(precision="bf16").resolve(torch.device("cpu"))
+        with pytest.raises(nextpose.InputError, match="native bf16"):
+            RunOptions(precision="bf16").resolve()
 
 
 def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
@@ -198,12 +207,11 @@ def test_cuda_graph_batches_are_padded_to_powers_of_two(tiny_model):
         sizes.append(len(x))
         return fast(x)
 
-    graphs = _TorchNetwork(recorded, torch.device("cpu"), True, "fp32", True, cuda_graphs=True)
-    plain = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", True)
-    flip_indices = list(TINY.keypoints.flip_indices)
+    graphs = network(recorded, channels_last=True, joint_flip=True, cuda_graphs=True)
+    plain = network(fast, channels_last=True, joint_flip=True)
     for n in (1, 3, 5, 8):
         x = torch.randn(n, 3, SIZE[1], SIZE[0])
-        want, got = plain.heatmaps(x, flip_indices), graphs.heatmaps(x, flip_indices)
+        want, got = plain.heatmaps(x, True), graphs.heatmaps(x, True)
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
     assert sizes == [2, 8, 16, 16]  # the flip test's joint batches of 2N, padded
@@ -219,11 +227,11 @@ def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
         return tiny_model(x)
 
     before = torch.backends.cudnn.conv.fp32_precision
-    on_gpu = _TorchNetwork(recorded, torch.device("cuda"), False, "fp32", joint_flip=True)
-    on_cpu = _TorchNetwork(recorded, torch.device("cpu"), False, "fp32", joint_flip=True)
+    on_gpu = network(recorded, "cuda", joint_flip=True)
+    on_cpu = network(recorded, "cpu", joint_flip=True)
     x = torch.randn(2, 3, SIZE[1], SIZE[0])
-    on_gpu.heatmaps(x, None)  # no flip: nothing is copied to the (absent) GPU
-    on_cpu.heatmaps(x, None)
+    on_gpu.heatmaps(x, False)  # no flip: nothing is copied to the (absent) GPU
+    on_cpu.heatmaps(x, False)
     assert seen == ["ieee", before]
     assert torch.backends.cudnn.conv.fp32_precision == before
 
@@ -242,9 +250,9 @@ def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
         seen.append(torch.backends.cudnn.conv.fp32_precision)
         return tiny_model(x)
 
-    a, b = (_TorchNetwork(f, torch.device("cuda"), False, "fp32", True) for f in (first, second))
-    thread_a = threading.Thread(target=a.heatmaps, args=(x, None))
-    thread_b = threading.Thread(target=b.heatmaps, args=(x, None))
+    a, b = (network(f, "cuda", joint_flip=True) for f in (first, second))
+    thread_a = threading.Thread(target=a.heatmaps, args=(x, False))
+    thread_b = threading.Thread(target=b.heatmaps, args=(x, False))
     thread_a.start()
     assert a_inside.wait(timeout=30)
     thread_b.start()
@@ -260,9 +268,9 @@ def test_read_ahead_and_device_crops_change_nothing(tiny_checkpoint, few_boxes):
     images, boxes = [COCO / n for n in names], [few_boxes[n] for n in names]
     boxes[1] = np.zeros((0, 4), np.float32)  # an image without people in the middle
     runs = []
-    for options in ({"workers": 0}, {"workers": 2}, {"workers": 3, "device_crops": True}):
-        est = nextpose.load(str(tiny_checkpoint), **options)
-        est.config = est.config.override(["inference.batch_size=5"])  # batches across images
+    threads = ({"read_threads": 0}, {"read_threads": 2}, {"read_threads": 3, "device_crops": True})
+    for options in threads:  # batches of 5 crops, across images
+        est = nextpose.load(str(tiny_checkpoint), batch_size=5, **options)
         runs.append(est.predict_many(images, boxes))
     for run in runs[1:]:
         assert [len(p) for p in run] == [len(p) for p in runs[0]]
@@ -281,17 +289,17 @@ def test_ordered_map_keeps_order_raises_in_place_and_stops():
 
     got = []
     with pytest.raises(nextpose.ImageError, match="bad image 5"):
-        for value in ordered_map(slow_square, ((i,) for i in range(10)), workers=3):
+        for value in ordered_map(slow_square, ((i,) for i in range(10)), threads=3):
             got.append(value)
     assert got == [0, 1, 4, 9, 16]
-    assert list(ordered_map(slow_square, ((i,) for i in range(5)), workers=0)) == got
+    assert list(ordered_map(slow_square, ((i,) for i in range(5)), threads=0)) == got
     started = []
 
     def record(i: int) -> int:
         started.append(i)
         return i
 
-    for value in ordered_map(record, ((i,) for i in range(1000)), workers=2, depth=4):
+    for value in ordered_map(record, ((i,) for i in range(1000)), threads=2, depth=4):
         if value == 3:
             break  # the rest is cancelled: at most depth items beyond are submitted
     assert len(started) <= 3 + 1 + 4
@@ -317,15 +325,14 @@ def test_gpu_style_paths_on_cpu(tiny_model):
     """What a GPU runs, checked on the CPU: the flip test as one 2N batch, and autocast (bf16
     here, fp16 on a GPU) with float32 heatmaps out."""
     fast = prepare_for_inference(tiny_model, channels_last=True)
-    flip_indices = list(TINY.keypoints.flip_indices)
     x = torch.randn(4, 3, SIZE[1], SIZE[0])
-    two = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", joint_flip=False)
-    joint = _TorchNetwork(fast, torch.device("cpu"), True, "fp32", joint_flip=True)
-    half = _TorchNetwork(fast, torch.device("cpu"), True, "bf16", joint_flip=True)
-    want = two.heatmaps(x, flip_indices)
+    two = network(fast, channels_last=True, joint_flip=False)
+    joint = network(fast, channels_last=True, joint_flip=True)
+    half = network(fast, precision="bf16", channels_last=True, joint_flip=True)
+    want = two.heatmaps(x, True)
     scale = want.abs().max()
-    assert (joint.heatmaps(x, flip_indices) - want).abs().max() <= 1e-6 * scale
-    low = half.heatmaps(x, flip_indices)
+    assert (joint.heatmaps(x, True) - want).abs().max() <= 1e-6 * scale
+    low = half.heatmaps(x, True)
     assert low.dtype == torch.float32 and low.shape == want.shape
     assert 0 < (low - want).abs().max() <= 0.05 * scale
 
@@ -388,7 +395,8 @@ def test_non_finite_heatmaps_are_refused(tiny_checkpoint):
     est = nextpose.load(str(tiny_checkpoint), backend="eager")
     with torch.no_grad():
         est.model.head.final_layer.weight.mul_(1e9)
-    est.runtime = replace(est.runtime, precision="fp16")
+    est.options = replace(est.options, precision="fp16")  # past the CPU check, for the test
+    est._network = TorchNetwork(est.model, est.config, est.options)
     with pytest.raises(ValueError, match=r"float16's range \(65504\); use precision bf16"):
         est.predict(image, boxes)
 

@@ -11,12 +11,11 @@ from itertools import groupby
 import numpy as np
 import pytest
 import torch
-from conftest import ANN_FILE, COCO, DET_FILE, ORACLE_RUNS
+from conftest import ANN_FILE, COCO, DET_FILE, ORACLE_RUNS, crops_of
 
 import nextpose
 from nextpose.evaluation import MMPOSE_METRIC_NAMES, evaluate_predictions, predictions_from_arrays
 from nextpose.evaluation.evaluate import predict_instances
-from nextpose.inference import prepare_crops
 
 RUNS = ["gt_flip", "gt_noflip", "det_flip", "det_noflip"]
 
@@ -122,9 +121,7 @@ def test_inputs_and_heatmaps_equal_reference(estimator, run):
     oracle = np.load(ORACLE_RUNS / f"oracle_{run}.npz")
     instances = _instances(boxes)
     images = {i.image_file: nextpose.read_image(COCO / i.image_file) for i in instances}
-    crops = [
-        prepare_crops(images[i.image_file], i.bbox[None], (192, 256)).images for i in instances
-    ]
+    crops = [crops_of(images[i.image_file], i.bbox[None], (192, 256))[0] for i in instances]
     inputs = estimator.normalize(np.concatenate(crops))
     x = inputs.double()
     stats = torch.stack(

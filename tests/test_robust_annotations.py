@@ -10,7 +10,7 @@ from conftest import ANN_FILE, COCO, DET_FILE, IMAGES, refused
 from robust_files import coco_json, write_json
 
 import nextpose
-from nextpose import cli
+from nextpose import predictor
 from nextpose.cli import main
 from nextpose.data.coco import AnnotationError, CocoKeypoints
 from nextpose.evaluation import evaluate, score_results_file
@@ -29,7 +29,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the files were checked")
 
-    monkeypatch.setattr(cli, "load", refuse)
+    monkeypatch.setattr(predictor, "load", refuse)
 
 
 def _eval_cli(ann_file, *extra):
@@ -294,7 +294,7 @@ def test_bad_boxes_file_is_refused_before_the_model_loads(
     path = write_json(tmp_path / "boxes.json", boxes)
     with pytest.raises(ValueError, match=message):
         BoxTable.read(path)
-    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(predictor, "load", lambda *a, **k: pytest.fail("model loaded"))
     code = main(["predict", "tiny_coco_96x64", str(IMAGES[0]), "--boxes", str(path)])
     refused(code, r"error: .*boxes\.json", capsys)
 
@@ -333,7 +333,7 @@ def test_predict_api_refuses_inverted_and_nan_boxes(estimator):
     image = np.zeros((100, 80, 3), np.uint8)
     with pytest.raises(ValueError, match=r"box 1 \[50.0, 10.0, 20.0, 90.0\] has x2 < x1"):
         estimator.predict(image, [[0, 0, 10, 10], [50, 10, 20, 90]])
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="must be finite"):
         estimator.predict(image, [[0, 0, math.nan, 10]])
     with pytest.raises(ValueError, match=r"boxes must be \(N, 4\)"):
         estimator.predict(image, [[0, 0, 10]])

@@ -204,7 +204,7 @@ def test_predict_accepts_gray_and_rgba_arrays_and_refuses_others(estimator):
     rgba = np.full((50, 40, 4), 128, np.uint8)
     a, b = estimator.predict(gray), estimator.predict(rgba)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
-    with pytest.raises(ValueError, match="must be uint8"):
+    with pytest.raises(ValueError, match="uint8 RGB array"):
         estimator.predict(gray.astype(np.float32))
     with pytest.raises(ValueError, match=r"got shape \(50, 40, 2\)"):
         estimator.predict(np.zeros((50, 40, 2), np.uint8))

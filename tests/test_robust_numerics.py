@@ -47,9 +47,12 @@ def test_boxes_of_a_few_pixels(estimator, box):
 
 
 def test_image_of_one_pixel(estimator):
-    poses = estimator.predict(np.full((1, 1, 3), 200, np.uint8))  # whole-image box of size 0
+    poses = estimator.predict(np.full((1, 1, 3), 200, np.uint8))  # whole-image box [0, 0, 1, 1]
     assert poses.keypoints.shape == (1, 17, 2) and _finite(poses.keypoints, poses.scores)
-    np.testing.assert_array_equal(poses.keypoints, 0)
+    np.testing.assert_array_equal(poses.boxes, [[0, 0, 1, 1]])
+    lo = poses.centers[0] - poses.scales[0] / 2
+    hi = poses.centers[0] + poses.scales[0] / 2
+    assert (poses.keypoints[0] >= lo).all() and (poses.keypoints[0] <= hi).all()
 
 
 def test_crop_of_a_zero_size_region_is_finite():

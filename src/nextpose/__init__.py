@@ -4,58 +4,74 @@
 >>> estimator = nextpose.load("resnext50_coco_256x192")
 >>> poses = estimator.predict("street.jpg", boxes=[[48, 30, 210, 400]])
 >>> poses.keypoints, poses.scores  # (N, 17, 2) image pixels, (N, 17)
+
+The names below are imported on first use, so ``import nextpose`` is quick and torchvision's
+detection models load only when a detector is asked for.
 """
 
-from .checkpoint import CheckpointError
-from .config import CodecConfig, Config, ConfigError, InferenceConfig, ModelConfig
-from .data import AnnotationError, CocoKeypoints, ImageError, PersonInstance, read_image
-from .data.images import VideoError, VideoReader, list_images
-from .detection import DEFAULT_DETECTOR, DETECTORS, PersonDetector, load_detector
-from .evaluation import evaluate
-from .inference import PoseEstimator, Poses, load
-from .keypoints import COCO_KEYPOINTS, KeypointSet
-from .model import PoseNet
-from .pipeline import BoxTable, Frame, PosePipeline
-from .presets import PRESETS, Preset, get_preset
-from .tracking import OneEuro, PoseTracker
-from .visualize import draw_poses
+import importlib
+from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = [
-    "COCO_KEYPOINTS",
-    "DEFAULT_DETECTOR",
-    "DETECTORS",
-    "PRESETS",
-    "AnnotationError",
-    "BoxTable",
-    "CheckpointError",
-    "CocoKeypoints",
-    "CodecConfig",
-    "Config",
-    "ConfigError",
-    "Frame",
-    "ImageError",
-    "InferenceConfig",
-    "KeypointSet",
-    "ModelConfig",
-    "OneEuro",
-    "PersonDetector",
-    "PersonInstance",
-    "PoseEstimator",
-    "PoseNet",
-    "PosePipeline",
-    "PoseTracker",
-    "Poses",
-    "Preset",
-    "VideoError",
-    "VideoReader",
-    "__version__",
-    "draw_poses",
-    "evaluate",
-    "get_preset",
-    "list_images",
-    "load",
-    "load_detector",
-    "read_image",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "AnnotationError": "errors",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "ImageError": "errors",
+    "InputError": "errors",
+    "MissingExtraError": "errors",
+    "NextposeError": "errors",
+    "NumericsError": "errors",
+    "OutputError": "errors",
+    "TrainingError": "errors",
+    "VideoError": "errors",
+    "CodecConfig": "config",
+    "Config": "config",
+    "InferenceConfig": "config",
+    "ModelConfig": "config",
+    "COCO_KEYPOINTS": "keypoints",
+    "KeypointSet": "keypoints",
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "Frame": "structures",
+    "Poses": "structures",
+    "BoxTable": "boxes",
+    "CocoKeypoints": "data.coco",
+    "PersonInstance": "data.coco",
+    "VideoReader": "data.images",
+    "list_images": "data.images",
+    "read_image": "data.images",
+    "PoseNet": "model",
+    "RunOptions": "runtime",
+    "Engine": "engine",
+    "Task": "engine",
+    "PoseEstimator": "predictor",
+    "load": "predictor",
+    "DEFAULT_DETECTOR": "detection",
+    "DETECTORS": "detection",
+    "PersonDetector": "detection",
+    "load_detector": "detection",
+    "PosePipeline": "pipeline",
+    "OneEuro": "tracking",
+    "PoseTracker": "tracking",
+    "draw_poses": "visualize",
+    "evaluate": "evaluation",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nextpose' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

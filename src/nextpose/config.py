@@ -33,6 +33,9 @@ class ModelConfig:
     num_deconv: int = 3  # each doubles the resolution: heatmap = input / 32 * 2^3
     num_keypoints: int = 17
     input_size: tuple[int, int] = (192, 256)  # (w, h) of the network input crop, pixels
+    # The network sees (pixel - mean) / std per R, G, B channel: ImageNet statistics, 0-255.
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
         w, h = self.input_size
@@ -46,6 +49,13 @@ class ModelConfig:
         for name in ("groups", "width_per_group", "deconv_channels", "num_deconv", "num_keypoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if not all(0 < s < math.inf for s in self.pixel_std) or not all(
+            math.isfinite(m) for m in self.pixel_mean
+        ):
+            raise ConfigError(
+                f"model.pixel_mean={self.pixel_mean}, model.pixel_std={self.pixel_std}: the mean "
+                "must be finite and the std finite and > 0"
+            )
         if self.num_deconv > 5:
             raise ConfigError(
                 f"model.num_deconv={self.num_deconv}: at most 5 (each doubles the resolution; "
@@ -77,16 +87,14 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How predictions are made (test time)."""
+    """What a prediction is (test time); how it is run (batch size, device, backend) is a
+    run-time option of :func:`nextpose.load`, not part of the model."""
 
     flip: bool = True  # average with the heatmaps of the mirrored crop
     padding: float = 1.25  # box -> crop enlargement
-    batch_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"inference.batch_size={self.batch_size} must be >= 1")
-        if self.padding <= 0:
+        if not 0 < self.padding < math.inf:
             raise ConfigError(f"inference.padding={self.padding} must be > 0")
 
 
@@ -192,6 +200,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """From :meth:`to_dict`'s layout; keys written by older versions that are now run-time
+        options (``inference.batch_size``) are ignored."""
+        if isinstance(data, dict) and isinstance(data.get("inference"), dict):
+            data = {**data, "inference": dict(data["inference"])}
+            data["inference"].pop("batch_size", None)
         return _build(cls, data, "")
 
     def to_toml(self) -> str:

@@ -29,6 +29,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import checkpoint
 from .checkpoint import CheckpointError, is_url
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class PersonDetector:
         if batch_size is None:
             batch_size = 1 if self.device.type == "cpu" else 4
         if batch_size < 1:
-            raise ValueError(f"detector batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"detector batch_size must be >= 1, got {batch_size}")
         self.model = model.eval().to(self.device)
         self.score_threshold = score_threshold
         self.min_size = min_size
@@ -148,7 +149,7 @@ class PersonDetector:
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
-            raise ValueError("the detector takes (H, W, 3) uint8 RGB arrays")
+            raise InputError("the detector takes (H, W, 3) uint8 RGB arrays")
         x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).to(self.device)
         return x.permute(2, 0, 1).float().div_(255)
 
@@ -255,7 +256,7 @@ def build_detector_model(
             shorter side after resizing; smaller is faster and misses small people).
     """
     if name not in DETECTORS:
-        raise ValueError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}")
+        raise InputError(f"unknown detector '{name}'; choose one of {', '.join(DETECTORS)}")
     spec = DETECTORS[name]
     kwargs: dict[str, Any] = {"num_classes": len(spec.weights.meta["categories"])} | model_kwargs
     model = spec.builder(weights=None, weights_backbone=None, **kwargs)

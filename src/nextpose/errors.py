@@ -36,6 +36,15 @@ class InputError(NextposeError, ValueError):
     options, an output that would overwrite an input."""
 
 
+class NumericsError(NextposeError, ValueError):
+    """The network's outputs are not finite (a diverged checkpoint, or fp16 overflow)."""
+
+
+class OutputError(NextposeError, OSError):
+    """An output cannot be written: it would replace an input or another output, or the disk
+    refused it (full, read-only, no permission)."""
+
+
 class MissingExtraError(NextposeError, ImportError):
     """An optional dependency is not installed; the message gives the pip command."""
 

@@ -23,12 +23,15 @@ from torch import nn
 
 from .codec import decode_heatmaps_torch
 from .config import Config
+from .errors import InputError, require
+from .fileio import atomic_write_bytes
 from .geometry import WarpMethod, crop_region_torch, crop_to_image_torch, warp_crops
-from .inference import flip_test, normalize
+from .model.tta import flip_test, normalize
 from .optimize import prepare_for_inference
 
 GraphInput = Literal["crops", "image"]
 OPSET = 17  # GridSample needs 16
+OPSET_MAX = 20  # the newest opset the TorchScript exporter writes
 
 
 class CropsGraph(nn.Module):
@@ -40,12 +43,13 @@ class CropsGraph(nn.Module):
         self.net = net
         self.flip_indices = list(config.keypoints.flip_indices) if flip else None
         self.with_heatmaps = heatmaps
+        self.pixel_mean, self.pixel_std = config.model.pixel_mean, config.model.pixel_std
         w, h = config.model.input_size
         hw, hh = config.model.heatmap_size
         self.stride = (w / hw, h / hh)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = normalize(crops)
+        x = normalize(crops, self.pixel_mean, self.pixel_std)
         if self.flip_indices is None:
             heatmaps = self.net(x)
         else:  # one batch of 2N: original and mirrored crops
@@ -101,6 +105,9 @@ def export_onnx(
 
     BatchNorm is folded into the convolutions first; the graph runs in float32.
     """
+    require("onnx", "onnx", "ONNX export")
+    if not 16 <= opset <= OPSET_MAX:
+        raise InputError(f"opset {opset}: ONNX export needs an opset from 16 to {OPSET_MAX}")
     net = prepare_for_inference(model, "cpu", fold=True, channels_last=False)
     w, h = config.model.input_size
     if input == "crops":
@@ -111,7 +118,7 @@ def export_onnx(
         axes = {name: {0: "batch"} for name in names + outputs}
     elif input == "image":
         if heatmaps:
-            raise ValueError("heatmaps=True needs input='crops'")
+            raise InputError("heatmaps=True needs input='crops'")
         graph = ImageGraph(net, config, flip, warp)
         image = torch.zeros(2 * h, 2 * w, 3, dtype=torch.uint8)
         boxes = torch.tensor([[10.0, 10.0, w, h], [0.0, 0.0, 2 * w - 1, 2 * h - 1]])
@@ -119,7 +126,7 @@ def export_onnx(
         axes = {"image": {0: "height", 1: "width"}, "boxes": {0: "people"}}
         axes |= {name: {0: "people"} for name in outputs}
     else:
-        raise ValueError(f"input must be 'crops' or 'image', not {input!r}")
+        raise InputError(f"input must be 'crops' or 'image', not {input!r}")
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
@@ -139,9 +146,7 @@ def export_onnx(
         return data
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
     return path
 
 

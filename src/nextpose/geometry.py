@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 WarpMethod = Literal["fixed", "grid_sample"]
 
 
@@ -253,7 +255,7 @@ def warp_crops(
         out = out[0].reshape(channels, -1, h_out, w_out).permute(1, 2, 3, 0)
         return torch.floor(out + 0.5).clamp(0, 255)
     if method != "fixed":
-        raise ValueError(f"warp method must be 'fixed' or 'grid_sample', not {method!r}")
+        raise InputError(f"warp method must be 'fixed' or 'grid_sample', not {method!r}")
     ix, iy = torch.floor(xq / 32), torch.floor(yq / 32)  # whole pixels
     fx, fy = xq - ix * 32, yq - iy * 32  # fractions, 1/32
     flat = pixels.reshape(-1, channels)

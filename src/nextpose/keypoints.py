@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class KeypointSet:
@@ -31,17 +33,19 @@ class KeypointSet:
     def __post_init__(self) -> None:
         k = len(self.names)
         if len(self.flip_indices) != k or len(self.sigmas) != k:
-            raise ValueError(
+            raise ConfigError(
                 f"keypoint set: {k} names but {len(self.flip_indices)} flip indices and "
                 f"{len(self.sigmas)} sigmas; all three must have one entry per keypoint"
             )
         if sorted(self.flip_indices) != list(range(k)):
-            raise ValueError(f"keypoint set: flip_indices {self.flip_indices} is not a permutation")
+            raise ConfigError(
+                f"keypoint set: flip_indices {self.flip_indices} is not a permutation"
+            )
         if not all(0 < s < np.inf for s in self.sigmas):
-            raise ValueError(f"keypoint set: sigmas {self.sigmas} must all be positive numbers")
+            raise ConfigError(f"keypoint set: sigmas {self.sigmas} must all be positive numbers")
         for pair in self.skeleton:
             if not all(0 <= i < k for i in pair):
-                raise ValueError(f"keypoint set: skeleton link {pair} is out of range for {k}")
+                raise ConfigError(f"keypoint set: skeleton link {pair} is out of range for {k}")
 
     @property
     def num_keypoints(self) -> int:
@@ -84,27 +88,27 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such keypoint metainfo file") from None
+        raise ConfigError(f"{path}: no such keypoint metainfo file") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot parse ({e})") from None
+        raise ConfigError(f"{path}: cannot parse ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object with 'names', 'sigmas', 'flip_pairs', ...")
+        raise ConfigError(f"{path}: expected an object with 'names', 'sigmas', 'flip_pairs', ...")
     try:
         names = tuple(str(n) for n in data["names"])
         sigmas = tuple(float(s) for s in data["sigmas"])
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: needs 'names' (K strings) and 'sigmas' (K numbers)") from None
+        raise ConfigError(f"{path}: needs 'names' (K strings) and 'sigmas' (K numbers)") from None
     index = {n: i for i, n in enumerate(names)}
 
     def idx(v: int | str) -> int:
         if isinstance(v, str):
             if v not in index:
-                raise ValueError(f"unknown keypoint name '{v}'")
+                raise ConfigError(f"unknown keypoint name '{v}'")
             return index[v]
         if not isinstance(v, int) or not 0 <= v < len(names):
-            raise ValueError(f"keypoint index {v!r} is out of range for {len(names)} keypoints")
+            raise ConfigError(f"keypoint index {v!r} is out of range for {len(names)} keypoints")
         return v
 
     def pairs(key: str) -> tuple[tuple[int, int], ...]:
@@ -113,7 +117,7 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
             isinstance(p, list) and len(p) == 2 for p in items
         )
         if bad:
-            raise ValueError(f"'{key}' must be a list of [a, b] pairs, got {items!r:.60}")
+            raise ConfigError(f"'{key}' must be a list of [a, b] pairs, got {items!r:.60}")
         return tuple((idx(a), idx(b)) for a, b in items)
 
     try:
@@ -133,4 +137,4 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
             lower_body=tuple(idx(i) for i in data.get("lower_body", [])),
         )
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None

@@ -8,6 +8,7 @@ AP 56.4, flip test on).
 from dataclasses import dataclass, field
 
 from .config import RESNEXT_BLOCKS, CodecConfig, Config, ModelConfig, TrainConfig
+from .errors import InputError
 
 _ZOO = "https://download.openmmlab.com/mmpose/top_down/resnext/"
 
@@ -98,10 +99,10 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; a KeyError lists the known names."""
+    """The preset called ``name``; an :class:`InputError` lists the known names."""
     try:
         return PRESETS[name]
     except KeyError:
-        raise KeyError(
+        raise InputError(
             f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}"
         ) from None

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .inference import Poses
+from .errors import InputError
+from .structures import Poses
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class OneEuro:
 
     def __post_init__(self) -> None:
         if self.min_cutoff <= 0 or self.d_cutoff <= 0 or self.beta < 0:
-            raise ValueError("One-Euro settings need min_cutoff > 0, d_cutoff > 0 and beta >= 0")
+            raise InputError("One-Euro settings need min_cutoff > 0, d_cutoff > 0 and beta >= 0")
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:

@@ -229,3 +229,18 @@ class VideoReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def as_rgb_image(image: object, source: str = "the image") -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from a user's image array: (H, W) grey, (H, W, 3) RGB or
+    (H, W, 4) RGBA uint8 (alpha dropped)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = type(image).__name__ if not isinstance(image, np.ndarray) else f"{image.dtype} array"
+        raise ImageError(
+            f"{source}: an image must be a file path or a uint8 RGB array, not a {kind}"
+        )
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
+        raise ImageError(f"{source}: an image array must be (H, W, 3) RGB, got shape {image.shape}")
+    return image[..., :3]

@@ -2,22 +2,18 @@
 
 import json
 import logging
-import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.coco import CocoKeypoints, PersonInstance
-from ..data.datasets import CropDataset, collate_crops
-from ..inference import Crops, PoseEstimator
+from ..engine import Task
+from ..fileio import atomic_write_text
+from ..predictor import PoseEstimator
 from .coco_eval import NmsMode, evaluate_predictions, predictions_from_arrays
-
-COCO_VAL_ANN = "annotations/person_keypoints_val2017.json"
-COCO_VAL_IMAGES = "val2017"
-COCO_VAL_DETECTIONS = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
 
 log = logging.getLogger("nextpose")
 
@@ -39,26 +35,34 @@ def predict_instances(
     image_dir: str | Path,
     flip: bool | None = None,
     batch_size: int | None = None,
-    workers: int = 2,
+    read_threads: int | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> InstancePredictions:
-    """Keypoints for every instance; images are decoded and cropped in ``workers`` processes.
+    """Keypoints for every instance, through the estimator's engine: the boxes of each image
+    are cropped from one decoding of it, and crops of many images share batches.
 
-    An image that cannot be read is reported (a warning naming it), its instances are marked in
-    ``failed`` (zero keypoints and scores) and the run goes on; the count is logged at the end.
+    ``batch_size`` and ``read_threads`` override the estimator's run options (``workers`` is
+    the old name of ``read_threads``). An image that cannot be read is reported (a warning
+    naming it), its instances are marked in ``failed`` (zero keypoints and scores) and the run
+    goes on; the count is logged at the end.
     """
-    config = estimator.config
-    dataset = CropDataset(instances, image_dir, config.model.input_size, config.inference.padding)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size or config.inference.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_crops,
-        pin_memory=estimator.device.type == "cuda",
-        persistent_workers=False,
+    if workers is not None:
+        warnings.warn(
+            "predict_instances(workers=...) is now read_threads=...", DeprecationWarning, 2
+        )
+        read_threads = workers
+    changes = {"batch_size": batch_size, "read_threads": read_threads}
+    estimator = estimator.with_options(**{k: v for k, v in changes.items() if v is not None})
+    by_image: dict[str, list[int]] = {}
+    for i, inst in enumerate(instances):
+        by_image.setdefault(inst.image_file, []).append(i)
+    image_dir = Path(image_dir)
+    tasks = (
+        Task(image_dir / name, np.stack([instances[i].bbox for i in index]), name, index)
+        for name, index in by_image.items()
     )
-    n, k = len(instances), config.model.num_keypoints
+    n, k = len(instances), estimator.config.model.num_keypoints
     out = InstancePredictions(
         np.zeros((n, k, 2), np.float32),
         np.zeros((n, k), np.float32),
@@ -66,26 +70,24 @@ def predict_instances(
         np.zeros((n, 2), np.float32),
         np.zeros(n, bool),
     )
-    bad_images: set[str] = set()
-    bar = tqdm(total=n, desc="pose", unit="box", disable=not progress, file=sys.stderr)
-    for batch in loader:
-        index = batch["index"].numpy()
-        crops = Crops(batch["image"], batch["center"].numpy(), batch["scale"].numpy())
-        out.keypoints[index], out.scores[index] = estimator.predict_crops(crops, flip)
-        out.centers[index], out.scales[index] = crops.centers, crops.scales
-        for i, error in zip(index, batch["error"], strict=True):
-            if error:
-                out.failed[i] = True
-                out.keypoints[i], out.scores[i] = 0, 0
-                if error not in bad_images:
-                    bad_images.add(error)
-                    log.warning("skipped %s", error)
+    bad_images = 0
+    bar = tqdm(total=n, desc="pose", unit="box", disable=None if progress else True)
+    for result in estimator.engine().run(tasks, flip):
+        index = result.task.tag
+        if result.poses is None:
+            bad_images += 1
+            out.failed[index] = True
+            log.warning("skipped %s", result.error)
+        else:
+            poses = result.poses
+            out.keypoints[index], out.scores[index] = poses.keypoints, poses.scores
+            out.centers[index], out.scales[index] = poses.centers, poses.scales
         bar.update(len(index))
     bar.close()
     if bad_images:
         log.warning(
             "%d images could not be read; their %d of %d person boxes were skipped",
-            len(bad_images), int(out.failed.sum()), n,
+            bad_images, int(out.failed.sum()), n,
         )  # fmt: skip
     return out
 
@@ -127,11 +129,12 @@ def evaluate(
     out_dir: str | Path | None = None,
     flip: bool | None = None,
     batch_size: int | None = None,
-    workers: int = 2,
+    read_threads: int | None = None,
     bbox_score_threshold: float | None = None,
     nms: NmsMode = "oks",
     nms_threshold: float = 0.9,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, float]:
     """COCO keypoint AP/AR of ``estimator`` on a dataset, as the reference measures it.
 
@@ -141,6 +144,8 @@ def evaluate(
         bbox_file: person detections (COCO results format); None uses the ground-truth boxes.
         out_dir: if given, ``keypoints.json`` (COCO results, after rescoring and NMS) and
             ``metrics.json`` are written there.
+        batch_size, read_threads: override the estimator's run options (``workers``: the old
+            name of ``read_threads``).
         bbox_score_threshold: drop detections scoring below this (the reference keeps all).
 
     Returns:
@@ -152,7 +157,12 @@ def evaluate(
         instances = coco.ground_truth_instances()
     else:
         instances = coco.detection_instances(bbox_file, bbox_score_threshold)
-    pred = predict_instances(estimator, instances, image_dir, flip, batch_size, workers, progress)
+    if workers is not None:
+        warnings.warn("evaluate(workers=...) is now read_threads=...", DeprecationWarning, 2)
+        read_threads = workers
+    pred = predict_instances(
+        estimator, instances, image_dir, flip, batch_size, read_threads, progress
+    )
     metrics = score_instances(
         instances,
         pred,
@@ -163,6 +173,5 @@ def evaluate(
         nms_threshold=nms_threshold,
     )
     if out_dir is not None:
-        path = Path(out_dir) / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

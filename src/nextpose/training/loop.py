@@ -30,8 +30,9 @@ from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train
 from ..errors import TrainingError
 from ..evaluation.evaluate import InstancePredictions, predict_instances, score_instances
-from ..inference import PoseEstimator, normalize
 from ..model import PoseNet
+from ..model.tta import normalize
+from ..predictor import PoseEstimator
 from . import distributed as dist
 from .loss import KeypointMSELoss
 from .optim import build_optimizer, lr_at, set_lr
@@ -304,7 +305,10 @@ class Trainer:
         keypoint weights, at the optimizer's current learning rate; returns the loss."""
         cfg = self.config.train
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        images = normalize(images.to(self.device, non_blocking=True))
+        model = self.config.model
+        images = normalize(
+            images.to(self.device, non_blocking=True), model.pixel_mean, model.pixel_std
+        )
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(self.device, non_blocking=True)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import checkpoint
 from ..config import ModelConfig
+from ..errors import InputError
 
 _MMCLS = "https://download.openmmlab.com/mmclassification/v0/resnext/"
 # The ImageNet files the published pose models were trained from (July 2020), by depth ...
@@ -47,14 +48,14 @@ def resolve_source(source: str, model: ModelConfig) -> str | None:
     if source in ("imagenet", "imagenet-2021"):
         table = IMAGENET_2020 if source == "imagenet" else IMAGENET_2021
         if model.depth not in table or (model.groups, model.width_per_group) != (32, 4):
-            raise ValueError(
+            raise InputError(
                 f"--pretrained {source}: OpenMMLab ImageNet weights exist for ResNeXt-50/101/152 "
                 "32x4d only; this model is custom (pass a file, or 'none')"
             )
         return table[model.depth]
     if source == "torchvision":
         if model.depth != 50 or (model.groups, model.width_per_group) != (32, 4):
-            raise ValueError(
+            raise InputError(
                 "--pretrained torchvision: torchvision ships ResNeXt-50 32x4d only "
                 "(its ResNeXt-101 is 32x8d/64x4d); use 'imagenet' for this model"
             )

@@ -1,0 +1,50 @@
+"""The ``nextpose`` command: one module per verb, each a thin call into the library.
+
+Errors the library raises about the user's inputs (:class:`~nextpose.errors.NextposeError`) are
+printed as ``error: ...`` with exit status 2, as argparse does for a bad command line; any
+other exception is a bug and keeps its traceback. ``nextpose --help`` and ``--version`` import no
+torch.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from . import evaluate, export, predict, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextpose", description="Top-down human pose estimation (ResNeXt SimpleBaseline)."
+    )
+    parser.add_argument("--version", action="version", version=f"nextpose {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict.add_parser(sub)
+    evaluate.add_parser(sub)
+    export.add_parser(sub)
+    train.add_parsers(sub)
+    return parser
+
+
+class _WarningPrinter(logging.Handler):
+    """Prints the library's log records (skipped images, notes) as ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logger = logging.getLogger("nextpose")
+    if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
+        logger.addHandler(_WarningPrinter(logging.INFO))
+        logger.setLevel(logging.INFO)
+    args = build_parser().parse_args(argv)
+    from ..errors import NextposeError
+
+    try:
+        return args.func(args)
+    except NextposeError as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2

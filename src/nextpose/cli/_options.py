@@ -1,0 +1,141 @@
+"""Options shared by several verbs, defined once. This module imports no torch: ``nextpose
+--help`` stays fast (the lists below are checked against the library's by the tests)."""
+
+import argparse
+from collections.abc import Callable
+
+from ..presets import PRESETS
+
+BACKENDS = ("auto", "eager", "fast", "compile", "onnxruntime")  # = runtime.BACKENDS
+PRECISIONS = ("fp32", "bf16", "fp16")  # = runtime.PRECISIONS
+DETECTORS = (  # = detection.DETECTORS
+    "keypointrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "ssdlite320_mobilenet_v3_large",
+)
+DEFAULT_DETECTOR = DETECTORS[0]
+PRETRAINED = ("imagenet", "imagenet-2021", "torchvision", "none", "a path or URL")
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def number(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def add_model(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    """MODEL and --checkpoint."""
+    p.add_argument(
+        "model",
+        nargs="?" if optional else None,
+        help=f"a preset ({', '.join(PRESETS)}) or a nextpose checkpoint",
+    )
+    p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
+
+
+def add_runtime(p: argparse.ArgumentParser, read_help: str = "image decoding threads") -> None:
+    """How the pose network runs: --device, --backend, --precision, --batch-size, threads."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
+        "(BatchNorm folded, channels-last), compile (torch.compile of fast), onnxruntime (CPU); "
+        "auto (default) = fast",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="autocast the network to bf16/fp16 (GPUs; CPUs with native bf16/fp16 only)",
+    )
+    p.add_argument(
+        "--batch-size", type=count(1), default=32, help="crops per pose forward pass (default 32)"
+    )
+    p.add_argument(
+        "--read-threads",
+        "--workers",
+        dest="read_threads",
+        type=count(0),
+        default=2,
+        help=f"{read_help} (default 2; --workers is the old name)",
+    )
+    p.add_argument(
+        "--device-crops",
+        action="store_true",
+        help="cut the crops on the device (GPU), with OpenCV's arithmetic",
+    )
+    p.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster)")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (one is shown on a terminal)"
+    )
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The runtime options as :func:`nextpose.load` keywords."""
+    return {
+        "device": args.device,
+        "backend": args.backend,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "read_threads": args.read_threads,
+        "device_crops": args.device_crops,
+    }
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device string torch cannot use before any model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    from ..errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise InputError(f"--device {device}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+
+
+def check_extras(args: argparse.Namespace) -> None:
+    """An optional dependency the options need, checked before any work."""
+    from ..errors import require
+
+    if getattr(args, "backend", None) == "onnxruntime":
+        require("onnxruntime", "onnx", "--backend onnxruntime")
+        require("onnx", "onnx", "--backend onnxruntime")

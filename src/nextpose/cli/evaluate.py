@@ -1,0 +1,118 @@
+"""``nextpose eval``: COCO keypoint AP/AR, as the published numbers were measured."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..presets import PRESETS
+from ._options import add_model, add_progress, add_runtime, check_device, check_extras, run_options
+
+COCO_VAL_ANN = "annotations/person_keypoints_val2017.json"
+COCO_VAL_IMAGES = "val2017"
+COCO_VAL_DETECTIONS = "person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="COCO keypoint AP/AR, as the published numbers were measured")
+    add_model(p, optional=True)
+    p.add_argument(
+        "--coco-root",
+        help="COCO folder: annotations/person_keypoints_val2017.json, val2017/, "
+        "person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+    )
+    p.add_argument("--images", help="image folder (overrides --coco-root)")
+    p.add_argument("--ann-file", help="keypoint annotations (overrides --coco-root)")
+    boxes = p.add_mutually_exclusive_group()
+    boxes.add_argument("--bbox-file", help="person detections, COCO results format")
+    boxes.add_argument("--gt-boxes", action="store_true", help="use the ground-truth boxes")
+    p.add_argument(
+        "--bbox-score-threshold",
+        type=float,
+        help="drop detections scoring below this (default: keep all, as published)",
+    )
+    p.add_argument(
+        "--nms",
+        choices=["oks", "soft_oks", "none"],
+        default="oks",
+        help="per-image pose NMS (default oks, threshold 0.9)",
+    )
+    p.add_argument("--results", help="score this COCO results file instead of running a model")
+    p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
+    add_runtime(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.coco import CocoKeypoints
+    from ..errors import InputError
+    from ..evaluation import METRIC_NAMES, evaluate, score_results_file
+    from ..fileio import atomic_write_text
+    from ..predictor import load
+
+    root = Path(args.coco_root) if args.coco_root else None
+    ann_file = Path(args.ann_file) if args.ann_file else root / COCO_VAL_ANN if root else None
+    if ann_file is None:
+        raise InputError("eval needs --coco-root DIR or --ann-file FILE")
+    if not ann_file.is_file():
+        raise InputError(f"{ann_file}: no such annotation file")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    published: dict[str, float] = {}
+    if args.results:
+        if args.model:
+            raise InputError("--results scores an existing file; give no MODEL with it")
+        metrics = score_results_file(args.results, ann_file)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    else:
+        if not args.model:
+            raise InputError("eval needs a MODEL (or --results FILE)")
+        images = Path(args.images) if args.images else root / COCO_VAL_IMAGES if root else None
+        if images is None or not images.is_dir():
+            raise InputError(f"{images or 'the images folder'}: no such folder (--images DIR)")
+        bbox_file = None
+        if args.bbox_file:
+            bbox_file = Path(args.bbox_file)
+        elif root and not args.gt_boxes:
+            bbox_file = root / COCO_VAL_DETECTIONS
+        if bbox_file is not None and not bbox_file.is_file():
+            raise InputError(f"{bbox_file}: no such detection file (or use --gt-boxes)")
+        check_device(args.device)
+        check_extras(args)
+        # The annotation and detection files are read once before the model is loaded (or
+        # downloaded): a malformed file is reported before any heavy work.
+        coco = CocoKeypoints(ann_file)
+        if bbox_file is not None:
+            coco.detection_instances(bbox_file)
+        estimator = load(args.model, args.checkpoint, **run_options(args))
+        metrics = evaluate(
+            estimator,
+            ann_file,
+            images,
+            bbox_file,
+            out_dir=out,
+            flip=not args.no_flip,
+            bbox_score_threshold=args.bbox_score_threshold,
+            nms=args.nms,
+            progress=not args.no_progress,
+        )
+        if args.model in PRESETS and args.checkpoint is None:
+            published = PRESETS[args.model].published
+    if published:
+        print(f"{'metric':<8} {'measured':>9} {'published':>10}")
+    else:
+        print(f"{'metric':<8} {'measured':>9}")
+    for name in METRIC_NAMES:
+        line = f"{name:<8} {metrics[name]:>9.3f}"
+        if published:
+            line += f" {published[name]:>10.3f}" if name in published else f" {'-':>10}"
+        print(line)
+    if not published and args.model in PRESETS:
+        print(
+            "(published numbers not shown: they are for the preset's own weights on COCO val2017)",
+            file=sys.stderr,
+        )
+    print(f"wrote {out / 'metrics.json'}", file=sys.stderr)
+    return 0

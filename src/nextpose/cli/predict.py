@@ -1,0 +1,228 @@
+"""``nextpose predict``: poses in images, folders, videos and cameras, written as JSON."""
+
+import argparse
+import logging
+import sys
+
+from ._options import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    add_model,
+    add_progress,
+    add_runtime,
+    check_device,
+    check_extras,
+    count,
+    number,
+    run_options,
+)
+
+log = logging.getLogger("nextpose")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="keypoints of the people in images, folders, videos or a camera",
+        description="Person boxes come from --detector, --boxes, or the whole image (the "
+        "default). Output: a JSON list with one record per person, in box order.",
+    )
+    add_model(p)
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively), video files, or a camera index (0)",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--detector",
+        nargs="?",
+        const=DEFAULT_DETECTOR,
+        choices=DETECTORS,
+        metavar="NAME",
+        help=f"find people with a torchvision detector (default {DEFAULT_DETECTOR}; "
+        f"choices: {', '.join(DETECTORS)}); its COCO weights are downloaded once",
+    )
+    source.add_argument(
+        "--boxes",
+        help='JSON {"<image file name>": [[x1, y1, x2, y2, score?], ...]}, image pixels, or COCO '
+        "detection results (image_id = the file's number or the frame number); an image "
+        "without an entry gets one whole-image box",
+    )
+    source.add_argument(  # the default; kept so that older command lines still run
+        "--whole-image", action="store_true", help=argparse.SUPPRESS
+    )
+    p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
+    p.add_argument(
+        "--detector-score",
+        type=number,
+        default=0.5,
+        metavar="S",
+        help="keep detections scoring at least this (default 0.5)",
+    )
+    p.add_argument(
+        "--detector-min-size",
+        type=number,
+        default=32.0,
+        metavar="PX",
+        help="drop detections whose longer side is below this (default 32 pixels)",
+    )
+    p.add_argument(
+        "--max-people",
+        type=count(1),
+        metavar="N",
+        help="keep the N highest-scoring detections per image (default: all)",
+    )
+    p.add_argument(
+        "--detector-batch-size",
+        type=count(1),
+        metavar="N",
+        help="frames per detector pass (default: 4 on a GPU, 1 on a CPU)",
+    )
+    p.add_argument("--out", help="write the poses here as JSON (default: standard output)")
+    p.add_argument(
+        "--format",
+        choices=["nextpose", "coco"],
+        default="nextpose",
+        help="nextpose: {image, [frame, time,] bbox (xyxy), bbox_score, keypoints [[x, y, s]...]}; "
+        "coco: COCO keypoint results {image_id, category_id, keypoints, score, bbox (xywh), "
+        "file_name, [frame, time]}",
+    )
+    p.add_argument("--jsonl", metavar="FILE", help="also write one JSON line per image/frame")
+    p.add_argument(
+        "--draw", metavar="DIR", help="write the images (an MP4 per video) with the poses drawn"
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=number,
+        default=0.3,
+        help="hide drawn keypoints scoring at or below this (default 0.3)",
+    )
+    p.add_argument(
+        "--track", action="store_true", help="give people track ids across frames (IoU matching)"
+    )
+    p.add_argument(
+        "--smooth",
+        action="store_true",
+        help="smooth keypoints over time per track (One-Euro filter; implies --track)",
+    )
+    p.add_argument(
+        "--max-frames", type=count(1), metavar="N", help="stop each input after N frames"
+    )
+    add_runtime(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..boxes import BoxTable
+    from ..detection import load_detector
+    from ..errors import InputError, VideoError
+    from ..pipeline import PosePipeline
+    from ..predictor import load
+    from ..sources import input_groups
+    from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
+
+    if args.detector_weights and not args.detector:
+        raise InputError("--detector-weights needs --detector")
+    guard = Guard(args.inputs)
+    if args.out:
+        guard.claim(args.out, "--out")
+    if args.jsonl:
+        guard.claim(args.jsonl, "--jsonl")
+    if args.draw:
+        guard.claim_folder(args.draw, "--draw")
+    table = BoxTable.read(args.boxes) if args.boxes else None
+    check_device(args.device)
+    check_extras(args)
+    estimator = load(args.model, args.checkpoint, **run_options(args))
+    detector = None
+    if args.detector:
+        detector = load_detector(
+            args.detector,
+            weights=args.detector_weights or "default",
+            device=args.device,
+            score_threshold=args.detector_score,
+            min_size=args.detector_min_size,
+            max_people=args.max_people,
+            batch_size=args.detector_batch_size,
+        )
+    pipeline = PosePipeline(
+        estimator, detector, boxes=table, flip=not args.no_flip, track=args.track,
+        smooth=args.smooth,
+    )  # fmt: skip
+    coco = args.format == "coco"
+    groups = input_groups(args.inputs)
+    failed: list[str] = []
+    frames = people = inputs = 0
+
+    def skipped(name: str, error: Exception) -> None:
+        nonlocal inputs
+        print(f"warning: skipped {error}", file=sys.stderr)
+        failed.append(name)
+        inputs += 1
+
+    drawer = DrawingWriter(args.draw, args.score_threshold, guard) if args.draw else None
+    results = JsonListWriter(args.out, "--out")
+    lines = JsonLinesWriter(args.jsonl, "--jsonl") if args.jsonl else None
+    outputs = [w for w in (results, lines) if w is not None]
+    videos = any(kind != "images" for kind, _ in groups)
+    try:
+        for kind, source in groups:
+            try:
+                stream = pipeline.run(
+                    source,
+                    on_error=skipped,
+                    progress=False if args.no_progress else None,
+                    max_frames=args.max_frames,
+                )
+                for frame in stream:
+                    inputs += 1 if kind == "images" or frame.index == 0 else 0
+                    frames += 1
+                    people += len(frame)
+                    for record in frame.to_coco() if coco else frame.to_records():
+                        results.write(record)
+                    if lines is not None:
+                        lines.write(frame.to_line(coco))
+                    if drawer is not None:
+                        drawer.image(frame) if kind == "images" else drawer.video_frame(frame)
+                if drawer is not None:
+                    drawer.end_video()
+            except VideoError as e:
+                if drawer is not None:
+                    drawer.abort()
+                skipped(str(source), e)
+    except KeyboardInterrupt:
+        if drawer is not None:
+            drawer.end_video()
+        kept = [w.keep_partial() for w in outputs]
+        where = ", ".join(str(k) for k in kept if k is not None) or "standard output"
+        print(f"\ninterrupted after {frames} frames; {where} hold them", file=sys.stderr)
+        return 0 if all(kind == "camera" for kind, _ in groups) else 130
+    except BaseException:
+        for w in outputs:
+            w.abort()
+        if drawer is not None:
+            drawer.abort()
+        raise
+    for w in outputs:
+        w.close()
+    unit = "frames" if videos else "images"
+    if args.out:
+        print(f"wrote {people} poses from {frames} {unit} to {args.out}", file=sys.stderr)
+    if drawer is not None and drawer.written:
+        print(f"drew {len(drawer.written)} files in {args.draw}", file=sys.stderr)
+    if failed:
+        what = "inputs" if videos else "images"
+        print(f"warning: {len(failed)} of {inputs} {what} could not be read", file=sys.stderr)
+    if table is not None and table.misses:
+        print(
+            f"warning: {table.misses} of {table.lookups} images had no entry in {args.boxes}; "
+            "each got one whole-image box (check the file names or image ids)",
+            file=sys.stderr,
+        )
+    if frames == 0 and not failed:
+        print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    return 1 if failed and frames == 0 else 0

@@ -1,0 +1,136 @@
+"""``nextpose train`` and ``nextpose config``: the published recipe, or an edited one."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..presets import PRESETS
+from ._options import PRETRAINED
+from .evaluate import COCO_VAL_ANN, COCO_VAL_DETECTIONS, COCO_VAL_IMAGES
+
+COCO_TRAIN_ANN = "annotations/person_keypoints_train2017.json"
+COCO_TRAIN_IMAGES = "train2017"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model (one device, or many with torchrun)")
+    p.add_argument("model", help="a preset name or a CONFIG.toml (see `nextpose config`)")
+    p.add_argument(
+        "--coco-root",
+        help="COCO folder: annotations/, train2017/, val2017/, person_detection_results/",
+    )
+    p.add_argument("--images", help="training image folder (overrides --coco-root)")
+    p.add_argument("--ann-file", help="training keypoint annotations (overrides --coco-root)")
+    p.add_argument("--val-ann-file", help="validation annotations")
+    p.add_argument("--val-images", help="validation image folder (default: --images)")
+    p.add_argument("--val-bbox-file", help="validation person detections (default: GT boxes)")
+    p.add_argument("--no-val", action="store_true", help="do not validate")
+    p.add_argument("--keypoints", help="metainfo of a custom keypoint set (JSON/TOML)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help=f"trunk initialisation: {', '.join(PRETRAINED)} (default imagenet: the "
+        "OpenMMLab 2020 ImageNet weights the published models started from)",
+    )
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=train)
+
+    p = sub.add_parser("config", help="print the full resolved config as TOML")
+    p.add_argument("model", help="a preset name or a CONFIG.toml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value")
+    p.add_argument("--keypoints", help="metainfo of a custom keypoint set (JSON/TOML)")
+    p.set_defaults(func=config)
+
+
+def resolve_config(model: str, overrides: list[str] | None, keypoints: str | None = None):
+    """A preset or TOML file, with a custom keypoint set and ``--set`` overrides applied."""
+    from dataclasses import replace
+
+    from ..config import Config
+    from ..errors import InputError
+    from ..keypoints import load_keypoint_set
+
+    if model in PRESETS:
+        cfg = PRESETS[model].config
+    elif model.endswith(".toml"):
+        cfg = Config.from_toml(model)
+    else:
+        raise InputError(f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a .toml")
+    if keypoints:
+        kset = load_keypoint_set(keypoints)
+        cfg = replace(
+            cfg, keypoints=kset, model=replace(cfg.model, num_keypoints=kset.num_keypoints)
+        )
+    return cfg.override(overrides or [])
+
+
+def config(args: argparse.Namespace) -> int:
+    print(resolve_config(args.model, args.set, args.keypoints).to_toml(), end="")
+    return 0
+
+
+def _require(path: Path | None, what: str) -> Path:
+    """``path``, which must be an existing folder (``what`` ends in "folder") or file."""
+    from ..errors import InputError
+
+    folder = what.endswith("folder")
+    if path is None or not (path.is_dir() if folder else path.is_file()):
+        raise InputError(f"{path or what}: no such {what}")
+    return path
+
+
+def train(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..training import Dataset
+    from ..training import train as run_training
+    from ._options import check_device
+
+    cfg = resolve_config(args.model, args.set, args.keypoints)
+    check_device(args.device)
+    root = Path(args.coco_root) if args.coco_root else None
+    if root is not None and not root.is_dir():
+        raise InputError(f"{root}: no such folder (--coco-root)")
+    ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
+    images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
+    train_data = Dataset(_require(ann, "annotation file"), _require(images, "image folder"))
+    val_data = None
+    if not args.no_val:
+        val_ann = Path(args.val_ann_file) if args.val_ann_file else None
+        val_images = Path(args.val_images) if args.val_images else None
+        val_boxes = Path(args.val_bbox_file) if args.val_bbox_file else None
+        if root:
+            val_ann = val_ann or root / COCO_VAL_ANN
+            val_images = val_images or root / COCO_VAL_IMAGES
+            if val_boxes is None and (root / COCO_VAL_DETECTIONS).is_file():
+                val_boxes = root / COCO_VAL_DETECTIONS
+        if val_ann is not None:
+            val_data = Dataset(
+                _require(val_ann, "validation annotation file"),
+                _require(val_images or images, "validation image folder"),
+                _require(val_boxes, "validation detection file") if val_boxes else None,
+            )
+    if args.resume and not (Path(args.out) / "last.pth").is_file():
+        raise InputError(f"--resume: {Path(args.out) / 'last.pth'} does not exist")
+    summary = run_training(
+        cfg,
+        train_data,
+        args.out,
+        val_data,
+        args.pretrained,
+        args.resume,
+        args.device,
+        progress=not args.quiet,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0

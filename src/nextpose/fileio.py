@@ -1,0 +1,72 @@
+"""Writing files without losing any: a file appears complete under its name or not at all.
+
+Every output nextpose writes goes through :class:`AtomicFile`: the data is written to a hidden
+temporary file beside the target, flushed to disk, given the permissions a plain ``open`` would
+give (the process umask, not ``mkstemp``'s 0600) and renamed over the target only when complete.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed to ``path`` by :meth:`commit`.
+
+    :meth:`discard` (or leaving a ``with`` block by an exception) removes the temporary file and
+    leaves any earlier file at ``path`` as it was.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "w"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.chmod(tmp, 0o666 & ~_umask())
+        self.tmp = Path(tmp)
+        self.file: IO[Any] = os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+
+    def commit(self, target: str | Path | None = None) -> Path:
+        """Flush, sync and rename to ``target`` (default: ``path``); returns where it went."""
+        target = Path(target) if target is not None else self.path
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, target)
+        return target
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> IO[Any]:
+        return self.file
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :class:`AtomicFile`)."""
+    with AtomicFile(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :class:`AtomicFile`)."""
+    with AtomicFile(path, "w") as f:
+        f.write(text)
+    return Path(path)

@@ -1,0 +1,352 @@
+"""How the network runs: backends behind one small interface, and the options of a run.
+
+A :class:`Network` turns uint8 crops into keypoints in crop pixels (and normalised inputs into
+heatmaps), flip test included. :func:`build_network` makes one for a backend:
+
+* ``eager``: the plain PyTorch model, exactly the reference's op sequence (two flip passes);
+* ``fast``: BatchNorm folded into the convolutions, channels-last, optional autocast;
+* ``compile``: ``torch.compile`` of the fast graph (CUDA graphs on a GPU);
+* ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime.
+
+:class:`RunOptions` says how a run goes (device, backend, precision, batch size, threads); none of
+it is part of the model or saved with it.
+"""
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .codec import decode_heatmaps_torch
+from .config import Config
+from .errors import InputError
+from .export import export_onnx
+from .model.tta import flip_test, normalize
+from .optimize import compile_model, cpu_supports_bf16, cpu_supports_fp16, prepare_for_inference
+
+Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
+Precision = Literal["fp32", "bf16", "fp16"]
+BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends): measured fastest per crop
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an estimator runs (not what it computes); chosen per machine, never saved.
+
+    Attributes:
+        device: where the network runs, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        backend: see the module docstring; ``auto`` resolves to ``fast``, whose keypoints equal
+            eager's on the reference sample (BENCHMARKS.md).
+        precision: ``fp32``, or autocast to ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or
+            fp16 only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
+        device_crops: cut crops on the network's device (:func:`~nextpose.geometry.warp_crops`,
+            OpenCV's arithmetic, the same pixels) instead of with OpenCV on the CPU.
+        batch_size: crops per network call (crops of several images share a batch).
+        read_threads: threads that decode and crop the next images while a batch is in the
+            network (0: everything in the calling thread).
+        cudnn_benchmark: on a GPU, let cuDNN pick its fastest kernels for the fixed crop size
+            (set while the network runs, restored after).
+    """
+
+    device: str = "cpu"
+    backend: Backend = "auto"
+    precision: Precision = "fp32"
+    device_crops: bool = False
+    batch_size: int = 32
+    read_threads: int = 2
+    cudnn_benchmark: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+        for name in ("batch_size", "read_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be an integer, not {value!r}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.read_threads < 0:
+            raise InputError(f"read_threads must be >= 0, not {self.read_threads}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise InputError(f"device {self.device!r}: {e}") from None
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def resolve(self) -> "RunOptions":
+        """These options with ``auto`` replaced by a backend, checked against the device."""
+        device = self.torch_device
+        backend = "fast" if self.backend == "auto" else self.backend
+        if backend == "onnxruntime":
+            if device.type != "cpu":
+                raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")
+            if self.precision != "fp32":
+                raise InputError("the onnxruntime backend runs in fp32 only")
+        if device.type == "cpu" and self.precision != "fp32":
+            native = cpu_supports_bf16() if self.precision == "bf16" else cpu_supports_fp16()
+            if not native:
+                raise InputError(
+                    f"this CPU has no native {self.precision} (AVX-512 BF16/FP16 or AMX); "
+                    "it would run slower than fp32: use precision='fp32'"
+                )
+        return replace(self, backend=backend)
+
+
+class Network(Protocol):
+    """A pose network as the engine calls it: tensors in, tensors (or arrays) out."""
+
+    device: torch.device
+
+    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+        """Keypoints (N, K, 2) in crop pixels and scores (N, K) of uint8 RGB crops
+        (N, h, w, 3), averaged with the mirrored crops' when ``flip``; tensors left on the device
+        (a GPU is not waited for) or NumPy arrays."""
+        ...
+
+    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
+        """Heatmaps (N, K, h/4, w/4) float32 of normalised inputs (N, 3, h, w)."""
+        ...
+
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An array or tensor on the network's device."""
+        ...
+
+
+class _CudaSwitches:
+    """cuDNN settings for the network while inside: true float32 convolutions (PyTorch's default
+    lets cuDNN round float32 inputs to TF32, whose 10-bit mantissa moves keypoints as fp16 does)
+    and, if asked, ``cudnn.benchmark``. The switches are process-wide: the first of overlapping
+    users (threads) sets them, the last one out restores the user's settings."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._before: tuple[object, object] = (None, None)
+
+    @staticmethod
+    def _precision() -> tuple[object, str, object]:
+        if hasattr(torch.backends.cudnn, "conv"):
+            return torch.backends.cudnn.conv, "fp32_precision", "ieee"
+        return torch.backends.cudnn, "allow_tf32", False  # torch < 2.9
+
+    @contextlib.contextmanager
+    def __call__(self, benchmark: bool) -> Iterator[None]:
+        switch, name, exact = self._precision()
+        with self._lock:
+            if self._inside == 0:
+                self._before = (getattr(switch, name), torch.backends.cudnn.benchmark)
+                setattr(switch, name, exact)
+                torch.backends.cudnn.benchmark = benchmark or self._before[1]
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    setattr(switch, name, self._before[0])
+                    torch.backends.cudnn.benchmark = self._before[1]
+
+
+cuda_switches = _CudaSwitches()
+
+
+class TorchNetwork:
+    """A PyTorch pose network and how to call it: memory layout, autocast, flip-test batching,
+    chunking, CUDA graphs, and decoding on the device.
+
+    Args:
+        net: (N, 3, h, w) float32 -> (N, K, h/4, w/4) heatmaps.
+        config: the model's config (input size, pixel statistics, flip partners).
+        options: resolved run options (device, precision, cuDNN benchmark).
+        channels_last: feed the network channels-last tensors.
+        joint_flip: run the flip test as one batch of 2N instead of two passes of N.
+        chunk: largest batch per forward pass; larger inputs run in pieces.
+        cuda_graphs: ``net`` replays CUDA graphs (one recorded per batch size): batches are padded
+            to powers of two and outputs copied out of its buffers.
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor], torch.Tensor],
+        config: Config,
+        options: RunOptions,
+        *,
+        channels_last: bool = False,
+        joint_flip: bool = False,
+        chunk: int | None = None,
+        cuda_graphs: bool = False,
+    ):
+        self.net = net
+        self.device = options.torch_device
+        self.options = options
+        self.input_size = config.model.input_size
+        self.channels_last = channels_last
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
+        self.joint_flip = joint_flip
+        self.chunk = chunk
+        self.cuda_graphs = cuda_graphs
+        self._config = config
+        self._constants: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pixel mean and std (1, 3, 1, 1) and the flip partners (K,) on the device, made once
+        (making them per call would copy them to a GPU and wait, every batch)."""
+        if self._constants is None:
+            model, flip = self._config.model, self._config.keypoints.flip_indices
+            with torch.inference_mode(False):
+                self._constants = (
+                    torch.tensor(model.pixel_mean).view(1, 3, 1, 1).to(self.device),
+                    torch.tensor(model.pixel_std).view(1, 3, 1, 1).to(self.device),
+                    torch.tensor(flip, dtype=torch.long).to(self.device),
+                )
+        return self._constants
+
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """On the device; to a GPU through pinned memory, without waiting."""
+        if isinstance(array, np.ndarray):
+            array = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda" and array.device.type == "cpu":
+            if not array.is_pinned():
+                array = array.pin_memory()
+            return array.to(self.device, non_blocking=True)
+        return array.to(self.device)
+
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, h, w, 3) uint8 RGB -> (N, 3, h, w) float32 network input on the device; an
+        inference tensor, as the network's inputs are (so a compiled graph is not made twice)."""
+        with torch.inference_mode():
+            mean, std, _ = self.constants
+            return normalize(self.to_device(crops), mean, std)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            # Copied here, in inference mode, when not already an inference tensor: a normal
+            # tensor among a compiled graph's inputs would make it compile a second time.
+            x = (
+                x.contiguous(memory_format=torch.channels_last)
+                if x.is_inference()
+                else x.clone(memory_format=torch.channels_last)
+            )
+        if not self.cuda_graphs:
+            return self.net(x).float().contiguous()
+        n = len(x)
+        padded = 1 << max(n - 1, 0).bit_length()  # the next power of two
+        if padded > n:
+            x = torch.cat([x, x.new_zeros((padded - n, *x.shape[1:]))])
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.net(x)[:n].float().clone()
+
+    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
+        if self.chunk and len(inputs) > self.chunk:
+            return torch.cat([self.heatmaps(piece, flip) for piece in inputs.split(self.chunk)])
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        cuda = (
+            cuda_switches(self.options.cudnn_benchmark)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast, cuda:
+            if not flip:
+                return self._forward(inputs)
+            return flip_test(self._forward, inputs, self.constants[2], self.joint_flip)
+
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            heatmaps = self.heatmaps(self.normalize(crops), flip)
+            locations, scores = decode_heatmaps_torch(heatmaps)
+            w, h = self.input_size  # the stride as Python scalars: no copy to the device
+            sx = float(np.float32(w / heatmaps.shape[3]))
+            sy = float(np.float32(h / heatmaps.shape[2]))
+            keypoints = torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
+        return keypoints, scores
+
+
+class OnnxNetwork:
+    """ONNX Runtime sessions of the exported crops graph (uint8 crops in, crop-pixel keypoints and
+    scores out, flip test and decoding inside), one per flip setting, made on first use.
+    ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs)."""
+
+    def __init__(self, model: nn.Module, config: Config, options: RunOptions):
+        from .errors import require
+
+        self.onnxruntime = require("onnxruntime", "onnx", "the onnxruntime backend")
+        require("onnx", "onnx", "the onnxruntime backend")
+        self.model = model
+        self.config = config
+        self.device = options.torch_device
+        self.plain = TorchNetwork(model, config, options)
+        self._sessions: dict[bool, Any] = {}
+        self._lock = threading.Lock()
+
+    def session(self, flip: bool) -> Any:
+        with self._lock:
+            if flip not in self._sessions:
+                ort = self.onnxruntime
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = torch.get_num_threads()
+                # Idle threads sleep instead of spinning: the image-reading threads need the cores.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                graph = export_onnx(self.model, self.config, None, flip=flip, heatmaps=True)
+                self._sessions[flip] = ort.InferenceSession(
+                    graph, options, providers=["CPUExecutionProvider"]
+                )
+            return self._sessions[flip]
+
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.plain.to_device(array)
+
+    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
+        return self.plain.heatmaps(inputs, flip)
+
+    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+        if isinstance(crops, torch.Tensor):
+            crops = crops.cpu().numpy()
+        crops = np.ascontiguousarray(crops, dtype=np.uint8)
+        keypoints, scores, _ = self.session(flip).run(None, {"crops": crops})
+        return keypoints, scores
+
+
+def build_network(model: nn.Module, config: Config, options: RunOptions) -> Network:
+    """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device)."""
+    options = options.resolve()
+    device = options.torch_device
+    if options.backend == "eager":  # the reference's op sequence: two passes, default layout
+        return TorchNetwork(model, config, options)
+    if options.backend == "onnxruntime":  # the export folds BatchNorm itself
+        return OnnxNetwork(model, config, options)
+    fast = prepare_for_inference(model, device, fold=True, channels_last=True)
+    cuda = device.type == "cuda"
+    net = compile_model(fast, device) if options.backend == "compile" else fast
+    # A GPU: one 2N batch for the flip test keeps it busier. A CPU: passes of at most
+    # CPU_CHUNK crops (larger ones spill the caches: 10% slower per crop at 32 than at 8).
+    return TorchNetwork(
+        net,
+        config,
+        options,
+        channels_last=True,
+        joint_flip=cuda,
+        chunk=None if cuda else CPU_CHUNK,
+        cuda_graphs=cuda and options.backend == "compile",
+    )

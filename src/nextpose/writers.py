@@ -1,0 +1,248 @@
+"""Output writers: JSON lists, JSON Lines and drawn images and videos, none of which ever
+replaces an input or leaves a half-written file where a complete one was.
+
+* Every file is written under a temporary name and renamed when complete (:mod:`nextpose.fileio`).
+* An output that would land on an input file (``--out`` naming an image, ``--draw`` into the
+  input folder) or on another output is refused before anything is written.
+* A run that stops with an error leaves any earlier output as it was. A run interrupted by the
+  user (Ctrl-C) keeps what it has: under the output's own name when there was no file there
+  before, otherwise beside it as ``NAME.partial.EXT``.
+"""
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from .data.images import IMAGE_EXTENSIONS, is_video_file
+from .errors import OutputError
+from .fileio import AtomicFile
+from .structures import Frame
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+class Guard:
+    """The files a run reads, which its outputs must not replace.
+
+    Args:
+        inputs: files and folders given as inputs (folders protect everything inside them).
+    """
+
+    def __init__(self, inputs: Iterable[str | Path]):
+        self.files: set[Path] = set()
+        self.folders: list[Path] = []
+        for item in inputs:
+            path = Path(item)
+            if path.is_dir():
+                self.folders.append(path.resolve())
+            elif path.exists():
+                self.files.add(path.resolve())
+        self.outputs: dict[Path, str] = {}
+
+    def claim(self, path: str | Path, option: str) -> Path:
+        """Check that ``path`` (given by ``option``) replaces no input and no other output."""
+        path = Path(path)
+        resolved = path.resolve()
+        listed = is_image_file(path) or is_video_file(path)  # what a folder input would read
+        if resolved in self.files or (listed and any(_inside(path, f) for f in self.folders)):
+            raise OutputError(f"{option} {path}: would overwrite an input; choose another path")
+        if resolved in self.outputs and self.outputs[resolved] != option:
+            raise OutputError(
+                f"{option} {path}: the same file as {self.outputs[resolved]}; give each output "
+                "its own path"
+            )
+        if path.is_dir():
+            raise OutputError(f"{option} {path}: is a folder, not a file")
+        self.outputs[resolved] = option
+        return path
+
+    def claim_folder(self, folder: str | Path, option: str) -> Path:
+        """Check that an output folder is neither an input folder nor inside one."""
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{option} {folder}: exists and is not a folder")
+        for f in self.folders:
+            if _inside(folder, f):
+                raise OutputError(
+                    f"{option} {folder}: inside the input folder {f}; drawn images would "
+                    "overwrite or mix with the inputs, choose another folder"
+                )
+        return folder
+
+    def check_target(self, path: Path, option: str) -> None:
+        """Refuse a file an output folder would write over an input."""
+        if path.resolve() in self.files:
+            raise OutputError(f"{option}: {path} would overwrite an input; choose another folder")
+
+
+def _open_error(path: Path, option: str, error: OSError) -> OutputError:
+    return OutputError(f"{option} {path}: cannot write ({error.strerror or error})")
+
+
+class _Output:
+    """A text output written atomically; :meth:`close` commits, :meth:`abort` discards and
+    :meth:`keep_partial` commits without replacing an earlier complete file."""
+
+    def __init__(self, path: str | Path | None, option: str):
+        self.option = option
+        self.path = Path(path) if path is not None else None
+        self._atomic: AtomicFile | None = None
+        if self.path is None:
+            self.file: IO[str] = sys.stdout
+            return
+        try:
+            self._atomic = AtomicFile(self.path)
+        except OSError as e:
+            raise _open_error(self.path, option, e) from None
+        self.file = self._atomic.file
+
+    def _write(self, text: str) -> None:
+        try:
+            self.file.write(text)
+        except OSError as e:
+            raise _open_error(self.path or Path("-"), self.option, e) from None
+
+    def _finish(self) -> None:
+        """What completes the file (a list's closing bracket)."""
+
+    def close(self) -> Path | None:
+        self._finish()
+        if self._atomic is None:
+            self.file.flush()
+            return None
+        try:
+            return self._atomic.commit()
+        except OSError as e:
+            self._atomic.discard()
+            raise _open_error(self.path, self.option, e) from None
+
+    def keep_partial(self) -> Path | None:
+        """Commit an interrupted run's output: under its name if nothing was there, else as
+        ``NAME.partial.EXT`` beside it (an earlier complete file is kept)."""
+        self._finish()
+        if self._atomic is None or self.path is None:
+            self.file.flush()
+            return None
+        target = self.path
+        if target.exists():
+            target = target.with_name(f"{target.stem}.partial{target.suffix}")
+        return self._atomic.commit(target)
+
+    def abort(self) -> None:
+        if self._atomic is not None:
+            self._atomic.discard()
+
+
+class JsonListWriter(_Output):
+    """A JSON list written one record at a time (memory stays flat on long videos); standard
+    output when ``path`` is None. Numbers are strict JSON (no NaN or Infinity)."""
+
+    def __init__(self, path: str | Path | None, option: str = "--out"):
+        super().__init__(path, option)
+        self.count = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._write(("[\n" if self.count == 0 else ",\n") + json.dumps(record, allow_nan=False))
+        self.count += 1
+
+    def _finish(self) -> None:
+        self._write("\n]\n" if self.count else "[]\n")
+
+
+class JsonLinesWriter(_Output):
+    """One JSON object per line (strict JSON)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._write(json.dumps(record, allow_nan=False) + "\n")
+
+
+class DrawingWriter:
+    """``--draw DIR``: each image as ``DIR/<name>.jpg`` (a folder's layout kept), each video or
+    camera as ``DIR/<name>.mp4``, with boxes, skeletons and keypoints drawn."""
+
+    def __init__(
+        self, folder: str | Path, score_threshold: float = 0.3, guard: Guard | None = None
+    ):
+        self.dir = Path(folder)
+        self.guard = guard or Guard([])
+        self.guard.claim_folder(self.dir, "--draw")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _open_error(self.dir, "--draw", e) from None
+        self.score_threshold = score_threshold
+        self._used: set[Path] = set()
+        self._video: cv2.VideoWriter | None = None
+        self._video_tmp: Path | None = None
+        self._video_target: Path | None = None
+        self.written: list[Path] = []
+
+    def _unique(self, target: Path) -> Path:
+        stem, n = target.stem, 1
+        while target in self._used:
+            n += 1
+            target = target.with_name(f"{stem}-{n}{target.suffix}")
+        self._used.add(target)
+        self.guard.check_target(target, "--draw")
+        return target
+
+    def image(self, frame: Frame) -> None:
+        target = self._unique(self.dir / Path(frame.name).with_suffix(".jpg"))
+        drawn = frame.draw(self.score_threshold)
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OutputError(f"--draw: OpenCV could not encode {target}")
+        try:
+            with AtomicFile(target, "wb") as f:
+                f.write(data.tobytes())
+        except OSError as e:
+            raise _open_error(target, "--draw", e) from None
+        self.written.append(target)
+
+    def video_frame(self, frame: Frame) -> None:
+        if self._video is None:
+            target = self._unique(self.dir / Path(frame.name).with_suffix(".mp4"))
+            h, w = frame.image.shape[:2]
+            # Written under a hidden name (with the .mp4 suffix OpenCV needs) and renamed.
+            tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.mp4")
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            video = cv2.VideoWriter(str(tmp), fourcc, frame.fps or 30.0, (w, h))
+            if not video.isOpened():
+                tmp.unlink(missing_ok=True)
+                raise OutputError(f"--draw {target}: OpenCV cannot write MP4 video here")
+            self._video, self._video_tmp, self._video_target = video, tmp, target
+        drawn = frame.draw(self.score_threshold)
+        self._video.write(cv2.cvtColor(np.ascontiguousarray(drawn), cv2.COLOR_RGB2BGR))
+
+    def end_video(self) -> None:
+        """Finish the current video (renamed to its name)."""
+        if self._video is None:
+            return
+        self._video.release()
+        assert self._video_tmp is not None and self._video_target is not None
+        self._video_tmp.replace(self._video_target)
+        self.written.append(self._video_target)
+        self._video = self._video_tmp = self._video_target = None
+
+    def abort(self) -> None:
+        """Drop an unfinished video."""
+        if self._video is not None:
+            self._video.release()
+            assert self._video_tmp is not None
+            self._video_tmp.unlink(missing_ok=True)
+            self._video = self._video_tmp = self._video_target = None
