@@ -24,7 +24,7 @@ from torch import nn
 
 from .codec import decode_heatmaps_torch
 from .config import Config
-from .errors import InputError
+from .errors import InputError, require
 from .export import export_onnx
 from .model.tta import flip_test, normalize
 from .optimize import compile_model, cpu_supports_bf16, cpu_supports_fp16, prepare_for_inference
@@ -289,8 +289,6 @@ class OnnxNetwork:
     ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs)."""
 
     def __init__(self, model: nn.Module, config: Config, options: RunOptions):
-        from .errors import require
-
         self.onnxruntime = require("onnxruntime", "onnx", "the onnxruntime backend")
         require("onnx", "onnx", "the onnxruntime backend")
         self.model = model

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from .. import __version__, checkpoint
+from .. import checkpoint
+from .._version import __version__
 from ..config import Config
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train

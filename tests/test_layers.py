@@ -1,0 +1,127 @@
+"""The package's modules sit in layers: every import points down this list, there is no
+import cycle, and no nextpose module is imported inside a function to dodge one (only the CLI
+loads the library inside its verbs, for start-up time; third-party imports inside functions,
+of optional or heavy dependencies, are fine)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import nextpose
+
+SRC = Path(nextpose.__file__).parent
+
+# Lowest first. A module may import modules of its own layer or of layers above it in this
+# list (lower layers), never of a later one.
+LAYERS = [
+    ["_version", "errors", "fileio"],
+    ["keypoints"],
+    ["config", "presets", "visualize"],
+    ["structures", "geometry", "codec", "data.images", "data.coco"],
+    ["boxes", "data.transforms", "model.backbone", "model.head", "model.posenet", "model",
+     "model.tta", "optimize", "checkpoint", "data.datasets", "data"],
+    ["export"],
+    ["runtime"],
+    ["engine"],
+    ["predictor", "inference"],
+    ["sources", "detection", "tracking", "writers", "evaluation.oks_nms",
+     "evaluation.coco_eval", "evaluation.evaluate", "evaluation"],
+    ["pipeline"],
+    ["training.distributed", "training.loss", "training.optim", "training.pretrained",
+     "training.loop", "training"],
+    ["cli._options", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
+     "__main__", "__init__"],
+]  # fmt: skip
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+# Modules that import the library inside functions: `nextpose --help` stays fast.
+LAZY_MODULES = {"cli._options", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, bool, int]]:
+    """(imported nextpose module, inside a function?, line) for each import in the file."""
+    tree = ast.parse(path.read_text())
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    if name == "__init__":
+        package = []
+    found = []
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    inner = {id(n) for f in functions for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
+        lazy = id(node) in inner
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names = [target] if node.module else [".".join([*base, a.name]) for a in node.names]
+            for t in names:
+                sub = [f"{t}.{a.name}" for a in node.names]
+                hits = [s for s in sub if s in RANK] or [t]
+                found += [(h, lazy, node.lineno) for h in hits]
+    return found
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(set(_modules()) - set(RANK))
+    assert not missing, f"add these modules to LAYERS: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(RANK))
+def test_imports_point_down(name):
+    path = _modules()[name]
+    for target, lazy, line in _imports(name, path):
+        target = target if target in RANK else target.rsplit(".", 1)[0]
+        assert target in RANK, f"{name}:{line} imports unknown module {target}"
+        if lazy and name in LAZY_MODULES:
+            continue  # the CLI loads the library on first use (start-up time)
+        assert not lazy, f"{name}:{line}: imports {target} inside a function"
+        assert RANK[target] <= RANK[name], (
+            f"{name} (layer {RANK[name]}) imports {target} (layer {RANK[target]}), line {line}"
+        )
+
+
+def test_no_import_cycles():
+    graph = {
+        name: {t if t in RANK else t.rsplit(".", 1)[0] for t, lazy, _ in _imports(name, path)
+               if not lazy}
+        for name, path in _modules().items()
+    }  # fmt: skip
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node or nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                cycle = trail[trail.index(nxt) :] if nxt in trail else trail
+                pytest.fail(f"import cycle: {' -> '.join([*cycle, nxt])}")
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_help_and_version_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nextpose.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "import nextpose; nextpose.__version__\n"
+        "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
