@@ -150,12 +150,13 @@ def test_image_with_no_persons(tmp_path, estimator):
 
 
 def test_no_persons_at_all(tmp_path, estimator):
+    """No ground truth in any area range: the reference reports -1 for all ten numbers."""
     data = coco_json()
     data["annotations"] = []
     path = write_json(tmp_path / "ann.json", data)
-    with pytest.warns(UserWarning, match="no predictions; all metrics are 0"):
+    with pytest.warns(UserWarning, match="no predictions"):
         metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
-    assert set(metrics.values()) == {0.0}
+    assert set(metrics.values()) == {-1.0}
 
 
 def test_duplicate_image_ids(tmp_path):
