@@ -267,7 +267,9 @@ def test_bad_results_file(tmp_path, capsys, content, message):
 
 def test_results_file_against_a_malformed_annotation_file(tmp_path):
     good = tmp_path / "results.json"
-    good.write_text(json.dumps([{"image_id": 785, "keypoints": [1.0] * 51, "score": 0.5}]))
+    good.write_text(
+        json.dumps([{"image_id": 785, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5}])
+    )
     bad = tmp_path / "ann.json"
     bad.write_text("{not json")
     with pytest.raises(AnnotationError, match=r"ann\.json: not valid JSON"):
