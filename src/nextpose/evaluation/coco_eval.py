@@ -653,7 +653,13 @@ def evaluate_results(
         )
         stats = _stats_without_detections(gt)
     elif which == "faster_coco_eval":
-        stats = _stats_faster(gt, kept, sig)
+        try:
+            stats = _stats_faster(gt, kept, sig)
+        except (AttributeError, TypeError, IndexError):
+            if evaluator != "auto":
+                raise
+            # A faster-coco-eval whose internals differ from the 1.x this was written for.
+            stats = _stats_pycocotools(gt, [dict(r) for r in kept], sig)
     else:
         stats = _stats_pycocotools(gt, kept, sig)
     return {name: float(v) for name, v in zip(METRIC_NAMES, stats, strict=True)}
