@@ -18,13 +18,14 @@ import argparse
 import contextlib
 import io
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nextpose.evaluation import PosePrediction, build_results, evaluate_predictions
+from nextpose.evaluation import PosePrediction, build_results, evaluate_predictions, write_results
 from nextpose.keypoints import COCO_KEYPOINTS
 
 K = COCO_KEYPOINTS.num_keypoints
@@ -119,6 +120,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000, help="number of images (5000)")
     parser.add_argument("--dets", type=int, default=20, help="predictions per image (20)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reference-python",
+        help="a Python with xtcocotools 1.14.3 (NumPy 1.x): also time the reference's COCOeval "
+        "on the same results file (benchmarks/reference_metric.py) and compare the numbers",
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -127,25 +133,52 @@ def main() -> None:
         f"synthetic set: {len(gt['images'])} images, {len(gt['annotations'])} GT people, "
         f"{len(predictions)} predictions ({time.perf_counter() - t0:.1f} s to build)"
     )
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "gt.json"
         ann_file.write_text(json.dumps(gt))
-
+        numbers = {}
+        for evaluator in ("faster_coco_eval", "pycocotools"):
+            t0 = time.perf_counter()
+            numbers[evaluator] = evaluate_predictions(
+                predictions, ann_file, out_dir=Path(tmp) / evaluator, evaluator=evaluator
+            )
+            rows.append((f"nextpose whole metric ({evaluator})", time.perf_counter() - t0))
         t0 = time.perf_counter()
-        ours = evaluate_predictions(predictions, ann_file)
-        t_ours = time.perf_counter() - t0
-
         results = build_results(predictions)  # the list nextpose scored (after NMS)
+        rows.append(("  of which rescoring + OKS-NMS", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        write_results(results, Path(tmp) / "r.json")
+        rows.append(("  of which writing the results JSON", time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        with open(Path(tmp) / "slow.json", "w") as f:
+            json.dump(results, f, sort_keys=True, indent=4)
+        rows.append(("  (json.dump indent=4, as before)", time.perf_counter() - t0))
         t0 = time.perf_counter()
         plain = plain_pycocotools(results, ann_file)
-        t_plain = time.perf_counter() - t0
+        rows.append(("plain pycocotools COCOeval", time.perf_counter() - t0))
+        ref = None
+        if args.reference_python:
+            script = Path(__file__).with_name("reference_metric.py")
+            out = subprocess.run(
+                [args.reference_python, str(script), str(ann_file), str(Path(tmp) / "r.json")],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            ref = json.loads(out.stdout)
+            rows.append(("reference xtcocotools COCOeval (same file)", ref["seconds"]))
 
     print(f"results after OKS-NMS: {len(results)}")
-    print(f"nextpose evaluate_predictions: {t_ours:8.2f} s   AP {ours['AP']:.6f}")
-    print(f"plain pycocotools COCOeval:    {t_plain:8.2f} s   AP {plain[0]:.6f}")
-    print(f"ratio nextpose / pycocotools:  {t_ours / t_plain:8.3f}")
+    fast = rows[0][1]
+    for name, seconds in rows:
+        print(f"{name:45s} {seconds:8.2f} s   x{seconds / fast:6.2f} of nextpose")
+    same = numbers["faster_coco_eval"] == numbers["pycocotools"]
+    print(f"faster_coco_eval and pycocotools evaluators: identical numbers: {same}")
+    if ref is not None:
+        equal = list(numbers["faster_coco_eval"].values()) == ref["stats"]
+        print(f"all ten numbers equal to xtcocotools: {equal}")
+    ours = numbers["faster_coco_eval"]
     diff = max(abs(a - b) for a, b in zip(ours.values(), plain, strict=True))
-    print(f"largest metric difference (float32 sigmas, xtcocotools rules): {diff:.3g}")
+    print(f"largest difference to plain pycocotools (its own sigmas and area rules): {diff:.3g}")
 
 
 if __name__ == "__main__":

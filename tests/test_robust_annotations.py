@@ -150,12 +150,13 @@ def test_image_with_no_persons(tmp_path, estimator):
 
 
 def test_no_persons_at_all(tmp_path, estimator):
+    """No ground truth in any area range: the reference reports -1 for all ten numbers."""
     data = coco_json()
     data["annotations"] = []
     path = write_json(tmp_path / "ann.json", data)
-    with pytest.warns(UserWarning, match="no predictions; all metrics are 0"):
+    with pytest.warns(UserWarning, match="no predictions"):
         metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
-    assert set(metrics.values()) == {0.0}
+    assert set(metrics.values()) == {-1.0}
 
 
 def test_duplicate_image_ids(tmp_path):
@@ -266,7 +267,9 @@ def test_bad_results_file(tmp_path, capsys, content, message):
 
 def test_results_file_against_a_malformed_annotation_file(tmp_path):
     good = tmp_path / "results.json"
-    good.write_text(json.dumps([{"image_id": 785, "keypoints": [1.0] * 51, "score": 0.5}]))
+    good.write_text(
+        json.dumps([{"image_id": 785, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5}])
+    )
     bad = tmp_path / "ann.json"
     bad.write_text("{not json")
     with pytest.raises(AnnotationError, match=r"ann\.json: not valid JSON"):

@@ -152,6 +152,11 @@ class CocoKeypoints:
         ):
             return None
         area = ann.get("area")
+        if area is not None and not is_json_number(area):
+            raise AnnotationError(
+                f"{self.path}: annotation {ann.get('id')}: 'area' must be a finite number, "
+                f"got {area!r:.60}"
+            )
         area = (
             float(np.float32(area))
             if area is not None

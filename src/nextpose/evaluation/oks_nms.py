@@ -6,8 +6,16 @@ Every cast below is explicit, so NumPy 1 and NumPy 2 give the reference's bits.
 """
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
+
+from ..errors import InputError
+
+TieOrder = Literal["stable", "numpy"]
+"""How equal instance scores are ordered in OKS-NMS: ``"stable"`` (the same on every machine) or
+``"numpy"`` (NumPy's default argsort, as the reference; CPU- and version-dependent)."""
+TIE_ORDERS = ("stable", "numpy")
 
 _EPS32 = np.float32(np.spacing(1.0))  # 2**-52, exactly representable in float32
 _HALF32 = np.float32(0.5)
@@ -121,14 +129,20 @@ def _oks_matrix(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.n
     return _oks(pts[:, None], pts[None, :], areas[:, None], areas[None, :], sigmas)
 
 
-def _descending_order(scores: np.ndarray) -> np.ndarray:
-    """Indices by descending score; equal scores come out highest index first.
+def _descending_order(scores: np.ndarray, tie_order: TieOrder = "stable") -> np.ndarray:
+    """Indices by descending score: an ascending argsort, reversed, as the reference does.
 
-    The reference reverses NumPy's default (unstable) argsort, whose tie order depends on the NumPy
-    version and the CPU's SIMD sort (spec 7.4). A stable sort, reversed, gives the order classic
-    NumPy 1 gives for up to 16 instances per image, the same on every machine.
+    ``"stable"``: equal scores come out highest index first, the same on every machine; it is the
+    order classic NumPy 1 gives for up to 16 instances per image. ``"numpy"``: NumPy's default
+    (unstable) argsort, exactly the reference's call, whose tie order depends on the NumPy version
+    and the CPU's SIMD sort (AVX-512 vs AVX2, spec 7.4); use it to get the reference's numbers on
+    the machine it ran on.
     """
-    return np.argsort(scores, kind="stable")[::-1]
+    if tie_order == "stable":
+        return np.argsort(scores, kind="stable")[::-1]
+    if tie_order == "numpy":
+        return np.argsort(scores)[::-1]
+    raise InputError(f"tie_order must be one of {TIE_ORDERS}, got {tie_order!r}")
 
 
 _MATRIX_MAX = 256  # up to this many poses per image, all pair OKS are computed at once
@@ -165,6 +179,7 @@ def oks_nms(
     areas: np.ndarray,
     sigmas: np.ndarray,
     threshold: float = 0.9,
+    tie_order: TieOrder = "stable",
 ) -> np.ndarray:
     """Greedy OKS non-maximum suppression over the poses of one image.
 
@@ -173,17 +188,20 @@ def oks_nms(
 
     Args:
         keypoints: (N, K, 2|3) poses, image pixels.
-        scores: (N,) instance scores (from :func:`rescore`); equal scores: highest index first.
+        scores: (N,) instance scores (from :func:`rescore`); equal scores: highest index first
+            (``tie_order="stable"``).
         areas: (N,) pose areas (px^2).
         sigmas: (K,) OKS sigmas.
         threshold: OKS above which a lower-scored pose is suppressed.
+        tie_order: order of equal scores, ``"stable"`` or ``"numpy"`` (see
+            :func:`_descending_order`).
 
     Returns:
         int64 indices of the kept poses, in keep order (descending score).
     """
     kpts, sc, ar, sig = _check_inputs(keypoints, scores, areas, sigmas)
     thr = np.float32(threshold)
-    order = _descending_order(sc)
+    order = _descending_order(sc, tie_order)
     pair = _pair_oks(kpts, ar, sig)
     keep: list[int] = []
     while len(order) > 0:
@@ -201,6 +219,7 @@ def soft_oks_nms(
     sigmas: np.ndarray,
     sigma: float = 0.9,
     max_dets: int = 20,
+    tie_order: TieOrder = "stable",
 ) -> np.ndarray:
     """Soft OKS-NMS: instead of dropping overlapping poses, decay their scores.
 
@@ -216,6 +235,7 @@ def soft_oks_nms(
         sigmas: (K,) OKS sigmas.
         sigma: Gaussian decay parameter (> 0).
         max_dets: most poses kept.
+        tie_order: order of equal (decayed) scores, ``"stable"`` or ``"numpy"``.
 
     Returns:
         int64 indices of the kept poses, in keep order.
@@ -224,7 +244,7 @@ def soft_oks_nms(
     if sigma <= 0:
         raise ValueError(f"soft_oks_nms: sigma must be > 0, got {sigma}")
     sig32 = np.float32(sigma)
-    order = _descending_order(sc)
+    order = _descending_order(sc, tie_order)
     pair = _pair_oks(kpts, ar, sig)
     current = sc[order]
     keep: list[int] = []
@@ -234,7 +254,7 @@ def soft_oks_nms(
         rest = order[1:]
         oks = pair(i, rest)
         current = current[1:] * np.exp(-(oks * oks) / sig32)
-        resort = _descending_order(current)
+        resort = _descending_order(current, tie_order)
         order = rest[resort]
         current = current[resort]
     return np.asarray(keep, dtype=np.int64)
