@@ -37,6 +37,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="oks",
         help="per-image pose NMS (default oks, threshold 0.9)",
     )
+    p.add_argument(
+        "--tie-order",
+        choices=["stable", "numpy"],
+        default="stable",
+        help="order of poses with exactly equal scores in OKS-NMS: stable (the same on every "
+        "machine; default) or numpy (NumPy's default sort, as the reference; depends on the CPU "
+        "and the NumPy version)",
+    )
+    p.add_argument(
+        "--evaluator",
+        choices=["auto", "faster_coco_eval", "pycocotools"],
+        default="auto",
+        help="COCOeval implementation; all give identical numbers (auto: faster-coco-eval "
+        "when installed)",
+    )
     p.add_argument("--results", help="score this COCO results file instead of running a model")
     p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
     add_runtime(p)
@@ -64,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.results:
         if args.model:
             raise InputError("--results scores an existing file; give no MODEL with it")
-        metrics = score_results_file(args.results, ann_file)
+        metrics = score_results_file(args.results, ann_file, evaluator=args.evaluator)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     else:
         if not args.model:
@@ -97,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             bbox_score_threshold=args.bbox_score_threshold,
             nms=args.nms,
             progress=not args.no_progress,
+            tie_order=args.tie_order,
+            evaluator=args.evaluator,
         )
         if args.model in PRESETS and args.checkpoint is None:
             published = PRESETS[args.model].published

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.coco import is_json_number
+from ..data.coco import _load_json, is_json_number
 from ..errors import AnnotationError, InputError, require
 from ..keypoints import COCO_KEYPOINTS
 from .oks_nms import TIE_ORDERS, TieOrder, oks_nms, rescore, soft_oks_nms
@@ -416,8 +416,6 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
 
 
 def _load_ground_truth(ann_file: str | Path, num_keypoints: int = 17) -> dict[str, Any]:
-    from ..data.coco import _load_json
-
     return prepare_ground_truth(
         _load_json(Path(ann_file), "annotation"), str(ann_file), num_keypoints
     )
@@ -703,8 +701,6 @@ def score_results_file(
     evaluator: Evaluator = "auto",
 ) -> dict[str, float]:
     """Score a COCO keypoint results file without a model (see :func:`evaluate_results`)."""
-    from ..data.coco import _load_json
-
     results = _load_json(Path(results_json), "results")
     _check_results(results, len(_sigmas(sigmas)), str(results_json))
     return evaluate_results(results, ann_file, sigmas, evaluator)

@@ -13,7 +13,8 @@ from ..data.coco import CocoKeypoints, PersonInstance
 from ..engine import Task
 from ..fileio import atomic_write_text
 from ..predictor import PoseEstimator
-from .coco_eval import NmsMode, evaluate_predictions, predictions_from_arrays
+from .coco_eval import Evaluator, NmsMode, evaluate_predictions, predictions_from_arrays
+from .oks_nms import TieOrder
 
 log = logging.getLogger("nextpose")
 
@@ -100,6 +101,8 @@ def score_instances(
     out_dir: str | Path | None = None,
     nms: NmsMode = "oks",
     nms_threshold: float = 0.9,
+    tie_order: TieOrder = "stable",
+    evaluator: Evaluator = "auto",
 ) -> dict[str, float]:
     """COCO AP/AR of predictions for ``instances`` (same order), as the reference scores them:
     rescoring, per-image NMS, COCOeval; instances of unreadable images (``pred.failed``) are left
@@ -117,7 +120,14 @@ def score_instances(
         category_ids=[i.category_id for i in kept],
     )
     return evaluate_predictions(
-        predictions, ann_file, out_dir=out_dir, nms=nms, nms_threshold=nms_threshold, sigmas=sigmas
+        predictions,
+        ann_file,
+        out_dir=out_dir,
+        nms=nms,
+        nms_threshold=nms_threshold,
+        sigmas=sigmas,
+        tie_order=tie_order,
+        evaluator=evaluator,
     )
 
 
@@ -135,6 +145,8 @@ def evaluate(
     nms_threshold: float = 0.9,
     progress: bool = True,
     workers: int | None = None,
+    tie_order: TieOrder = "stable",
+    evaluator: Evaluator = "auto",
 ) -> dict[str, float]:
     """COCO keypoint AP/AR of ``estimator`` on a dataset, as the reference measures it.
 
@@ -147,6 +159,10 @@ def evaluate(
         batch_size, read_threads: override the estimator's run options (``workers``: the old
             name of ``read_threads``).
         bbox_score_threshold: drop detections scoring below this (the reference keeps all).
+        tie_order: order of equal scores in OKS-NMS: ``stable`` (the same everywhere) or
+            ``numpy`` (NumPy's default sort, as the reference: depends on CPU and NumPy).
+        evaluator: COCOeval backend (``auto``, ``faster_coco_eval``, ``pycocotools``); all give
+            the same numbers.
 
     Returns:
         ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``. Boxes of
@@ -171,6 +187,8 @@ def evaluate(
         out_dir=out_dir,
         nms=nms,
         nms_threshold=nms_threshold,
+        tie_order=tie_order,
+        evaluator=evaluator,
     )
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")

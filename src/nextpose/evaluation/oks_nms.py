@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InputError
+from ..structures import rescore  # noqa: F401 (re-exported: evaluation.rescore)
 
 TieOrder = Literal["stable", "numpy"]
 """How equal instance scores are ordered in OKS-NMS: ``"stable"`` (the same on every machine) or
@@ -19,35 +20,6 @@ TIE_ORDERS = ("stable", "numpy")
 
 _EPS32 = np.float32(np.spacing(1.0))  # 2**-52, exactly representable in float32
 _HALF32 = np.float32(0.5)
-
-
-def rescore(
-    keypoint_scores: np.ndarray, bbox_scores: np.ndarray, threshold: float = 0.2
-) -> np.ndarray:
-    """Instance scores: box score times the mean of the keypoint scores above ``threshold``.
-
-    Args:
-        keypoint_scores: (N, K) keypoint confidences (cast to float32, as the model outputs them).
-        bbox_scores: (N,) detector scores (cast to float32); 1 for ground-truth boxes.
-        threshold: keypoints count only when their score is ``> threshold`` (strict).
-
-    Returns:
-        (N,) float64 scores; 0 where no keypoint passes. The comparison, the sequential sum in
-        keypoint order, the division and the product are float64, as under the reference's NumPy 1.
-    """
-    scores = np.asarray(keypoint_scores, dtype=np.float32).astype(np.float64)
-    if scores.ndim != 2:
-        raise ValueError(f"keypoint_scores must be (N, K), got shape {scores.shape}")
-    box = np.asarray(bbox_scores, dtype=np.float32).astype(np.float64).reshape(-1)
-    if len(box) != len(scores):
-        raise ValueError(f"{len(scores)} keypoint score rows but {len(box)} bbox scores")
-    passed = scores > float(threshold)
-    total = np.zeros(len(scores), dtype=np.float64)
-    for k in range(scores.shape[1]):  # sequential, keypoint order (adding 0.0 changes nothing)
-        total = total + np.where(passed[:, k], scores[:, k], 0.0)
-    count = passed.sum(axis=1)
-    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return box * mean
 
 
 def _pairwise_row_sums(t: np.ndarray) -> np.ndarray:
