@@ -62,7 +62,7 @@ def test_export_image_graph_cli(tiny_checkpoint, eager, sample, tmp_path):
         want.append(poses.keypoints)
         got_scores.append(scores)
         want_scores.append(poses.scores)
-    assert _close(np.concatenate(got), np.concatenate(want)) >= 0.99
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
     scores, ref = np.concatenate(got_scores), np.concatenate(want_scores)
     assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
 
@@ -77,7 +77,7 @@ def test_export_crops_graph_without_flip(tiny_checkpoint, eager, sample, tmp_pat
         for images in (c, c[:1]):
             keypoints, scores = session.run(None, {"crops": images})
             want, want_scores = (t.numpy() for t in eager.network.keypoints(images, flip=False))
-            assert _close(keypoints, want) >= 0.99
+            np.testing.assert_array_equal(keypoints, want)
             assert np.abs(scores - want_scores).max() <= 1e-4 * np.abs(want_scores).max()
     flipped = eager.network.keypoints(crops[0], flip=True)[0].numpy()
     assert _close(session.run(None, {"crops": crops[0]})[0], flipped) < 0.9
@@ -90,7 +90,7 @@ def test_onnxruntime_backend_equals_pytorch(tiny_checkpoint, eager, sample):
     got = est.predict_many(images, boxes)
     want = eager.predict_many(images, boxes)
     kpts = np.concatenate([p.keypoints for p in got])
-    assert _close(kpts, np.concatenate([p.keypoints for p in want])) >= 0.99
+    np.testing.assert_array_equal(kpts, np.concatenate([p.keypoints for p in want]))
     crops = crops_of(images[0], boxes[0], est.input_size)[0]
     _, _, heatmaps = est.network.session(True).run(None, {"crops": crops})
     reference = eager.heatmaps(eager.normalize(crops), flip=True).numpy()

@@ -19,6 +19,7 @@ from nextpose.geometry import (
     image_to_crop_matrix,
 )
 from nextpose.keypoints import COCO_KEYPOINTS
+from nextpose.model.tta import flip_test
 
 EXAMPLES = 200
 PROPERTY = settings(max_examples=EXAMPLES, derandomize=True, deadline=None)
@@ -115,14 +116,17 @@ def test_flipping_a_sample_twice_gives_it_back(width, rng):
 
 @PROPERTY
 @given(h=st.integers(1, 48), w=st.integers(1, 48), rng=_seeds())
-def test_mirroring_heatmaps_with_swapped_channels_is_an_involution(h, w, rng):
-    """What the flip test does to the mirrored pass (before its one-column shift)."""
+def test_flip_test_averages_with_the_swapped_shifted_mirror_pass(h, w, rng):
+    """The library's flip test, with a network that returns its input: the mirrored pass comes
+    back un-mirrored, left/right channels swapped and shifted one column right (first column
+    kept), and is averaged with the plain pass (spec 6.1); joint batching changes nothing."""
     heatmaps = torch.from_numpy(rng.standard_normal((2, 17, h, w)).astype(np.float32))
-
-    def mirror(x: torch.Tensor) -> torch.Tensor:
-        return x.flip(3)[:, FLIP]
-
-    assert torch.equal(mirror(mirror(heatmaps)), heatmaps)
+    swapped = heatmaps[:, FLIP]
+    shifted = torch.cat([swapped[..., :1], swapped[..., :-1]], dim=3)
+    want = (heatmaps + shifted) * 0.5
+    for joint in (False, True):
+        got = flip_test(lambda x: x.clone(), heatmaps, FLIP, joint=joint)
+        assert torch.equal(got, want)
 
 
 @PROPERTY
