@@ -1,4 +1,6 @@
-"""Shared fixtures: paths to the COCO sample and the reference oracle, and generated weights."""
+"""Section numbers (§N) refer to docs/topdown-semantics.md.
+
+Shared fixtures: paths to the COCO sample and the reference oracle, and generated weights."""
 
 import importlib.util
 import json

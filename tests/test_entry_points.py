@@ -54,7 +54,7 @@ def test_every_entry_point_gives_the_reference_keypoints(backend, oracle_weights
 
 def test_whole_image_box_is_the_references(tiny_checkpoint):
     """No boxes: one box [0, 0, w, h], as mmpose's inference_topdown makes it; its crop region
-    follows the reference's float32 arithmetic (spec 2.1, 2.2)."""
+    follows the reference's float32 arithmetic (§2.1, 2.2)."""
     est = nextpose.load(str(tiny_checkpoint))
     image = nextpose.read_image(IMAGES[0])
     h, w = image.shape[:2]

@@ -1,4 +1,4 @@
-"""COCO keypoint metric (spec 7): equality with the reference's CocoMetric and unit behaviour.
+"""COCO keypoint metric (§7): equality with the reference's CocoMetric and unit behaviour.
 
 The reference (mmpose 1.3.2 + xtcocotools, NumPy 1.26) wrote ``metric_check/``: per-instance metric
 inputs, the results file after rescoring + OKS-NMS, and the ten metrics. We feed the same inputs
@@ -84,7 +84,7 @@ def _assert_metrics(actual: dict[str, float], expected: dict[str, float]) -> Non
 
 @pytest.mark.parametrize("run", ["det", "gt"])
 def test_noisy_predictions_match_reference(run, tmp_path):
-    """Rescoring + OKS-NMS + results file + COCOeval reproduce the reference (spec 7.1-7.6)."""
+    """Rescoring + OKS-NMS + results file + COCOeval reproduce the reference (§7.1-7.6)."""
     expected = json.loads((METRIC_CHECK / f"noisy_gt_{run}.keypoints.json").read_text())
     metrics = evaluate_predictions(_load_predictions(run), ANN_FILE, out_dir=tmp_path)
     _assert_same_results(json.loads((tmp_path / "keypoints.json").read_text()), expected)
@@ -125,7 +125,7 @@ def test_oracle_model_runs_results_file(run, tmp_path):
 
 
 def _fixed_scale(xyxy: np.ndarray) -> np.ndarray:
-    """Padded (1.25), aspect-fixed (w/h = 0.75) float32 crop scale of a box (spec 2.1-2.2)."""
+    """Padded (1.25), aspect-fixed (w/h = 0.75) float32 crop scale of a box (§2.1-2.2)."""
     w, h = (xyxy[2] - xyxy[0]) * np.float32(1.25), (xyxy[3] - xyxy[1]) * np.float32(1.25)
     if w > h * np.float32(0.75):
         return np.array([w, w / np.float32(0.75)], np.float32)
@@ -191,7 +191,7 @@ def test_all_zero_keypoint_scores_give_zeros_and_warn():
     assert metrics == dict.fromkeys(METRIC_NAMES, 0.0)
 
 
-# ---- COCOeval set up like xtcocotools (spec 7.6) -------------------------------------------------
+# ---- COCOeval set up like xtcocotools (§7.6) -------------------------------------------------
 
 
 def _perfect_results() -> list[dict]:
@@ -278,7 +278,7 @@ def test_results_outside_the_annotation_file_are_rejected():
         evaluate_results([bad], ANN_FILE)
 
 
-# ---- rescoring (spec 7.3) ------------------------------------------------------------------------
+# ---- rescoring (§7.3) ------------------------------------------------------------------------
 
 
 def test_rescore_threshold_is_strict():
@@ -314,7 +314,7 @@ def test_rescore_arithmetic_is_float64():
     assert out[0] == expected and expected != as_float32
 
 
-# ---- OKS and OKS-NMS (spec 7.4) ------------------------------------------------------------------
+# ---- OKS and OKS-NMS (§7.4) ------------------------------------------------------------------
 
 
 def _pose(dx: float = 0.0, dy: float = 0.0) -> np.ndarray:

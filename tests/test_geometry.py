@@ -34,7 +34,7 @@ def test_matrix_maps_box_to_crop_at_zero_rotation():
         (192, 256),
     )
     m = image_to_crop_matrix(center, scale, 0.0, size)
-    # x_crop = (x - cx) * w/sw + w/2, one isotropic scale (spec 3.2)
+    # x_crop = (x - cx) * w/sw + w/2, one isotropic scale (§3.2)
     k = size[0] / scale[0]
     np.testing.assert_allclose(
         m, [[k, 0, size[0] / 2 - k * center[0]], [0, k, size[1] / 2 - k * center[1]]], atol=1e-9

@@ -9,7 +9,7 @@ from conftest import ORACLE
 from nextpose import PRESETS, PoseNet
 
 PUBLISHED = [name for name, p in PRESETS.items() if p.weights_url]
-# Parameter counts of the reference models (spec 5.3).
+# Parameter counts of the reference models (§5.3).
 PARAMS = {50: 33_471_569, 101: 52_620_369, 152: 68_394_065}
 
 

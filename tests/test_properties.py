@@ -119,7 +119,7 @@ def test_flipping_a_sample_twice_gives_it_back(width, rng):
 def test_flip_test_averages_with_the_swapped_shifted_mirror_pass(h, w, rng):
     """The library's flip test, with a network that returns its input: the mirrored pass comes
     back un-mirrored, left/right channels swapped and shifted one column right (first column
-    kept), and is averaged with the plain pass (spec 6.1); joint batching changes nothing."""
+    kept), and is averaged with the plain pass (§6.1); joint batching changes nothing."""
     heatmaps = torch.from_numpy(rng.standard_normal((2, 17, h, w)).astype(np.float32))
     swapped = heatmaps[:, FLIP]
     shifted = torch.cat([swapped[..., :1], swapped[..., :-1]], dim=3)

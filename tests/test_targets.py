@@ -1,4 +1,4 @@
-"""Training targets (spec 8.3), the loss (8.4) and the training dataset's repeatability."""
+"""Training targets (§8.3), the loss (8.4) and the training dataset's repeatability."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Training augmentation replayed with fixed seeds on the COCO sample (spec 8.1-8.2, 3.5).
+"""Training augmentation replayed with fixed seeds on the COCO sample (§8.1-8.2, 3.5).
 
 Statistical checks use a bound of 5 binomial standard deviations, sqrt(p (1 - p) / n): a correct
 implementation fails one of them with probability < 1e-6 (the seeds are fixed anyway, so the

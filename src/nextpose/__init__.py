@@ -5,6 +5,9 @@
 >>> poses = estimator.predict("street.jpg", boxes=[[48, 30, 210, 400]])
 >>> poses.keypoints, poses.scores  # (N, 17, 2) image pixels, (N, 17)
 
+Section numbers in comments and docstrings (``§6.5``) refer to ``docs/topdown-semantics.md``,
+the reference's behaviour stated in plain maths.
+
 The names below are imported on first use, so ``import nextpose`` is quick and torchvision's
 detection models load only when a detector is asked for.
 """

@@ -199,7 +199,7 @@ def _foreign_globals(path: Path) -> list[str]:
 
 
 def extract_state_dict(obj: dict[str, Any]) -> "OrderedDict[str, torch.Tensor]":
-    """The model weights of a checkpoint, renamed to nextpose's keys (spec 5.4)."""
+    """The model weights of a checkpoint, renamed to nextpose's keys (§5.4)."""
     state = obj.get("state_dict", obj)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():

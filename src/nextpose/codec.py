@@ -26,7 +26,7 @@ def encode_heatmaps(
     heatmap_size: tuple[int, int],
     sigma: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian target heatmaps and keypoint weights, made exactly as the reference (spec 8.3).
+    """Gaussian target heatmaps and keypoint weights, made exactly as the reference (§8.3).
 
     Each labelled keypoint gets an unnormalised float32 Gaussian (peak 1, no sub-pixel offset)
     centred on the heatmap pixel ``mu = trunc(kp / stride + 0.5)`` (toward zero, so any point in
@@ -78,7 +78,7 @@ def encode_heatmaps(
 
 
 def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoint locations and scores from heatmaps, exactly as the reference decodes (spec 6.2-6.4).
+    """Keypoint locations and scores from heatmaps, exactly as the reference decodes (§6.2-6.4).
 
     Args:
         heatmaps: (N, K, Hh, Wh) float32.

@@ -1,7 +1,7 @@
 """Boxes, crops and the affine maps between image and crop pixels.
 
 Frames: *image* pixels of the decoded picture and *crop* pixels of the network input, both with
-pixel centres at integer coordinates. Arithmetic follows the reference bit for bit (spec 2, 3, 6.5):
+pixel centres at integer coordinates. Arithmetic follows the reference bit for bit (§2, 3, 6.5):
 the float32/float64 choices below are deliberate.
 """
 
@@ -58,7 +58,7 @@ def image_to_crop_matrix(
 
     The crop shows the square-pixel region of width ``scale[0]`` around ``center`` rotated by
     ``rotation`` degrees, resized to ``crop_size`` (w, h). Solved from three point pairs with
-    OpenCV's own solver so the matrix has the reference's last bits (spec 3.2-3.3).
+    OpenCV's own solver so the matrix has the reference's last bits (§3.2-3.3).
     """
     center = np.asarray(center, dtype=np.float32)
     w_out, h_out = crop_size
@@ -105,7 +105,7 @@ def crop(
 def crop_to_image(
     points: np.ndarray, center: np.ndarray, scale: np.ndarray, crop_size: tuple[int, int]
 ) -> np.ndarray:
-    """Map crop pixels back to image pixels (no rotation), as the reference does (spec 6.5).
+    """Map crop pixels back to image pixels (no rotation), as the reference does (§6.5).
 
     Args:
         points: (N, K, 2) crop pixels.
@@ -156,7 +156,7 @@ def affine_matrix_torch(
 
     The three point pairs are built in float32 as the reference builds them, and the 6x6 system
     is solved by the elimination ``cv2.getAffineTransform`` performs (partial pivoting, ties to
-    the upper row, products and sums rounded separately; spec 3.2-3.3), vectorised over N. A
+    the upper row, products and sums rounded separately; §3.2-3.3), vectorised over N. A
     closed-form solve differs in the last bit, which moves warped pixels in a few % of crops.
     """
     w_out, h_out = crop_size
@@ -200,7 +200,7 @@ def _source_grid(
     center: torch.Tensor, scale: torch.Tensor, crop_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Source position of every crop pixel, (N, h, w) float64 in 1/32 image pixels (whole
-    numbers), computed as OpenCV 4.x's fixed-point warp computes it (spec 3.4, variant A)."""
+    numbers), computed as OpenCV 4.x's fixed-point warp computes it (§3.4, variant A)."""
     w_out, h_out = crop_size
     mat = affine_matrix_torch(center, scale, crop_size)
     a, b, c = mat[:, 0, 0], mat[:, 0, 1], mat[:, 0, 2]

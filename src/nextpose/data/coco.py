@@ -1,4 +1,4 @@
-"""COCO keypoint annotations and person-detection files -> person instances (spec 1.1-1.4)."""
+"""COCO keypoint annotations and person-detection files -> person instances (§1.1-1.4)."""
 
 import json
 import math
@@ -131,7 +131,7 @@ class CocoKeypoints:
         if not (np.isfinite([x, y, w, h]).all() and np.isfinite(kpts).all()):
             raise AnnotationError(f"{self.path}: annotation {ann.get('id')} has NaN/inf values")
         width, height = int(img["width"]), int(img["height"])
-        # Clip in float64 to the last pixel index, then store as float32 (spec 1.2).
+        # Clip in float64 to the last pixel index, then store as float32 (§1.2).
         bbox = np.array(
             [
                 np.clip(x, 0, width - 1),
@@ -178,7 +178,7 @@ class CocoKeypoints:
     def detection_instances(
         self, det_file: str | Path, score_threshold: float | None = None
     ) -> list[PersonInstance]:
-        """Person boxes of a COCO detection-results file, in file order (spec 1.4).
+        """Person boxes of a COCO detection-results file, in file order (§1.4).
 
         Entries of other categories are skipped; the kept ones get ids 0, 1, 2, ... Boxes are not
         clipped. ``score_threshold`` (off by default, as in the reference) drops lower scores.

@@ -2,8 +2,8 @@
 
 Each step works on a :class:`PoseSample` (one person in one image) and returns a new one; the
 input is never modified. Randomness always comes from an explicit ``np.random.Generator``, drawn
-in the reference's order (spec 8.1): flip (1 draw), half body (0-2 draws), box transform (4
-truncated normals, then 3 uniforms). The float32 arithmetic follows spec 8.2 and 3.2-3.5, so the
+in the reference's order (§8.1): flip (1 draw), half body (0-2 draws), box transform (4
+truncated normals, then 3 uniforms). The float32 arithmetic follows §8.2 and 3.2-3.5, so the
 only departure from the reference is the random stream itself (NumPy's ``Generator`` instead of
 the global ``RandomState`` + scipy).
 """
@@ -57,7 +57,7 @@ def truncated_normal(rng: np.random.Generator, size: int, bound: float = 1.0) ->
 
 
 def flip_sample(sample: PoseSample, flip_indices: Sequence[int]) -> PoseSample:
-    """Mirror a sample horizontally (spec 8.2, RandomFlip).
+    """Mirror a sample horizontally (§8.2, RandomFlip).
 
     The image columns are reversed; keypoints are first reordered by ``flip_indices`` (left and
     right swap), then ``x' = (W - 1) - x``; the centre becomes ``x' = (W - x) - 1``. Both are
@@ -98,7 +98,7 @@ def half_body_indices(
     augment: AugmentConfig,
     keypoint_set: KeypointSet,
 ) -> np.ndarray | None:
-    """Which keypoints a half-body crop frames, or None for no half-body crop (spec 8.2).
+    """Which keypoints a half-body crop frames, or None for no half-body crop (§8.2).
 
     No draw when fewer than ``half_body_min_keypoints`` are visible; otherwise one draw decides
     whether to apply (probability ``half_body_prob``) and, if applied, a second one whether the
@@ -149,7 +149,7 @@ def random_half_body(
 def random_box_transform(
     sample: PoseSample, rng: np.random.Generator, augment: AugmentConfig
 ) -> PoseSample:
-    """Randomly shift, scale and rotate the region (spec 8.2, RandomBBoxTransform).
+    """Randomly shift, scale and rotate the region (§8.2, RandomBBoxTransform).
 
     With ``t`` four truncated standard normals in [-1, 1] (float32):
     shift ``t[:2] * shift_factor`` (a fraction of the current scale) with prob ``shift_prob``;
@@ -180,7 +180,7 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a 2x3 float64 affine ``matrix`` to (K, 2) float32 points with ``cv2.transform``.
 
     OpenCV rounds the matrix to float32 and, when both off-diagonal entries are within FLT_EPSILON
-    of zero (every unrotated crop), ignores them (spec 3.5); calling it keeps those exact bits.
+    of zero (every unrotated crop), ignores them (§3.5); calling it keeps those exact bits.
     """
     points = np.ascontiguousarray(points, dtype=np.float32).reshape(1, -1, 2)
     return cv2.transform(points, np.asarray(matrix, dtype=np.float64))[0]
@@ -189,9 +189,9 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def topdown_affine(sample: PoseSample, input_size: tuple[int, int]) -> PoseSample:
     """Cut the network input out of the image and move the keypoints into crop pixels.
 
-    The scale is first grown to the crop's aspect ratio (spec 2.2); the image is warped with
-    bilinear interpolation and a black border (spec 3.4) by the image->crop matrix built with the
-    float32 rotation (spec 3.2-3.3). Visibility is left unchanged, even for keypoints that land
+    The scale is first grown to the crop's aspect ratio (§2.2); the image is warped with
+    bilinear interpolation and a black border (§3.4) by the image->crop matrix built with the
+    float32 rotation (§3.2-3.3). Visibility is left unchanged, even for keypoints that land
     outside the crop. The result's ``image`` is the (h, w, 3) crop, ``keypoints`` are crop
     pixels and ``scale`` is the aspect-fixed scale.
     """

@@ -1,4 +1,4 @@
-"""COCO keypoint evaluation as the reference's CocoMetric does it (spec 7.1-7.6).
+"""COCO keypoint evaluation as the reference's CocoMetric does it (§7.1-7.6).
 
 Per-instance predictions are grouped by image, de-duplicated by instance id, rescored
 (``bbox_keypoint`` mode), thinned by OKS-NMS per image, written as a COCO results list and scored
@@ -46,7 +46,7 @@ NmsMode = Literal["oks", "soft_oks", "none"]
 
 @dataclass
 class PosePrediction:
-    """One evaluated person instance, as the metric receives it (spec 7.1).
+    """One evaluated person instance, as the metric receives it (§7.1).
 
     Attributes:
         id: instance id (annotation id for ground-truth boxes, running detection index otherwise);
@@ -83,7 +83,7 @@ class PosePrediction:
 
 
 def scale_area(scale: Sequence[float] | np.ndarray) -> float:
-    """float32 product ``w * h`` of a (2,) crop scale (padded, aspect-fixed), px^2 (spec 7.1)."""
+    """float32 product ``w * h`` of a (2,) crop scale (padded, aspect-fixed), px^2 (§7.1)."""
     s = np.asarray(scale, dtype=np.float32).reshape(2)
     return float(s[0] * s[1])
 
@@ -168,7 +168,7 @@ def build_results(
     sigmas: np.ndarray | None = None,
     tie_order: TieOrder = "stable",
 ) -> list[dict[str, Any]]:
-    """COCO keypoint results after grouping, rescoring and per-image NMS (spec 7.2-7.5).
+    """COCO keypoint results after grouping, rescoring and per-image NMS (§7.2-7.5).
 
     Args:
         predictions: per-instance records, in dataset order.
@@ -613,7 +613,7 @@ def evaluate_results(
     sigmas: np.ndarray | Sequence[float] | None = None,
     evaluator: Evaluator = "auto",
 ) -> dict[str, float]:
-    """Score COCO keypoint results against a ground-truth file as the reference does (spec 7.6).
+    """Score COCO keypoint results against a ground-truth file as the reference does (§7.6).
 
     Args:
         results: dicts with ``image_id, category_id, keypoints`` (K*3), ``score`` and, as the

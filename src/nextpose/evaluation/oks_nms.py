@@ -1,4 +1,4 @@
-"""Instance rescoring and OKS-based non-maximum suppression (spec 7.3, 7.4).
+"""Instance rescoring and OKS-based non-maximum suppression (§7.3, 7.4).
 
 The reference ran these steps under NumPy 1.x, whose scalar promotion rules differ from NumPy 2:
 rescoring happened in float64 (each float32 keypoint score widened) and OKS-NMS in float32.
@@ -56,7 +56,7 @@ def oks_iou(
     other_areas: np.ndarray,
     sigmas: np.ndarray,
 ) -> np.ndarray:
-    """Object keypoint similarity of one pose against several, in float32 (spec 7.4 step 3).
+    """Object keypoint similarity of one pose against several, in float32 (§7.4 step 3).
 
     Args:
         keypoints: (K, 2) or (K, 3) pose; only x, y (image pixels) are used.
@@ -107,7 +107,7 @@ def _descending_order(scores: np.ndarray, tie_order: TieOrder = "stable") -> np.
     ``"stable"``: equal scores come out highest index first, the same on every machine; it is the
     order classic NumPy 1 gives for up to 16 instances per image. ``"numpy"``: NumPy's default
     (unstable) argsort, exactly the reference's call, whose tie order depends on the NumPy version
-    and the CPU's SIMD sort (AVX-512 vs AVX2, spec 7.4); use it to get the reference's numbers on
+    and the CPU's SIMD sort (AVX-512 vs AVX2, §7.4); use it to get the reference's numbers on
     the machine it ran on.
     """
     if tie_order == "stable":

@@ -1,4 +1,4 @@
-"""The training loss: keypoint-weighted mean squared error between heatmaps (spec 8.4)."""
+"""The training loss: keypoint-weighted mean squared error between heatmaps (§8.4)."""
 
 import torch
 from torch import nn
