@@ -17,6 +17,8 @@ import nextpose
 from nextpose.evaluation import MMPOSE_METRIC_NAMES, evaluate_predictions, predictions_from_arrays
 from nextpose.evaluation.evaluate import predict_instances
 
+pytestmark = pytest.mark.slow  # full-size resnext50: minutes on 2 cores
+
 RUNS = ["gt_flip", "gt_noflip", "det_flip", "det_noflip"]
 
 
