@@ -321,3 +321,233 @@ def test_sample_images_still_decode_identically():
     for path in COCO.glob("*.jpg"):
         expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
         np.testing.assert_array_equal(read_image(path), expected)
+
+
+# -- issue 13: huge images, bombs in every format, non-regular files -----------------------------
+
+import os  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nextpose import geometry  # noqa: E402
+from nextpose.geometry import crop, crop_region  # noqa: E402
+
+SRC = str(Path(nextpose.__file__).parents[1])
+
+
+def _wide_image(width=40000, height=1000):
+    """A 40000 x 1000 picture (OpenCV's warp takes sides below 32767), with structure to crop."""
+    rng = np.random.default_rng(1)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, -3000:] = rng.integers(0, 255, (height, 3000, 3), np.uint8)
+    return image
+
+
+def test_40000_pixel_wide_image_is_read_and_a_box_far_right_is_cropped(tmp_path):
+    path = tmp_path / "panorama.png"
+    path.write_bytes(encode(".png", _wide_image()[..., ::-1]))
+    image = read_image(path)
+    assert image.shape == (1000, 40000, 3)
+    center, scale = crop_region(np.array([[38500.5, 100.25, 38700.75, 500.5]]), (192, 256))
+    out = crop(image, center[0], scale[0], (192, 256), source=str(path))  # cv2.error before
+    assert out.shape == (256, 192, 3) and out.any()
+
+
+def test_huge_image_crops_equal_the_fixed_point_reference(monkeypatch):
+    """On a 33000-wide image the cut-and-shift crop equals the tensor reproduction of OpenCV's
+    fixed-point warp (which has no size limit), box by box."""
+    torch = pytest.importorskip("torch")
+    image = _wide_image(33000, 300)
+    boxes = np.array([[32000.3, 10.7, 32100.1, 250.2], [31000, 0, 31500.5, 299], [-5, 3, 40, 90]])
+    center, scale = crop_region(boxes, (48, 64))
+    fixed = geometry.warp_crops(
+        torch.from_numpy(image), torch.from_numpy(center), torch.from_numpy(scale), (48, 64)
+    )
+    for i in range(len(boxes)):
+        out = crop(image, center[i], scale[i], (48, 64))
+        np.testing.assert_array_equal(out, fixed[i].to(torch.uint8).numpy())
+
+
+def test_cut_and_shift_crop_is_bit_identical_to_opencv_on_normal_images(monkeypatch):
+    """The huge-image path, forced on a normal image (as if 150 pixels were OpenCV's limit),
+    gives warpAffine's pixels exactly for every box it accepts, rotated or not."""
+    monkeypatch.setattr(geometry, "_SHRT_MAX", 150)
+    image = read_image(IMAGES[0])
+    rng = np.random.default_rng(0)
+    compared = 0
+    for i in range(600):
+        x1, y1 = rng.uniform(-50, image.shape[1]), rng.uniform(-50, image.shape[0])
+        w, h = rng.uniform(1, 100, 2)
+        center, scale = crop_region(np.array([[x1, y1, x1 + w, y1 + h]]), (48, 64))
+        rotation = 0.0 if i % 2 else float(rng.uniform(-40, 40))
+        matrix = geometry.image_to_crop_matrix(center[0], scale[0], rotation, (48, 64))
+        expected = cv2.warpAffine(image, matrix, (48, 64), flags=cv2.INTER_LINEAR)
+        try:
+            out = geometry._warp_large(image, matrix, (48, 64), "x")
+        except ImageError:
+            continue
+        np.testing.assert_array_equal(out, expected)
+        compared += 1
+    assert compared > 400
+
+
+def test_a_crop_that_opencv_cannot_warp_is_an_image_error_naming_the_size():
+    image = _wide_image()
+    center, scale = crop_region(np.array([[0, 0, 40000, 1000]]), (192, 256))  # whole image
+    with pytest.raises(ImageError, match=r"pano\.png: the 40000 x 1000 image cannot be cropped"):
+        crop(image, center[0], scale[0], (192, 256), source="pano.png")
+
+
+def test_opencv_errors_in_the_warp_become_image_errors():
+    with pytest.raises(ImageError, match=r"the image: the 4 x 3 image cannot be cropped \(OpenCV"):
+        geometry.warp_to_crop(np.zeros((3, 4, 3), np.int64), np.eye(2, 3), (8, 8))
+
+
+def _bomb_headers(size=20000):
+    """Tiny files of formats nextpose has no header reader for, each declaring size x size."""
+    w = h = size
+    sun = struct.pack(">8I", 0x59A66A95, w, h, 24, 0, 1, 0, 0)
+    return {
+        "bomb.pam": f"P7\nWIDTH {w}\nHEIGHT {h}\nDEPTH 3\nMAXVAL 255\nENDHDR\n".encode(),
+        "bomb.pfm": f"PF\n{w} {h}\n-1.0\n".encode() + bytes(64),
+        "bomb.hdr": f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {h} +X {w}\n".encode() + bytes(64),
+        "bomb.ras": sun + bytes(64),
+    }
+
+
+def _gif_bomb(width=17000, height=17000):
+    """A valid small GIF whose logical screen (what OpenCV allocates) declares width x height."""
+    data = bytearray(encode(".gif", np.full((8, 8, 3), 90, np.uint8)))
+    data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+_GUARD_SCRIPT = """
+import sys, time, resource
+if sys.argv[1] == "cv2-first":
+    import cv2
+from nextpose.data import images
+out = []
+for path in sys.argv[2:]:
+    start = time.perf_counter()
+    try:
+        images.read_image(path)
+        out.append(f"READ {path}")
+    except images.ImageError as e:
+        out.append(f"{time.perf_counter() - start:.3f} {e}")
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(images._OPENCV_LIMIT_SOURCE, images.OPENCV_MAX_IMAGE_PIXELS, rss, sep="|")
+print("\\n".join(out))
+"""
+
+
+def _run_guard(mode, paths, **env):
+    result = subprocess.run(
+        [sys.executable, "-c", _GUARD_SCRIPT, mode, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    head, *lines = result.stdout.strip().splitlines()
+    return head.split("|"), lines
+
+
+def test_bombs_in_every_format_are_refused_by_opencvs_guard_before_decoding(tmp_path):
+    files = {"bomb.gif": _gif_bomb(), **_bomb_headers()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert len(data) < 1000
+    (source, guard, rss_mb), lines = _run_guard("nextpose-first", [tmp_path / n for n in files])
+    assert source == "nextpose" and int(guard) == images.DEFAULT_MAX_IMAGE_PIXELS
+    assert len(lines) == len(files)
+    for name, line in zip(files, lines, strict=True):
+        seconds, message = line.split(" ", 1)
+        assert float(seconds) < 2.0, line
+        assert f"{name}: the image " in message and "NEXTPOSE_MAX_IMAGE_PIXELS" in message, line
+        assert "more pixels than" in message or "more than" in message, line
+        assert f"limit of {2**28}" in message and "not decoded" in message, line
+    assert "17000 x 17000 pixels" in lines[0]  # the GIF's declared size is named
+    assert int(rss_mb) < 1500  # nothing was allocated for 17000^2 or 20000^2 pixels
+
+
+def test_the_guard_follows_nextpose_max_image_pixels(tmp_path):
+    (tmp_path / "small.pam").write_bytes(_bomb_headers(300)["bomb.pam"])
+    (_, guard, _), lines = _run_guard(
+        "nextpose-first", [tmp_path / "small.pam"], NEXTPOSE_MAX_IMAGE_PIXELS="50000"
+    )
+    assert int(guard) == 50000
+    assert "than the limit of 50000" in lines[0]
+
+
+def test_when_cv2_was_imported_first_the_header_check_still_refuses_a_gif_bomb(tmp_path):
+    (tmp_path / "bomb.gif").write_bytes(_gif_bomb())
+    (source, guard, rss_mb), lines = _run_guard("cv2-first", [tmp_path / "bomb.gif"])
+    assert source == "cv2 imported first" and int(guard) == 2**30  # OpenCV's default
+    assert "bomb.gif: the image is 17000 x 17000 pixels, more than the limit" in lines[0]
+    assert int(rss_mb) < 1500
+
+
+def test_an_invalid_opencv_limit_is_a_clear_error_not_an_abort():
+    result = subprocess.run(
+        [sys.executable, "-c", "import nextpose"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC, "OPENCV_IO_MAX_IMAGE_PIXELS": "lots"},
+    )
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS='lots': must be a whole number" in result.stderr
+    assert result.returncode == 1  # an exception, not SIGABRT from OpenCV
+
+
+def test_max_pixels_argument(tmp_path):
+    with pytest.raises(ImageError, match=r"640 x 425 pixels, more than the limit of 1000 "):
+        read_image(IMAGES[0], max_pixels=1000)
+    assert read_image(IMAGES[0], max_pixels=0).shape == (425, 640, 3)
+
+
+def _read_in_thread(path, timeout=5.0):
+    outcome = []
+
+    def target():
+        try:
+            outcome.append(read_image(path))
+        except Exception as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return thread, outcome
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_is_refused_at_once_never_read(tmp_path):
+    fifo = tmp_path / "frame.jpg"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    thread, outcome = _read_in_thread(fifo)
+    if thread.is_alive():  # today's code blocks in open(): release it, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("read_image blocked on a FIFO")
+    assert time.perf_counter() - start < 1.0
+    assert isinstance(outcome[0], ImageError)
+    assert str(outcome[0]) == (
+        f"{fifo}: is a named pipe (FIFO), not an image file; only regular files are read"
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null")
+def test_a_device_is_refused():
+    with pytest.raises(ImageError, match=r"/dev/null: is a character device, not an image file"):
+        read_image("/dev/null")
+
+
+def test_a_symlink_to_an_image_is_read(tmp_path):
+    (tmp_path / "link.jpg").symlink_to(IMAGES[0])
+    assert read_image(tmp_path / "link.jpg").shape == (425, 640, 3)

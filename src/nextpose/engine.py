@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import cv2
 import numpy as np
 import torch
 
@@ -35,6 +34,7 @@ from .config import Config
 from .data.images import as_rgb_image, read_image
 from .errors import ImageError, NextposeError, NumericsError
 from .geometry import crop, crop_region, crop_to_image, warp_crops
+from .opencv import cv2
 from .runtime import Network, RunOptions
 from .structures import Poses
 

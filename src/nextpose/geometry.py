@@ -5,14 +5,15 @@ pixel centres at integer coordinates. Arithmetic follows the reference bit for b
 the float32/float64 choices below are deliberate.
 """
 
+from fractions import Fraction
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
+from .errors import ImageError, InputError
+from .opencv import cv2
 
 WarpMethod = Literal["fixed", "grid_sample"]
 
@@ -78,9 +79,109 @@ def image_to_crop_matrix(
     return cv2.getAffineTransform(src, dst)
 
 
-def warp_to_crop(image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int]) -> np.ndarray:
-    """Bilinear crop of ``image`` (H, W, C) uint8 by image->crop ``matrix``; outside is black."""
-    return cv2.warpAffine(image, matrix, crop_size, flags=cv2.INTER_LINEAR)
+# OpenCV's warp (its remap) takes images of at most 32766 pixels a side (it keeps source
+# positions in 16-bit integers).
+_SHRT_MAX = 32767
+
+
+def warp_to_crop(
+    image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int], source: str = "the image"
+) -> np.ndarray:
+    """Bilinear crop of ``image`` (H, W, C) uint8 by image->crop ``matrix``; outside is black.
+
+    An image with a side of 32767 pixels or more, which OpenCV's warp refuses, is cropped from
+    the part of it the crop reads, with the matrix shifted to match, when that gives provably
+    the pixels OpenCV's arithmetic gives (see :func:`_warp_large`).
+
+    Raises:
+        ImageError: OpenCV fails, or a huge image cannot be cropped exactly; the message names
+            ``source``, the image size and the problem.
+    """
+    height, width = image.shape[:2]
+    try:
+        if width < _SHRT_MAX and height < _SHRT_MAX:
+            return cv2.warpAffine(image, matrix, crop_size, flags=cv2.INTER_LINEAR)
+        return _warp_large(image, matrix, crop_size, source)
+    except cv2.error as e:
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        problem = lines[-1] if lines else "cv2.error"
+        raise ImageError(
+            f"{source}: the {width} x {height} image cannot be cropped (OpenCV: {problem})"
+        ) from None
+
+
+def _row_terms_shift_exactly(
+    slope: float, offset: float, shifted: float, shift: int, rows: int
+) -> bool:
+    """Whether OpenCV's per-row fixed-point term round((slope * y + offset) * 1024), y < rows,
+    is exactly 1024 * shift smaller with ``shifted`` (the double passed for ``offset - shift``).
+
+    Checked row by row for both ways a compiler may evaluate ``slope * y + offset`` (rounding
+    the product, or a fused multiply-add rounding once, computed here from the exact rational
+    value): the terms must agree between the two, and shift exactly, so the result does not
+    depend on how OpenCV was built."""
+    y = np.arange(rows, dtype=np.float64)
+    plain = np.rint((slope * y + offset) * 1024)
+    moved = np.rint((slope * y + shifted) * 1024)
+    if not np.array_equal(moved, plain - 1024 * shift):
+        return False
+    a, b, b2 = Fraction(slope), Fraction(offset), Fraction(shifted)
+    fused = np.rint(np.array([float(a * k + b) for k in range(rows)]) * 1024)
+    fused_moved = np.rint(np.array([float(a * k + b2) for k in range(rows)]) * 1024)
+    return np.array_equal(fused, plain) and np.array_equal(fused_moved, moved)
+
+
+def _warp_large(
+    image: np.ndarray, matrix: np.ndarray, crop_size: tuple[int, int], source: str
+) -> np.ndarray:
+    """:func:`warp_to_crop` for an image with a side >= 32767 pixels.
+
+    OpenCV's warp maps each crop pixel (x, y) to the source position, in 1/32 pixels,
+    ``(round((M1 y + M2) 1024) + 16 + round(M0 x 1024)) >> 5`` (and likewise for rows, with
+    M3, M4, M5 of the inverted matrix) and interpolates the four pixels around it. Cutting the
+    image at column x0 / row y0 and subtracting x0 / y0 from the translation M2 / M5 moves
+    every position by exactly 32 x0 / 32 y0 when :func:`_row_terms_shift_exactly` holds (the
+    column terms do not involve the translation), so the cut, holding every pixel a position
+    reads, gives OpenCV's own pixels. The inverse is OpenCV's (``invertAffineTransform``, the
+    same arithmetic warpAffine uses), passed with ``WARP_INVERSE_MAP``. Only sides of 32767
+    pixels or more are cut.
+    """
+    height, width = image.shape[:2]
+    w_out, h_out = crop_size
+    inverse = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    cut: list[tuple[int, int]] = []
+    for axis, size in ((0, width), (1, height)):
+        col_slope, row_slope, offset = inverse[axis]
+        rows = np.arange(h_out, dtype=np.float64)
+        cols = np.arange(w_out, dtype=np.float64)
+        row_term = np.rint((row_slope * rows + offset) * 1024) + 16
+        col_term = np.rint(col_slope * cols * 1024)
+        lo = int(np.floor((row_term.min() + col_term.min()) / 1024))  # (.. >> 5) >> 5
+        hi = int(np.floor((row_term.max() + col_term.max()) / 1024)) + 1  # and the next pixel
+        lo, hi = max(lo, 0), min(hi, size - 1)
+        if lo > hi:  # the crop lies entirely outside the image: black, as OpenCV makes it
+            return np.zeros((h_out, w_out, *image.shape[2:]), dtype=image.dtype)
+        if size < _SHRT_MAX:
+            lo, hi = 0, size - 1
+        elif hi - lo + 1 >= _SHRT_MAX:
+            raise ImageError(
+                f"{source}: the {width} x {height} image cannot be cropped: the crop reads "
+                f"{hi - lo + 1} pixels along its {'width' if axis == 0 else 'height'}, more than "
+                f"OpenCV's warp takes ({_SHRT_MAX - 1}); use a smaller box or a smaller image"
+            )
+        if not _row_terms_shift_exactly(row_slope, offset, offset - lo, lo, h_out):
+            raise ImageError(
+                f"{source}: the {width} x {height} image cannot be cropped exactly (a side of "
+                f"{_SHRT_MAX} pixels or more, and the crop position falls on a rounding tie); "
+                "resize the image"
+            )
+        cut.append((lo, hi))
+    (x0, x1), (y0, y1) = cut
+    inverse[0, 2] -= x0
+    inverse[1, 2] -= y0
+    part = image[y0 : y1 + 1, x0 : x1 + 1]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(part, inverse, crop_size, flags=flags)
 
 
 def crop_region(
@@ -97,9 +198,15 @@ def crop(
     scale: np.ndarray,
     crop_size: tuple[int, int],
     rotation: float = 0.0,
+    source: str = "the image",
 ) -> np.ndarray:
-    """The (h, w, C) crop of ``image`` showing region (center, scale), rotated by ``rotation``°."""
-    return warp_to_crop(image, image_to_crop_matrix(center, scale, rotation, crop_size), crop_size)
+    """The (h, w, C) crop of ``image`` showing region (center, scale), rotated by ``rotation``°.
+
+    Raises:
+        ImageError: the image cannot be cropped (see :func:`warp_to_crop`), naming ``source``.
+    """
+    matrix = image_to_crop_matrix(center, scale, rotation, crop_size)
+    return warp_to_crop(image, matrix, crop_size, source)
 
 
 def crop_to_image(

@@ -1,6 +1,7 @@
 """Where images come from: files, folders (recursive), arrays, video files and cameras, opened
 as a :class:`Stream` of entries in order."""
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from .data.images import VideoReader, as_rgb_image, is_video_file, list_images, read_image
+from .data.images import (
+    VideoReader,
+    as_rgb_image,
+    expand_inputs,
+    is_stream_url,
+    is_video_file,
+    list_images,
+    read_image,
+)
 from .errors import InputError
 
 ImageLike = str | Path | np.ndarray
@@ -86,14 +95,20 @@ def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream
 
 def _video_stream(source: str | Path | int, max_frames: int | None) -> Stream:
     reader = VideoReader(source, max_frames)
-    name = f"camera{source}" if reader.is_camera else Path(source).name
-    path = None if reader.is_camera else Path(source)
+    if reader.is_camera:
+        name, path = f"camera{source}", None
+    elif is_stream_url(source):  # a name for outputs: the URL's last part, made file-safe
+        tail = str(source).rstrip("/").rsplit("/", 1)[-1] or "stream"
+        name, path = re.sub(r"[^A-Za-z0-9._-]+", "_", tail).strip("._") or "stream", None
+    else:
+        name, path = Path(source).name, Path(source)
 
     def items() -> Iterator[tuple[Entry, np.ndarray]]:
         for number, stamp, image in reader:
             yield Entry(number, name, number, (str(number),), path, number, stamp), image
 
-    return Stream(items(), reader.frame_count, name, reader.fps, reader.is_camera, reader)
+    live = reader.is_camera or reader.is_live
+    return Stream(items(), reader.frame_count, name, reader.fps, live, reader)
 
 
 def open_stream(source: Source, max_frames: int | None = None) -> Stream:
@@ -102,6 +117,8 @@ def open_stream(source: Source, max_frames: int | None = None) -> Stream:
         return _video_stream(source, max_frames)
     if isinstance(source, str | Path):
         text = str(source)
+        if isinstance(source, str) and is_stream_url(source):
+            return _video_stream(source, max_frames)
         if text.isdigit() and not Path(text).exists():
             return _video_stream(int(text), max_frames)
         if is_video_file(text):
@@ -115,17 +132,21 @@ def open_stream(source: Source, max_frames: int | None = None) -> Stream:
 
 
 def input_groups(inputs: Sequence[str]) -> list[tuple[str, Any]]:
-    """Command-line inputs as sources: consecutive images and folders form one stream
-    (``("images", [...])``); each video (``("video", path)``) or camera (``("camera", 0)``) is
-    its own."""
+    """Command-line inputs as sources, glob patterns expanded: consecutive images and folders
+    form one stream (``("images", [...])``); each video file or stream URL (``("video", x)``)
+    and each camera (``("camera", 0)``) is its own.
+
+    Raises:
+        InputError: a glob pattern matches nothing.
+    """
     groups: list[tuple[str, Any]] = []
-    for text in inputs:
-        if text.isdigit() and not Path(text).exists():
-            groups.append(("camera", int(text)))
-        elif is_video_file(text):
-            groups.append(("video", text))
+    for found in expand_inputs(inputs):
+        if found.kind == "camera":
+            groups.append(("camera", found.value))
+        elif found.kind in ("video", "stream"):
+            groups.append(("video", str(found.value)))
         elif groups and groups[-1][0] == "images":
-            groups[-1][1].append(text)
+            groups[-1][1].append(str(found.value))
         else:
-            groups.append(("images", [text]))
+            groups.append(("images", [str(found.value)]))
     return groups

@@ -2,10 +2,10 @@
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from .keypoints import COCO_KEYPOINTS, KeypointSet
+from .opencv import cv2
 
 _LEFT, _RIGHT, _CENTRE = (0, 200, 0), (255, 128, 0), (51, 153, 255)  # RGB
 _DARK = (20, 20, 20)

@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-import cv2
 import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, is_video_file
 from .errors import OutputError
 from .fileio import AtomicFile
+from .opencv import cv2
 from .structures import Frame
 
 

@@ -12,12 +12,12 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..config import AugmentConfig, Config
 from ..geometry import fix_aspect_ratio, image_to_crop_matrix
 from ..keypoints import KeypointSet
+from ..opencv import cv2
 
 
 @dataclass
