@@ -204,7 +204,7 @@ def test_predict_accepts_gray_and_rgba_arrays_and_refuses_others(estimator):
     rgba = np.full((50, 40, 4), 128, np.uint8)
     a, b = estimator.predict(gray), estimator.predict(rgba)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
-    with pytest.raises(ValueError, match="uint8 RGB array"):
+    with pytest.raises(ValueError, match="expected a NumPy uint8 array"):
         estimator.predict(gray.astype(np.float32))
     with pytest.raises(ValueError, match=r"got shape \(50, 40, 2\)"):
         estimator.predict(np.zeros((50, 40, 2), np.uint8))
@@ -494,7 +494,7 @@ def test_when_cv2_was_imported_first_the_header_check_still_refuses_a_gif_bomb(t
 
 def test_an_invalid_opencv_limit_is_a_clear_error_not_an_abort():
     result = subprocess.run(
-        [sys.executable, "-c", "import nextpose"],
+        [sys.executable, "-c", "import nextpose.data.images"],
         capture_output=True,
         text=True,
         timeout=120,
