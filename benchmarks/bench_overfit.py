@@ -24,27 +24,20 @@ from pathlib import Path
 import torch
 
 from nextpose import get_preset
-from nextpose.training import Dataset, Trainer
+from nextpose.training import (
+    Dataset,
+    RunFolder,
+    TrainState,
+    build_learner,
+    build_loader,
+    build_model,
+    load_instances,
+    train_one_epoch,
+    validate,
+)
 
 COCO = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco-mini"
 NO_AUGMENT = [f"data.augment.{p}_prob=0" for p in ("flip", "half_body", "shift", "scale", "rotate")]
-
-
-class TargetReached(Exception):
-    """Raised from validation to end the run at the first AP >= target."""
-
-
-class OverfitTrainer(Trainer):
-    """A :class:`Trainer` that stops once validation AP reaches ``target``."""
-
-    target = 0.9
-
-    def validate(self) -> dict[str, float]:
-        metrics = super().validate()
-        print(f"iteration {self.iteration}: AP {metrics['AP']:.3f}", flush=True)
-        if metrics["AP"] >= self.target:
-            raise TargetReached
-        return metrics
 
 
 def main() -> None:
@@ -76,22 +69,31 @@ def main() -> None:
         [f"{k}={json.dumps(v)}" for k, v in settings.items()] + NO_AUGMENT
     )
     out = Path(args.out or tempfile.mkdtemp(prefix="nextpose-overfit-"))
-    OverfitTrainer.target = args.target
-    trainer = OverfitTrainer(config, data, out, data, args.pretrained, device=args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # The training loop of nextpose.training.train, made of its parts, with an early stop.
+    instances = load_instances(data, config, "training")
+    model, _ = build_model(config, device, args.pretrained)
+    learner = build_learner(model, config.train, device)
+    loader = build_loader(instances, data, config, device)
+    state, reached = TrainState(), False
     start = time.perf_counter()
-    reached = True
-    try:
-        trainer.fit()
-        reached = False
-    except TargetReached:
-        pass
+    with RunFolder(out) as run:
+        run.check(resume=False)
+        run.start(config.to_toml(), {"benchmark": "bench_overfit", "device": str(device)}, 0)
+        while state.epoch < config.train.epochs and not reached:
+            train_one_epoch(learner, loader, state, config.train.epochs, run)
+            state.epoch += 1
+            if state.epoch % args.eval_every == 0:
+                metrics = validate(learner, config, instances, data)
+                run.log({"epoch": state.epoch, "iteration": state.iteration, "val": metrics})
+                print(f"iteration {state.iteration}: AP {metrics['AP']:.3f}", flush=True)
+                reached = metrics["AP"] >= args.target
     seconds = time.perf_counter() - start
-    device = trainer.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     verdict = "reached" if reached else "did NOT reach"
     print(
         f"{args.model} on {device} ({name or platform.machine()}), {args.pretrained} init, "
-        f"amp {args.amp}: {verdict} AP {args.target} after {trainer.iteration} iterations "
+        f"amp {args.amp}: {verdict} AP {args.target} after {state.iteration} iterations "
         f"(batch 12), {seconds:.0f} s; run folder {out}"
     )
 

@@ -1,9 +1,9 @@
-"""Training throughput: images/s of the Trainer's optimisation step, fp32 against AMP, in one run.
+"""Training throughput: images/s of the training step, fp32 against AMP, in one run.
 
-Times ``Trainer.train_step`` (normalise, forward, KeypointMSELoss, backward, Adam step; the
-same code ``nextpose train`` runs) on fixed batches already in memory, so the figure is the
-network's side only; the input pipeline has its own benchmark (``bench_train_data.py``).
-Each precision gets its own Trainer (same seed); repetitions are taken round robin over the
+Times ``Learner.step`` (normalise, forward, KeypointMSELoss, backward, Adam step; the same code
+``nextpose train`` runs) on fixed batches already in memory, so the figure is the network's
+side only; the input pipeline has its own benchmark (``bench_train_data.py``). Each precision
+gets its own model and learner (same seed); repetitions are taken round robin over the
 precisions and the median is reported with the ratio to fp32.
 
 Usage::
@@ -17,17 +17,13 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from nextpose import get_preset
 from nextpose.optimize import cpu_supports_bf16
-from nextpose.training import Dataset, Trainer
-
-COCO = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco-mini"
+from nextpose.training import Learner, build_learner, build_model
 
 
 def sync(device: torch.device) -> None:
@@ -62,8 +58,7 @@ def main() -> None:
     if device.type == "cuda":
         images, targets, weights = images.pin_memory(), targets.pin_memory(), weights.pin_memory()
 
-    data = Dataset(COCO / "test_coco.json", COCO)
-    trainers: dict[str, Trainer] = {}
+    trainers: dict[str, Learner] = {}
     for amp in precisions:
         settings = {
             "train.amp": amp,
@@ -72,20 +67,20 @@ def main() -> None:
             "train.channels_last": not args.no_channels_last,
         }
         run = config.override([f"{key}={json.dumps(v)}" for key, v in settings.items()])
-        out = tempfile.mkdtemp(prefix="nextpose-train-speed-")
-        trainers[amp] = Trainer(run, data, out, None, "none", device=args.device, progress=False)
-        trainers[amp].network.train()
+        model, _ = build_model(run, device)
+        trainers[amp] = build_learner(model, run.train, device)
+        trainers[amp].train_mode()
 
-    def steps(trainer: Trainer) -> float:
+    def steps(trainer: Learner) -> float:
         sync(device)
         start = time.perf_counter()
         for _ in range(args.steps):
-            trainer.train_step(images, targets, weights)
+            trainer.step(images, targets, weights)
         sync(device)
         return time.perf_counter() - start
 
     for trainer in trainers.values():  # warm-up: cuDNN autotuning, compilation, allocator
-        trainer.train_step(images, targets, weights)
+        trainer.step(images, targets, weights)
         steps(trainer)
     times: dict[str, list[float]] = {amp: [] for amp in trainers}
     for _ in range(args.reps):

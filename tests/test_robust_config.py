@@ -105,16 +105,33 @@ def test_wrong_type_in_a_toml_file_names_file_and_key(tmp_path):
     [
         ("train.batch_size=0", r"train\.batch_size=0 must be >= 1"),
         ("inference.batch_size=0", r"unknown config key .inference\.batch_size."),
-        ("train.lr=-0.001", r"train\.lr=-0\.001 must be > 0"),
-        ("train.lr=0", r"train\.lr=0\.0 must be > 0"),
-        ("train.lr=nan", r"train\.lr=nan must be > 0"),
-        ("train.lr=inf", r"train\.lr=inf must be > 0"),
+        ("train.lr=-0.001", r"train\.lr=-0\.001 must be a finite number in \(0, 1000\]"),
+        ("train.lr=0", r"train\.lr=0\.0 must be a finite number in \(0, 1000\]"),
+        ("train.lr=nan", r"train\.lr=nan must be a finite number in \(0, 1000\]"),
+        ("train.lr=inf", r"train\.lr=inf must be a finite number"),
+        ("train.lr=1e300", r"train\.lr=1e\+300 must be a finite number"),
+        ("train.gamma=nan", r"train\.gamma=nan must be a finite number in \(0, 1\]"),
+        ("train.gamma=-0.1", r"train\.gamma=-0\.1 must be a finite number in \(0, 1\]"),
+        ("train.warmup_ratio=nan", r"train\.warmup_ratio=nan must be a finite number"),
+        ("train.warmup_iters=-1", r"train\.warmup_iters=-1 must be >= 0"),
+        ("train.milestones=[-1, 3]", r"train\.milestones\[0\]=-1 must be >= 0"),
+        ("data.augment.rotate_factor=nan", r"augment\.rotate_factor=nan must be a finite number"),
+        ("data.augment.shift_factor=inf", r"augment\.shift_factor=inf must be a finite number"),
+        ("data.augment.scale_factor=[nan, 1.5]", r"scale_factor\[0\]=nan must be a finite"),
+        ("data.augment.half_body_padding=-1", r"half_body_padding=-1\.0 must be a finite"),
+        ("data.augment.half_body_min_keypoints=-2", r"half_body_min_keypoints=-2 must be >= 0"),
+        ("data.augment.flip_prob=nan", r"flip_prob=nan must be a finite number in \[0, 1\]"),
+        ("data.padding=nan", r"data\.padding=nan must be a finite number"),
+        ("data.seed=-1", r"data\.seed=-1 must be in \[0, "),
+        ("inference.padding=inf", r"inference\.padding=inf must be a finite number"),
+        ("codec.sigma=nan", r"codec\.sigma=nan must be a finite number > 0"),
         ("train.epochs=0", r"train\.epochs=0 must be >= 1"),
-        ("data.workers=-1", r"data\.workers=-1 must be >= 0"),
-        ("data.augment.flip_prob=1.5", r"flip_prob=1\.5 must be in \[0, 1\]"),
-        ("codec.sigma=0", r"codec\.sigma=0\.0 must be a positive number"),
+        ("data.workers=-1", r"data\.workers=-1 must be in \[0, 1024\]"),
+        ("data.augment.flip_prob=1.5", r"flip_prob=1\.5 must be a finite number in \[0, 1\]"),
+        ("codec.sigma=0", r"codec\.sigma=0\.0 must be a finite number > 0"),
         ("model.input_size=[190, 256]", "multiples of 32 .the trunk downsamples by 32"),
         ("model.input_size=[0, 96]", "positive multiples of 32"),
+        ("model.input_size=[32000, 96]", "positive multiples of 32"),
         ("model.num_deconv=6", r"model\.num_deconv=6: at most 5"),
         ("train.milestones=[200, 170]", "must be increasing"),
         ("train.amp='fp8'", "must be 'none', 'bf16' or 'fp16'"),
@@ -291,3 +308,45 @@ def test_python_api_rejects_bad_values_too():
         ModelConfig(input_size=(100, 70))
     with pytest.raises(ConfigError, match=r"config: expected a table"):
         Config.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_python_api_checks_numbers_finite_first():
+    with pytest.raises(ConfigError, match=r"train\.gamma=nan must be a finite number"):
+        nextpose.config.TrainConfig(gamma=float("nan"))
+    with pytest.raises(ConfigError, match=r"train\.epochs=2\.5 must be an integer >= 1"):
+        nextpose.config.TrainConfig(epochs=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"augment\.rotate_factor='80' must be a finite number"):
+        nextpose.config.AugmentConfig(rotate_factor="80")  # type: ignore[arg-type]
+
+
+# -- deeply nested values ------------------------------------------------------------------------
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("key", ["train.milestones", "model.input_size", "train.lr"])
+def test_deeply_nested_set_value(key, no_work, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=rf"--set {key}=\.\.\.: values nested too deeply"):
+        TINY.override([f"{key}={DEEP}"])
+    assert _train(tmp_path, "--set", f"{key}={DEEP}") == 2
+    err = capsys.readouterr().err
+    assert "error: --set" in err and "nested too deeply" in err and len(err) < 300
+
+
+def test_deeply_nested_toml_file(tmp_path, capsys):
+    path = tmp_path / "deep.toml"
+    path.write_text(f"[train]\nmilestones = {DEEP}\n")
+    with pytest.raises(ConfigError, match=r"deep\.toml: values nested too deeply"):
+        Config.from_toml(path)
+    path.write_text("[train]\nmilestones = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.toml: values nested too deeply"):
+        Config.from_toml(path)
+    assert main(["config", str(path)]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_moderately_nested_values_get_a_short_message():
+    value = "[" * 200 + "]" * 200
+    with pytest.raises(ConfigError) as err:
+        TINY.override([f"train.milestones={value}"])
+    assert "train.milestones: expected int, got [[[[...]]]]" in str(err.value)

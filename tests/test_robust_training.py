@@ -4,6 +4,7 @@ points is tested in test_kill_resume.py."""
 
 import errno
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from nextpose import checkpoint, get_preset
 from nextpose.checkpoint import CheckpointError
 from nextpose.cli import main
 from nextpose.data.coco import AnnotationError
-from nextpose.training import Dataset, Trainer, TrainingError, train
+from nextpose.training import Dataset, TrainingError, loop, train
 from nextpose.training import loss as loss_module
 
 SETTINGS = {"epochs": 2, "batch_size": 4, "warmup_iters": 2, "milestones": [], "log_interval": 1,
@@ -67,7 +68,7 @@ def test_missing_training_image_is_found_before_training_starts(small, tmp_path,
     (small.image_dir / IMAGES[1].name).unlink()
     with pytest.raises(TrainingError) as err:
         # "imagenet" would download trunk weights: the data check must come first.
-        Trainer(_config(), small, tmp_path / "run", pretrained="imagenet", progress=False)
+        train(_config(), small, tmp_path / "run", pretrained="imagenet", progress=False)
     message = str(err.value)
     assert f"1 of the 2 training images named in {small.ann_file} are not in" in message
     assert IMAGES[1].name in message
@@ -77,21 +78,21 @@ def test_missing_training_image_is_found_before_training_starts(small, tmp_path,
 def test_missing_image_folder(small, tmp_path, no_download):
     bad = Dataset(small.ann_file, tmp_path / "nowhere")
     with pytest.raises(TrainingError, match=r"nowhere: no such training image folder"):
-        Trainer(_config(), bad, tmp_path / "run", pretrained="imagenet", progress=False)
+        train(_config(), bad, tmp_path / "run", pretrained="imagenet", progress=False)
 
 
 def test_missing_validation_image_is_found_before_training_starts(small, tmp_path, no_download):
     val = Dataset(ANN_FILE, small.image_dir)  # holds 2 of the 4 images it names
     with pytest.raises(TrainingError, match=r"2 of the 4 validation images named in .* are not"):
-        Trainer(_config(), small, tmp_path / "run", val, pretrained="imagenet", progress=False)
+        train(_config(), small, tmp_path / "run", val, pretrained="imagenet", progress=False)
 
 
 def test_malformed_validation_file_is_found_before_training_starts(small, tmp_path, no_download):
     bad = tmp_path / "val.json"
     bad.write_text(ANN_FILE.read_text()[:500])
     with pytest.raises(AnnotationError, match=r"val\.json: not valid JSON"):
-        Trainer(_config(), small, tmp_path / "run", Dataset(bad, COCO), "imagenet",
-                progress=False)  # fmt: skip
+        train(_config(), small, tmp_path / "run", Dataset(bad, COCO), "imagenet",
+              progress=False)  # fmt: skip
 
 
 def test_cli_names_the_missing_image(small, tmp_path, capsys):
@@ -104,20 +105,23 @@ def test_cli_names_the_missing_image(small, tmp_path, capsys):
     assert IMAGES[0].name in err
 
 
-def test_unreadable_training_image_is_skipped_and_counted(small, tmp_path, capsys):
+def test_unreadable_training_image_is_skipped_and_counted(small, tmp_path, caplog):
     (small.image_dir / IMAGES[1].name).write_bytes(truncated(IMAGES[1], 0.5))  # 2 persons
+    caplog.set_level(logging.WARNING, "nextpose")
     summary = train(_config(), small, tmp_path / "run", pretrained="none", progress=False)
     assert summary["epochs"] == 2 and summary["skipped_samples"] == 4  # 2 persons x 2 epochs
-    err = capsys.readouterr().err
-    assert err.count(f"warning: skipped {small.image_dir / IMAGES[1].name}: not a readable") == 1
-    assert "warning: epoch 1: 2 samples had unreadable images and were skipped" in err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    bad = f"skipped {small.image_dir / IMAGES[1].name}: not a readable"
+    assert sum(w.startswith(bad) for w in warned) == 1
+    assert "epoch 1: 2 samples had unreadable images and were skipped" in warned
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
     assert [r["skipped_samples"] for r in records if "skipped_samples" in r] == [2, 2]
     assert all(torch.isfinite(torch.tensor(_losses(tmp_path / "run"))))
 
 
-def test_unreadable_validation_image_is_skipped(small, tmp_path, capsys):
+def test_unreadable_validation_image_is_skipped(small, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "nextpose")
     val_folder = tmp_path / "val"
     for i in SMALL_IMAGES:
         image_copy(val_folder, i)
@@ -125,14 +129,22 @@ def test_unreadable_validation_image_is_skipped(small, tmp_path, capsys):
     val = Dataset(small.ann_file, val_folder)
     summary = train(_config(epochs=1), small, tmp_path / "run", val, "none", progress=False)
     assert summary["epochs"] == 1
-    assert f"skipped {val_folder / IMAGES[0].name}" in capsys.readouterr().err
+    assert f"skipped {val_folder / IMAGES[0].name}" in caplog.text
 
 
 # -- saving --------------------------------------------------------------------------------------
 
 
-def _disk_full_on_save(monkeypatch, when: int) -> None:
-    """torch.save writes part of the file, then fails with ENOSPC, from save number ``when``."""
+# A full disk as Python's file write reports it, and as torch's zip writer does (RuntimeError).
+NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
+ZIP_WRITER_FAILED = RuntimeError(
+    "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+    "data/3: file write failed"
+)
+
+
+def _disk_full_on_save(monkeypatch, when: int, error: Exception = NO_SPACE) -> None:
+    """torch.save writes part of the file, then fails with ``error``, from save number ``when``."""
     real_save, calls = torch.save, []
 
     def save(obj, f, *args, **kwargs):
@@ -140,21 +152,26 @@ def _disk_full_on_save(monkeypatch, when: int) -> None:
         if len(calls) < when:
             return real_save(obj, f, *args, **kwargs)
         f.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
 
 
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [(NO_SPACE, "No space left on device"), (ZIP_WRITER_FAILED, "file write failed")],
+    ids=["OSError", "zip-writer-RuntimeError"],
+)
 def test_disk_full_while_saving_is_reported_and_the_last_checkpoint_kept(
-    small, tmp_path, monkeypatch
+    small, tmp_path, monkeypatch, error, reason
 ):
     run = tmp_path / "run"
-    _disk_full_on_save(monkeypatch, when=2)  # the save after epoch 2
+    _disk_full_on_save(monkeypatch, when=2, error=error)  # the save after epoch 2
     with pytest.raises(TrainingError) as err:
         train(_config(), small, run, pretrained="none", progress=False)
     message = str(err.value)
     assert f"could not write {run / 'last.pth'} at the end of epoch 2" in message
-    assert "No space left on device" in message and "the previous last.pth is intact" in message
+    assert reason in message and "the previous last.pth is intact" in message
     assert "--resume" in message
     monkeypatch.undo()
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
@@ -178,7 +195,8 @@ def test_a_finished_run_is_never_overwritten(small, tmp_path):
     run = tmp_path / "run"
     train(_config(epochs=1), small, run, pretrained="none", progress=False)
     before = (run / "last.pth").read_bytes()
-    with pytest.raises(TrainingError, match=r"last\.pth exists: continue that run with --resume"):
+    held = r"already holds a training run \(last\.pth, metrics\.jsonl\).*continue that run with"
+    with pytest.raises(TrainingError, match=held + " --resume"):
         train(_config(epochs=1), small, run, pretrained="none", progress=False)
     assert (run / "last.pth").read_bytes() == before
 
@@ -196,14 +214,14 @@ def test_resume_from_a_damaged_checkpoint_names_it(small, tmp_path):
 
 def test_resume_cleans_what_a_killed_run_left(small, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = Trainer._train_epoch
+    original = loop.train_one_epoch
 
-    def stopped_in_epoch_2(self):
-        if self.epoch == 1:
+    def stopped_in_epoch_2(learner, loader, state, *args, **kwargs):
+        if state.epoch == 1:
             raise KeyboardInterrupt
-        original(self)
+        original(learner, loader, state, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", stopped_in_epoch_2)
+    monkeypatch.setattr(loop, "train_one_epoch", stopped_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(_config(), small, run, pretrained="none", progress=False)
     monkeypatch.undo()

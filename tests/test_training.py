@@ -12,7 +12,7 @@ from conftest import ANN_FILE, COCO
 
 import nextpose
 from nextpose import get_preset
-from nextpose.training import Dataset, Trainer, TrainingError, train
+from nextpose.training import Dataset, Trainer, TrainingError, loop, train
 
 DATA = Dataset(ANN_FILE, COCO)
 
@@ -59,14 +59,14 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, monkeypatch
     config = _config()
     train(config, DATA, tmp_path / "unbroken", pretrained="none", progress=False)
 
-    original = Trainer._train_epoch
+    original = loop.train_one_epoch
 
-    def interrupted(self):
-        if self.epoch == 2:
+    def interrupted(learner, loader, state, *args, **kwargs):
+        if state.epoch == 2:
             raise KeyboardInterrupt  # killed during the third epoch
-        original(self)
+        original(learner, loader, state, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(config, DATA, tmp_path / "broken", pretrained="none", progress=False)
     monkeypatch.undo()
@@ -94,13 +94,13 @@ def test_bf16_autocast_and_channels_last_train_to_a_loadable_checkpoint(tmp_path
 def test_fp16_and_sync_bn_need_cuda(tmp_path):
     for key in ('amp="fp16"', "sync_bn=true"):
         with pytest.raises(TrainingError, match="CUDA"):
-            Trainer(_config().override([f"train.{key}"]), DATA, tmp_path, pretrained="none",
-                    device="cpu", progress=False)  # fmt: skip
+            train(_config().override([f"train.{key}"]), DATA, tmp_path, pretrained="none",
+                  device="cpu", progress=False)  # fmt: skip
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(TrainingError, match=r"last\.pth does not exist"):
-        Trainer(_config(), DATA, tmp_path, pretrained="none", resume=True, progress=False)
+        train(_config(), DATA, tmp_path, pretrained="none", resume=True, progress=False)
 
 
 def test_non_finite_loss_stops_with_the_iteration(tmp_path, monkeypatch):
@@ -146,3 +146,9 @@ def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
     assert len(one) == len(two) == 6
     assert one == pytest.approx(two, rel=1e-4)
     assert json.loads((double / "run.json").read_text())["world_size"] == 2
+
+
+def test_the_deprecated_trainer_still_trains(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"call nextpose\.training\.train"):
+        trainer = Trainer(_config(epochs=1), DATA, tmp_path, pretrained="none", progress=False)
+    assert trainer.fit()["epochs"] == 1 and (tmp_path / "last.pth").is_file()

@@ -4,6 +4,7 @@ import dataclasses
 import difflib
 import json
 import math
+import reprlib
 import tomllib
 import types
 import typing
@@ -20,6 +21,50 @@ RESNEXT_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+
+
+_TOO_DEEP = "values nested too deeply (a config holds tables and lists a few levels deep)"
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a user's value, cut short: a 5,000-deep list must not break a message."""
+    return _SHORT.repr(value)
+
+
+def _interval(low: float, high: float | None, low_open: bool) -> str:
+    def text(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    if high is None:
+        return f"{'>' if low_open else '>='} {text(low)}"
+    return f"in {'(' if low_open else '['}{text(low)}, {text(high)}]"
+
+
+def _check_number(
+    key: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    integer: bool = False,
+) -> None:
+    """Refuse ``value`` unless it is a number (an int where ``integer``), finite, and in
+    ``[low, high]`` (``(low, high]`` where ``low_open``); the message names ``key``."""
+    interval = _interval(low, high, low_open)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{key}={_short(value)} must be {kind} {interval}")
+    if not integer and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} must be a finite number {interval}")
+    too_low = value <= low if low_open else value < low
+    if too_low or (high is not None and value > high):
+        kind = "" if integer else "a finite number "
+        raise ConfigError(f"{key}={value} must be {kind}{interval}")
 
 
 @dataclass(frozen=True)
@@ -38,24 +83,26 @@ class ModelConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in self.input_size):
+            raise ConfigError(f"model.input_size={_short(self.input_size)} must be 2 integers")
         w, h = self.input_size
-        if w <= 0 or h <= 0 or w % 32 or h % 32:
+        if not 0 < w <= 16384 or not 0 < h <= 16384 or w % 32 or h % 32:
             raise ConfigError(
                 f"model.input_size={self.input_size}: width and height must be positive "
-                "multiples of 32 (the trunk downsamples by 32)"
+                "multiples of 32 (the trunk downsamples by 32), at most 16384"
             )
-        if any(b < 1 for b in self.blocks) or len(self.blocks) != 4:
-            raise ConfigError(f"model.blocks={self.blocks}: need 4 stages of at least 1 block")
-        for name in ("groups", "width_per_group", "deconv_channels", "num_deconv", "num_keypoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if not all(0 < s < math.inf for s in self.pixel_std) or not all(
-            math.isfinite(m) for m in self.pixel_mean
+        if len(self.blocks) != 4 or any(
+            isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 1000 for b in self.blocks
         ):
             raise ConfigError(
-                f"model.pixel_mean={self.pixel_mean}, model.pixel_std={self.pixel_std}: the mean "
-                "must be finite and the std finite and > 0"
+                f"model.blocks={_short(self.blocks)}: need 4 stages of 1 to 1000 blocks"
             )
+        for name in ("groups", "width_per_group", "deconv_channels", "num_deconv", "num_keypoints"):
+            _check_number(f"model.{name}", getattr(self, name), 1, 1 << 16, integer=True)
+        for name in ("pixel_mean", "pixel_std"):
+            for i, value in enumerate(getattr(self, name)):
+                low = 0 if name == "pixel_std" else -1e6
+                _check_number(f"model.{name}[{i}]", value, low, 1e6, low_open=name == "pixel_std")
         if self.num_deconv > 5:
             raise ConfigError(
                 f"model.num_deconv={self.num_deconv}: at most 5 (each doubles the resolution; "
@@ -81,8 +128,7 @@ class CodecConfig:
     sigma: float = 2.0  # Gaussian std of training targets, heatmap pixels (3 at 384x288)
 
     def __post_init__(self) -> None:
-        if not 0 < self.sigma < math.inf:
-            raise ConfigError(f"codec.sigma={self.sigma} must be a positive number")
+        _check_number("codec.sigma", self.sigma, 0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -94,8 +140,7 @@ class InferenceConfig:
     padding: float = 1.25  # box -> crop enlargement
 
     def __post_init__(self) -> None:
-        if not 0 < self.padding < math.inf:
-            raise ConfigError(f"inference.padding={self.padding} must be > 0")
+        _check_number("inference.padding", self.padding, 0, 100, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -119,8 +164,15 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("flip_prob", "half_body_prob", "half_body_upper_prob", "shift_prob",
                      "scale_prob", "rotate_prob"):  # fmt: skip
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be in [0, 1]")
+            _check_number(f"data.augment.{name}", getattr(self, name), 0, 1)
+        for name in ("half_body_min_keypoints", "half_body_min_upper", "half_body_min_lower"):
+            _check_number(f"data.augment.{name}", getattr(self, name), 0, integer=True)
+        _check_number("data.augment.half_body_padding", self.half_body_padding, 0, 100,
+                      low_open=True)  # fmt: skip
+        _check_number("data.augment.shift_factor", self.shift_factor, 0, 10)
+        _check_number("data.augment.rotate_factor", self.rotate_factor, 0, 360)
+        for i, factor in enumerate(self.scale_factor):
+            _check_number(f"data.augment.scale_factor[{i}]", factor, 0, 100, low_open=True)
         lo, hi = self.scale_factor
         if not 0 < lo <= hi:
             raise ConfigError(f"data.augment.scale_factor={self.scale_factor}: need 0 < lo <= hi")
@@ -136,10 +188,10 @@ class DataConfig:
     workers: int = 2  # data loading processes per device
 
     def __post_init__(self) -> None:
-        if self.workers < 0:
-            raise ConfigError(f"data.workers={self.workers} must be >= 0")
-        if self.padding <= 0:
-            raise ConfigError(f"data.padding={self.padding} must be > 0")
+        _check_number("data.workers", self.workers, 0, 1024, integer=True)
+        _check_number("data.padding", self.padding, 0, 100, low_open=True)
+        # numpy's generators take seeds >= 0; torch.manual_seed takes up to 2**64 - 1
+        _check_number("data.seed", self.seed, 0, 2**63 - 1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -165,14 +217,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "base_batch_size", "val_interval", "log_interval"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if self.warmup_iters < 0 or not 0 < self.warmup_ratio <= 1:
-            raise ConfigError("train.warmup_iters must be >= 0 and warmup_ratio in (0, 1]")
+            _check_number(f"train.{name}", getattr(self, name), 1, integer=True)
+        _check_number("train.lr", self.lr, 0, 1e3, low_open=True)
+        _check_number("train.warmup_iters", self.warmup_iters, 0, integer=True)
+        _check_number("train.warmup_ratio", self.warmup_ratio, 0, 1, low_open=True)
+        _check_number("train.gamma", self.gamma, 0, 1, low_open=True)  # a decay: lr *= gamma
+        for i, milestone in enumerate(self.milestones):
+            _check_number(f"train.milestones[{i}]", milestone, 0, integer=True)
         if self.amp not in ("none", "bf16", "fp16"):
-            raise ConfigError(f"train.amp='{self.amp}' must be 'none', 'bf16' or 'fp16'")
+            raise ConfigError(f"train.amp={_short(self.amp)} must be 'none', 'bf16' or 'fp16'")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"train.milestones={self.milestones} must be increasing")
 
@@ -225,6 +278,8 @@ class Config:
             raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: {_TOO_DEEP}") from None
         try:
             return cls.from_dict(data)
         except ConfigError as e:
@@ -245,6 +300,8 @@ class Config:
                 value = tomllib.loads(f"v = {text.strip()}")["v"]
             except tomllib.TOMLDecodeError:
                 value = text.strip()  # a bare word: take it as a string
+            except RecursionError:
+                raise ConfigError(f"--set {key.strip()}=...: {_TOO_DEEP}") from None
             node = data
             for i, part in enumerate(path[:-1]):
                 if not isinstance(node.get(part), dict):
@@ -290,7 +347,7 @@ def _toml_value(value: Any) -> str:
 def _build(cls: type, data: Any, where: str) -> Any:
     """Recursively build dataclass ``cls`` from plain data, rejecting unknown keys and bad types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table, got {data!r}")
+        raise ConfigError(f"{where or 'config'}: expected a table, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -317,11 +374,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {_short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, path) for v in value)
         if len(value) != len(args):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{path}: expected {len(args)} values, got {_short(value)}")
         return tuple(_coerce(a, v, path) for a, v in zip(args, value, strict=True))
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
@@ -332,4 +389,4 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return float(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value
-    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {_short(value)}")

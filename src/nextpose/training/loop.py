@@ -1,17 +1,18 @@
 """The training loop: the published recipe on one device or many (torchrun / DDP).
 
-A run folder holds ``config.toml`` (the resolved config), ``run.json`` (data, versions, git SHA),
-``metrics.jsonl`` (loss/lr every ``log_interval`` iterations, metrics after each validation),
-TensorBoard scalars (``tb/``, when tensorboard is installed), ``last.pth`` (everything needed to
-resume, written atomically after every epoch) and ``best.pth`` (the best validation AP).
+Read :func:`train` top to bottom: it checks the data, takes the run folder, builds the model
+(:func:`build_model`), what trains it (:func:`build_learner`) and the data (:func:`build_loader`),
+then alternates :func:`train_one_epoch` and :func:`validate`, saving a checkpoint after every
+epoch. The builders are public, so a custom loop (``benchmarks/bench_overfit.py``) is made of the
+same parts. The run folder's files are described in :mod:`nextpose.training.run_folder`.
 """
 
-import json
-import math
+import logging
 import platform
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from .. import checkpoint
 from .._version import __version__
-from ..config import Config
+from ..checkpoint import read as read_checkpoint
+from ..config import Config, TrainConfig
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train
 from ..errors import TrainingError
@@ -35,9 +36,20 @@ from ..model import PoseNet
 from ..model.tta import normalize
 from ..predictor import PoseEstimator
 from . import distributed as dist
+from .distributed import DistInfo
 from .loss import KeypointMSELoss
 from .optim import build_optimizer, lr_at, set_lr
 from .pretrained import load_pretrained_backbone
+from .run_folder import BEST, LAST, RunFolder
+from .state import (
+    WEIGHTS_KEYS,
+    TrainState,
+    make_checkpoint,
+    restore_checkpoint,
+    resume_config,
+)
+
+log = logging.getLogger("nextpose")
 
 
 @dataclass(frozen=True)
@@ -49,262 +61,37 @@ class Dataset:
     bbox_file: Path | None = None  # validation only; None uses the ground-truth boxes
 
 
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+class NonFiniteLoss(TrainingError):
+    """The loss of a step was NaN or inf; the step was not taken."""
+
+    def __init__(self, value: float):
+        super().__init__(f"the loss became {value}")
+        self.value = value
 
 
-def _unwrap(model: nn.Module) -> PoseNet:
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
+@dataclass
+class Learner:
+    """The model and what updates it; :meth:`step` is one optimisation step."""
 
+    model: PoseNet  # the weights: saved, validated (SyncBatchNorm-converted under sync_bn)
+    network: nn.Module  # what the step runs: the model, or its DDP / torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    config: TrainConfig
+    device: torch.device
+    world_size: int = 1
 
-def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-class Trainer:
-    """One training run. Build it, then call :meth:`fit`.
-
-    Args:
-        config: the full configuration (model, data, train, keypoints).
-        train_data: where the training annotations and images are.
-        out_dir: the run folder (created; must hold ``last.pth`` when ``resume``).
-        val_data: validated every ``train.val_interval`` epochs and after the last; None skips.
-        pretrained: trunk initialisation, see :data:`nextpose.training.pretrained.SOURCES`.
-        resume: continue the run in ``out_dir`` from its ``last.pth``.
-        device: "cpu", "cuda", ...; default CUDA when available (torchrun: the local rank's GPU).
-        progress: show a progress bar (rank 0 only).
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        train_data: Dataset,
-        out_dir: str | Path,
-        val_data: Dataset | None = None,
-        pretrained: str = "imagenet",
-        resume: bool = False,
-        device: str | None = None,
-        progress: bool = True,
-    ):
-        self.out_dir = Path(out_dir)
-        self.dist, self.device = dist.init(device)
-        self.progress = progress and self.dist.is_main
-        state = self._resume_state() if resume else None
-        if state is not None:
-            saved = Config.from_dict(state["config"])
-            if saved != config:
-                print("note: resuming with the run's saved config", file=sys.stderr)
-            config = saved
-        self.config = config
-        self.train_data, self.val_data = train_data, val_data
-        cfg = config.train
-        if cfg.sync_bn and self.device.type != "cuda":
-            raise TrainingError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm)")
-        if cfg.amp == "fp16" and self.device.type != "cuda":
-            raise TrainingError("train.amp='fp16' needs CUDA; use 'bf16' on CPU")
-        if not resume and (self.out_dir / "last.pth").is_file():
-            raise TrainingError(
-                f"{self.out_dir / 'last.pth'} exists: continue that run with --resume "
-                "(resume=True), or train into another folder"
-            )
-        # Annotations are parsed and every image is checked for before the network is built or
-        # pretrained weights are fetched: a bad file stops the run now, not hours in.
-        train_instances = _instances(train_data, config, "training")
-        if not train_instances:
-            raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
-        self.val_instances = _instances(val_data, config, "validation") if val_data else []
-
-        torch.manual_seed(config.data.seed)  # the head's random init is part of the run's seed
-        self.model = PoseNet(config.model)
-        if state is None:
-            self.pretrained = self._init_backbone(pretrained)
-        else:
-            self.model.load_state_dict(state["state_dict"])
-            self.pretrained = state.get("pretrained")
-        self.model.to(self.device)
-        if cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        network: nn.Module = self.model
-        if cfg.sync_bn and self.dist.enabled:
-            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-            self.model = network
-        if self.dist.enabled:
-            network = DistributedDataParallel(
-                network, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if cfg.compile:
-            network = torch.compile(network)
-        self.network = network
-        self.loss_fn = KeypointMSELoss()
-        self.optimizer = build_optimizer(self.model, cfg, self.dist.world_size)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.epoch, self.iteration, self.best_ap = 0, 0, -math.inf
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.epoch, self.iteration = state["epoch"], state["iteration"]
-            self.best_ap = state["best_ap"]
-            torch.set_rng_state(state["rng_torch"])
-
-        self.dataset = TrainDataset(train_instances, train_data.image_dir, config)
-        self.skipped = 0  # samples whose image could not be read (black, weight 0)
-        self._bad_images: set[str] = set()
-        self.sampler = DistributedSampler(
-            self.dataset,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            shuffle=True,
-            seed=config.data.seed,
-        )
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=cfg.batch_size,
-            sampler=self.sampler,
-            num_workers=config.data.workers,
-            collate_fn=collate_train,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=config.data.workers > 0,
-        )
-        self._writer = None
-        if self.dist.is_main:
-            self._start_run_folder(resume)
-
-    # -- setup -------------------------------------------------------------------------------
-
-    def _resume_state(self) -> dict[str, Any]:
-        path = self.out_dir / "last.pth"
-        if not path.is_file():
-            raise TrainingError(f"--resume: {path} does not exist; nothing to resume")
-        return checkpoint.read(path)
-
-    def _init_backbone(self, pretrained: str) -> str | None:
-        # Rank 0 downloads first so that the other ranks find the file in the cache.
-        if not self.dist.is_main:
-            dist.barrier()
-        loaded = load_pretrained_backbone(self.model.backbone, pretrained, self.config.model)
-        if self.dist.is_main:
-            dist.barrier()
-        return loaded
-
-    def _start_run_folder(self, resume: bool) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.out_dir.glob(".*.pth.*.tmp"):  # a run killed while saving left these
-            stale.unlink(missing_ok=True)
-        self._trim_log()
-        (self.out_dir / "config.toml").write_text(self.config.to_toml())
-        info = {
-            "nextpose": __version__,
-            "git_sha": _git_sha(),
-            "command": sys.argv,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": str(self.device),
-            "world_size": self.dist.world_size,
-            "train_data": {k: str(v) for k, v in vars(self.train_data).items()},
-            "val_data": {k: str(v) for k, v in vars(self.val_data).items()}
-            if self.val_data
-            else None,
-            "pretrained": self.pretrained,
-            "resumed_at_epoch": self.epoch if resume else None,
-        }
-        with open(self.out_dir / "run.json", "a") as f:
-            f.write(json.dumps(info) + "\n")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.out_dir / "tb"))
-        except ImportError:
-            print("note: install tensorboard for training curves (pip install tensorboard)",
-                  file=sys.stderr)  # fmt: skip
-
-    def _trim_log(self) -> None:
-        """Drop the ``metrics.jsonl`` records a killed run wrote after its last checkpoint (they
-        are written again on resume) and a half-written last line."""
-        path = self.out_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("iteration", 0) <= self.iteration:
-                kept.append(line + "\n")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
-
-    # -- the loop ----------------------------------------------------------------------------
-
-    def fit(self) -> dict[str, Any]:
-        """Train from the current epoch to ``train.epochs``; returns a summary."""
-        cfg = self.config.train
-        try:
-            while self.epoch < cfg.epochs:
-                self._train_epoch()
-                if self.dist.enabled and not cfg.sync_bn:
-                    dist.average_buffers(self.model)
-                metrics = None
-                done = self.epoch + 1
-                if self.val_data is not None and (
-                    done % cfg.val_interval == 0 or done == cfg.epochs
-                ):
-                    metrics = self.validate()
-                self.epoch = done
-                if self.dist.is_main:
-                    self._save(metrics)
-                dist.barrier()
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-        return {"epochs": self.epoch, "iterations": self.iteration, "best_ap": self.best_ap,
-                "skipped_samples": self.skipped, "out_dir": str(self.out_dir)}  # fmt: skip
-
-    def _train_epoch(self) -> None:
-        cfg = self.config.train
-        self.sampler.set_epoch(self.epoch)
-        self.dataset.set_epoch(self.epoch)
-        _set_train_mode(self.network, cfg.freeze_bn)
-        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
-                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        start = time.perf_counter()
-        skipped = 0
-        for batch in bar:
-            skipped += self._report_unreadable(batch["error"])
-            lr = lr_at(cfg, self.iteration, self.epoch, self.dist.world_size)
-            set_lr(self.optimizer, lr)
-            loss = self.train_step(batch["image"], batch["heatmaps"], batch["weights"])
-            self.iteration += 1
-            if self.iteration % cfg.log_interval == 0 or self.iteration == 1:
-                value = dist.all_reduce_mean(loss.detach()).item()
-                bar.set_postfix(loss=f"{value:.3g}", lr=f"{lr:.2e}")
-                self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "loss": value,
-                           "lr": lr, "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
-        if skipped:
-            print(f"warning: epoch {self.epoch + 1}: {skipped} samples had unreadable images "
-                  "and were skipped", file=sys.stderr)  # fmt: skip
-            self._log({"epoch": self.epoch + 1, "iteration": self.iteration,
-                       "skipped_samples": skipped})  # fmt: skip
-
-    def train_step(
+    def step(
         self, images: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
         """One optimisation step on a batch of uint8 crops (N, h, w, 3), target heatmaps and
-        keypoint weights, at the optimizer's current learning rate; returns the loss."""
-        cfg = self.config.train
+        keypoint weights, at the optimizer's current learning rate; returns the loss.
+
+        Raises:
+            NonFiniteLoss: the loss is NaN or inf (nothing was updated).
+        """
+        cfg = self.config
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         model = self.config.model
         images = normalize(
@@ -318,100 +105,36 @@ class Trainer:
             heatmaps = self.network(images)
         loss = self.loss_fn(heatmaps.float(), targets, weights)
         if not torch.isfinite(loss):
-            last = self.out_dir / "last.pth"
-            raise TrainingError(
-                f"the loss became {loss.item()} at iteration {self.iteration} (epoch "
-                f"{self.epoch + 1}); lower train.lr or check the data. "
-                + (f"The last good checkpoint is {last}" if last.is_file() else
-                   "No checkpoint was written yet.")
-            )  # fmt: skip
+            raise NonFiniteLoss(loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss
 
-    def _report_unreadable(self, errors: list[str]) -> int:
-        """Count a batch's unreadable images; name each file the first time it fails."""
-        count = 0
-        for error in errors:
-            if error:
-                count += 1
-                if error not in self._bad_images:
-                    self._bad_images.add(error)
-                    print(f"warning: skipped {error}", file=sys.stderr)
-        self.skipped += count
-        return count
+    train_step = step  # the name benchmarks and older code use
 
-    def validate(self) -> dict[str, float]:
-        """COCO AP/AR of the current weights; every rank predicts a share, rank 0 scores."""
-        assert self.val_data is not None
-        config = self.config
-        instances = self.val_instances
-        share = instances[self.dist.rank :: self.dist.world_size]
-        estimator = PoseEstimator(self.model, config, device=self.device)
-        pred = predict_instances(
-            estimator, share, self.val_data.image_dir, workers=config.data.workers, progress=False
-        )
-        parts = dist.gather_objects(pred)
-        metrics: dict[str, float] | None = None
-        if self.dist.is_main:
-            merged = _interleave(parts, len(instances))
-            metrics = score_instances(
-                instances, merged, self.val_data.ann_file, config.keypoints.sigmas_array()
-            )
-            self._log({"epoch": self.epoch + 1, "iteration": self.iteration, "val": metrics})
-        _set_train_mode(self.network, config.train.freeze_bn)
-        return dist.broadcast_object(metrics)
-
-    # -- outputs -----------------------------------------------------------------------------
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            step = record["iteration"]
-            for key in ("loss", "lr"):
-                if key in record:
-                    self._writer.add_scalar(f"train/{key}", record[key], step)
-            for key, value in record.get("val", {}).items():
-                self._writer.add_scalar(f"val/{key}", value, step)
-
-    def _save(self, metrics: dict[str, float] | None) -> None:
-        state = {
-            "state_dict": _unwrap(self.model).state_dict(),
-            "config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "best_ap": self.best_ap,
-            "pretrained": self.pretrained,
-            "metrics": metrics,
-            "rng_torch": torch.get_rng_state(),  # data randomness comes from (seed, epoch, index)
-        }
-        if metrics is not None and metrics["AP"] > self.best_ap:
-            self.best_ap = metrics["AP"]
-            state["best_ap"] = self.best_ap
-            weights = {k: state[k] for k in ("state_dict", "config", "epoch", "metrics")}
-            self._write(self.out_dir / "best.pth", weights)
-        self._write(self.out_dir / "last.pth", state)
-
-    def _write(self, path: Path, payload: dict[str, Any]) -> None:
-        """Save atomically; a failed write (a full disk) stops the run and keeps the old file."""
-        try:
-            checkpoint.save(path, payload)
-        except OSError as e:
-            kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was saved"
-            raise TrainingError(
-                f"could not write {path} at the end of epoch {self.epoch} ({e.strerror or e}); "
-                f"{kept}. Free some space and continue with --resume"
-            ) from e
+    def train_mode(self) -> None:
+        """Training mode, with BatchNorm on its running statistics under ``train.freeze_bn``."""
+        self.network.train()
+        if self.config.freeze_bn:
+            for m in self.network.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
 
-def _instances(data: Dataset, config: Config, what: str) -> list[PersonInstance]:
+# -- builders --------------------------------------------------------------------------------
+
+
+def check_device(config: TrainConfig, device: torch.device) -> None:
+    """Refuse options the device cannot run."""
+    if config.sync_bn and device.type != "cuda":
+        raise TrainingError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm)")
+    if config.amp == "fp16" and device.type != "cuda":
+        raise TrainingError("train.amp='fp16' needs CUDA; use 'bf16' on CPU")
+
+
+def load_instances(data: Dataset, config: Config, what: str) -> list[PersonInstance]:
     """The person instances of a dataset; every image they are in must exist (else stop now)."""
     coco = CocoKeypoints(data.ann_file, config.model.num_keypoints)
     if data.bbox_file is None:
@@ -432,6 +155,167 @@ def _instances(data: Dataset, config: Config, what: str) -> list[PersonInstance]
     return instances
 
 
+def build_model(
+    config: Config,
+    device: torch.device | str,
+    pretrained: str = "none",
+    env: DistInfo | None = None,
+) -> tuple[PoseNet, str | None]:
+    """The network on ``device``, seeded by ``data.seed``, its trunk filled from ``pretrained``
+    (see :data:`nextpose.training.pretrained.SOURCES`); returns it and what was loaded."""
+    env = env or DistInfo()
+    torch.manual_seed(config.data.seed)  # the head's random init is part of the run's seed
+    model = PoseNet(config.model)
+    if not env.is_main:  # rank 0 downloads first, so that the other ranks find the cached file
+        dist.barrier()
+    loaded = load_pretrained_backbone(model.backbone, pretrained, config.model)
+    if env.is_main:
+        dist.barrier()
+    model.to(device)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.train.sync_bn and env.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, loaded
+
+
+def build_learner(
+    model: PoseNet, config: TrainConfig, device: torch.device | str, env: DistInfo | None = None
+) -> Learner:
+    """Wrap ``model`` for training (DDP across ranks, torch.compile) with Adam, the loss and the
+    fp16 loss scaler."""
+    env = env or DistInfo()
+    device = torch.device(device)
+    network: nn.Module = model
+    if env.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        network = DistributedDataParallel(network, device_ids=ids)
+    if config.compile:
+        network = torch.compile(network)
+    return Learner(
+        model=model,
+        network=network,
+        optimizer=build_optimizer(model, config, env.world_size),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        loss_fn=KeypointMSELoss(),
+        config=config,
+        device=device,
+        world_size=env.world_size,
+    )
+
+
+def build_loader(
+    instances: list[PersonInstance],
+    data: Dataset,
+    config: Config,
+    device: torch.device,
+    env: DistInfo | None = None,
+) -> DataLoader:
+    """Augmented training batches; each rank reads its share of one seeded permutation per
+    epoch (call ``loader.sampler.set_epoch`` and ``loader.dataset.set_epoch``)."""
+    env = env or DistInfo()
+    dataset = TrainDataset(instances, data.image_dir, config)
+    sampler = DistributedSampler(
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=config.data.seed
+    )
+    return DataLoader(
+        dataset,
+        batch_size=config.train.batch_size,
+        sampler=sampler,
+        num_workers=config.data.workers,
+        collate_fn=collate_train,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.data.workers > 0,
+    )
+
+
+# -- one epoch, one validation ---------------------------------------------------------------
+
+
+def train_one_epoch(
+    learner: Learner,
+    loader: DataLoader,
+    state: TrainState,
+    epochs: int,
+    run: RunFolder | None = None,
+    progress: bool = False,
+) -> None:
+    """Train epoch ``state.epoch`` (0-based) over ``loader``, updating ``state.iteration`` and
+    its skipped-sample count; loss and lr go to ``run``'s log every ``log_interval`` steps."""
+    cfg = learner.config
+    loader.sampler.set_epoch(state.epoch)  # type: ignore[union-attr]
+    loader.dataset.set_epoch(state.epoch)  # type: ignore[attr-defined]
+    learner.train_mode()
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{epochs}", unit="it", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    start = time.perf_counter()
+    skipped = 0
+    for batch in bar:
+        skipped += _count_unreadable(batch["error"], state)
+        lr = lr_at(cfg, state.iteration, state.epoch, learner.world_size)
+        set_lr(learner.optimizer, lr)
+        try:
+            loss = learner.step(batch["image"], batch["heatmaps"], batch["weights"])
+        except NonFiniteLoss as e:
+            last = run.last if run is not None else None
+            saved = (f" The last good checkpoint is {last}" if last is not None and last.is_file()
+                     else " No checkpoint was written yet." if run is not None else "")  # fmt: skip
+            raise TrainingError(
+                f"the loss became {e.value} at iteration {state.iteration} (epoch "
+                f"{state.epoch + 1}); lower train.lr or check the data.{saved}"
+            ) from None
+        state.iteration += 1
+        if state.iteration % cfg.log_interval == 0 or state.iteration == 1:
+            value = dist.all_reduce_mean(loss.detach()).item()
+            bar.set_postfix(loss=f"{value:.3g}", lr=f"{lr:.2e}")
+            if run is not None:
+                run.log({"epoch": state.epoch + 1, "iteration": state.iteration, "loss": value,
+                         "lr": lr, "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+    if skipped:
+        log.warning("epoch %d: %d samples had unreadable images and were skipped",
+                    state.epoch + 1, skipped)  # fmt: skip
+        if run is not None:
+            run.log({"epoch": state.epoch + 1, "iteration": state.iteration,
+                     "skipped_samples": skipped})  # fmt: skip
+
+
+def _count_unreadable(errors: list[str], state: TrainState) -> int:
+    """Count a batch's unreadable images; name each file the first time it fails."""
+    count = 0
+    for error in errors:
+        if error:
+            count += 1
+            if error not in state.bad_images:
+                state.bad_images.add(error)
+                log.warning("skipped %s", error)
+    state.skipped += count
+    return count
+
+
+def validate(
+    learner: Learner,
+    config: Config,
+    instances: list[PersonInstance],
+    data: Dataset,
+    env: DistInfo | None = None,
+) -> dict[str, float]:
+    """COCO AP/AR of the current weights on ``instances`` of ``data``; every rank predicts a
+    share, rank 0 scores, every rank gets the metrics."""
+    env = env or DistInfo()
+    share = instances[env.rank :: env.world_size]
+    estimator = PoseEstimator(learner.model, config, device=learner.device)
+    pred = predict_instances(
+        estimator, share, data.image_dir, workers=config.data.workers, progress=False
+    )
+    parts = dist.gather_objects(pred)
+    metrics: dict[str, float] | None = None
+    if env.is_main:
+        merged = _interleave(parts, len(instances))
+        metrics = score_instances(instances, merged, data.ann_file, config.keypoints.sigmas_array())
+    learner.train_mode()
+    return dist.broadcast_object(metrics)
+
+
 def _interleave(parts: list[InstancePredictions], n: int) -> InstancePredictions:
     """Undo the ``instances[rank::world]`` split: back to dataset order."""
     world = len(parts)
@@ -444,6 +328,9 @@ def _interleave(parts: list[InstancePredictions], n: int) -> InstancePredictions
     return out
 
 
+# -- the run ---------------------------------------------------------------------------------
+
+
 def train(
     config: Config,
     train_data: Dataset,
@@ -454,9 +341,146 @@ def train(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a model; see :class:`Trainer`. Returns ``{"epochs", "iterations", "best_ap", ...}``."""
-    trainer = Trainer(config, train_data, out_dir, val_data, pretrained, resume, device, progress)
+    """Train a model into the run folder ``out_dir``; returns
+    ``{"epochs", "iterations", "best_ap", "skipped_samples", "out_dir"}``.
+
+    Args:
+        config: the full configuration (model, data, train, keypoints).
+        train_data: where the training annotations and images are.
+        out_dir: the run folder; created. A new run refuses a folder that holds a run
+            (``last.pth``, ``best.pth`` or ``metrics.jsonl``); a second run into a folder that
+            a run is training in is refused (``train.lock`` names the holder's pid).
+        val_data: validated every ``train.val_interval`` epochs and after the last; None skips.
+        pretrained: trunk initialisation, see :data:`nextpose.training.pretrained.SOURCES`.
+        resume: continue the run in ``out_dir`` from its ``last.pth``. ``config`` must be the
+            run's config, except for the keys in :data:`~nextpose.training.state.RESUME_OVERRIDABLE`
+            (``train.epochs``, ``train.val_interval``, ``train.log_interval``, ``data.workers``),
+            whose new values are applied with a logged warning; any
+            other difference is refused, naming the keys.
+        device: "cpu", "cuda", ...; default CUDA when available (torchrun: the local rank's GPU).
+        progress: show a progress bar (rank 0 only).
+
+    Raises:
+        TrainingError: the data, run folder, resume file or device cannot work; the loss became
+            non-finite; a checkpoint could not be written (the previous one is kept).
+    """
+    env, dev = dist.init(device)
     try:
-        return trainer.fit()
+        check_device(config.train, dev)
+        # The data is checked before the run folder is touched and before the network is built
+        # or pretrained weights are fetched: a bad file stops the run now, not hours in.
+        train_instances = load_instances(train_data, config, "training")
+        if not train_instances:
+            raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
+        val_instances = load_instances(val_data, config, "validation") if val_data else []
+
+        with RunFolder(out_dir, writer=env.is_main) as run:
+            run.check(resume)
+            saved = read_checkpoint(run.last) if resume else None
+            if saved is not None:
+                config = resume_config(config, saved, run.last)
+            model, loaded = build_model(config, dev, "none" if saved else pretrained, env)
+            learner = build_learner(model, config.train, dev, env)
+            if saved is None:
+                state = TrainState(pretrained=loaded)
+            else:
+                state = restore_checkpoint(
+                    saved, run.last, model, learner.optimizer, learner.scaler
+                )
+                del saved  # the weights and optimizer state are in place now
+            loader = build_loader(train_instances, train_data, config, dev, env)
+            info = _run_info(config, train_data, val_data, dev, env, state, resume)
+            run.start(config.to_toml(), info, state.iteration)
+
+            epochs = config.train.epochs
+            if state.epoch >= epochs:
+                log.warning("%s: already trained %d epochs (train.epochs=%d); nothing to do",
+                            run.path, state.epoch, epochs)  # fmt: skip
+            while state.epoch < epochs:
+                train_one_epoch(learner, loader, state, epochs, run, progress and env.is_main)
+                if env.enabled and not config.train.sync_bn:
+                    dist.average_buffers(learner.model)
+                done = state.epoch + 1
+                metrics = None
+                if val_data is not None and (
+                    done % config.train.val_interval == 0 or done == epochs
+                ):
+                    metrics = validate(learner, config, val_instances, val_data, env)
+                    run.log({"epoch": done, "iteration": state.iteration, "val": metrics})
+                state.epoch = done
+                if env.is_main:
+                    _save(run, learner, config, state, metrics)
+                dist.barrier()
+        return {"epochs": state.epoch, "iterations": state.iteration, "best_ap": state.best_ap,
+                "skipped_samples": state.skipped, "out_dir": str(Path(out_dir))}  # fmt: skip
     finally:
         dist.shutdown()
+
+
+def _save(run: RunFolder, learner: Learner, config: Config, state: TrainState,
+          metrics: dict[str, float] | None) -> None:  # fmt: skip
+    """``best.pth`` when the AP improved, then ``last.pth``: two views of one checkpoint dict."""
+    improved = metrics is not None and metrics["AP"] > state.best_ap
+    if improved:
+        state.best_ap = metrics["AP"]  # type: ignore[index]
+    ckpt = make_checkpoint(learner.model, learner.optimizer, learner.scaler, config, state, metrics)
+    if improved:
+        run.save(BEST, {k: ckpt[k] for k in WEIGHTS_KEYS}, state.epoch)
+    run.save(LAST, ckpt, state.epoch)
+
+
+def _run_info(config: Config, train_data: Dataset, val_data: Dataset | None, device: torch.device,
+              env: DistInfo, state: TrainState, resume: bool) -> dict[str, Any]:  # fmt: skip
+    """One ``run.json`` line: what ran, on what, from where."""
+    return {
+        "nextpose": __version__,
+        "git_sha": _git_sha(),
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "world_size": env.world_size,
+        "train_data": {k: str(v) for k, v in vars(train_data).items()},
+        "val_data": {k: str(v) for k, v in vars(val_data).items()} if val_data else None,
+        "pretrained": state.pretrained,
+        "resumed_at_epoch": state.epoch if resume else None,
+    }
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Trainer:
+    """Deprecated: call :func:`train` (same arguments); ``Trainer(...).fit()`` still works for
+    one release. A custom loop is made of :func:`build_model`, :func:`build_learner`,
+    :func:`build_loader`, :func:`train_one_epoch` and :func:`validate`."""
+
+    def __init__(
+        self,
+        config: Config,
+        train_data: Dataset,
+        out_dir: str | Path,
+        val_data: Dataset | None = None,
+        pretrained: str = "imagenet",
+        resume: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        warnings.warn(
+            "nextpose.training.Trainer is deprecated and will be removed in the next release: "
+            "call nextpose.training.train(...) with the same arguments",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self._args = (config, train_data, out_dir, val_data, pretrained, resume, device, progress)
+
+    def fit(self) -> dict[str, Any]:
+        return train(*self._args)

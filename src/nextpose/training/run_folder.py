@@ -1,0 +1,256 @@
+"""The run folder: owned by one run at a time, never holding two runs, written safely.
+
+A run folder holds ``train.lock`` (while a run trains in it: the holder's pid and host),
+``config.toml`` (the resolved config), ``run.json`` (data, versions, git SHA, one line per start),
+``metrics.jsonl`` (loss/lr every ``log_interval`` iterations, metrics after each validation),
+TensorBoard scalars (``tb/``, when tensorboard is installed), ``last.pth`` (everything needed to
+resume, written atomically after every epoch) and ``best.pth`` (the best validation AP).
+"""
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint
+from ..errors import TrainingError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock file is created exclusively instead
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("nextpose")
+
+LOCK = "train.lock"
+LAST, BEST, METRICS = "last.pth", "best.pth", "metrics.jsonl"
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class RunFolder:
+    """``out_dir`` as one run's folder. Rank 0 holds the lock and writes; other ranks only read.
+
+    Use as a context manager around the run: :meth:`__enter__` takes the lock (creating the
+    folder), :meth:`__exit__` releases it (and removes a folder this run created and left empty).
+    """
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._lock_fd: int | None = None
+        self._created = False
+        self._tensorboard: Any = None
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "RunFolder":
+        if self.writer:
+            self._created = not self.path.exists()
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrainingError(f"{self.path}: cannot create the run folder "
+                                    f"({e.strerror or e})") from None  # fmt: skip
+            self._lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._lock_fd is not None:
+            (self.path / LOCK).unlink(missing_ok=True)  # before closing: nobody can take it between
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only if this run left nothing in it
+
+    def _lock(self) -> None:
+        """Hold ``train.lock``: the kernel's lock on the file (released when the process dies,
+        however it dies) and the holder's pid in it (for the message to a second run)."""
+        path = self.path / LOCK
+        for _ in range(10):
+            try:
+                flags = os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL)
+                fd = os.open(path, flags, 0o666)
+            except FileExistsError:  # no fcntl: an existing file is a held lock
+                raise self._busy(path) from None
+            except OSError as e:
+                raise TrainingError(
+                    f"{path}: cannot create the lock file ({e.strerror or e})"
+                ) from None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    os.close(fd)
+                    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise self._busy(path) from None
+                    raise TrainingError(f"{path}: cannot lock ({e.strerror or e})") from None
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # its holder removed it between our open and lock: take a new one
+                    os.close(fd)
+                    continue
+            previous = _read_holder(fd)
+            if previous:
+                log.warning(
+                    "%s: took over the lock of a run that is no longer running (%s); its "
+                    "files are left as they were",
+                    self.path, _describe(previous),
+                )  # fmt: skip
+            os.ftruncate(fd, 0)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.write(fd, (json.dumps(holder) + "\n").encode())
+            self._lock_fd = fd
+            return
+        raise TrainingError(f"{path}: could not take the lock (it keeps changing hands)")
+
+    def _busy(self, path: Path) -> TrainingError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            holder = _read_holder(fd)
+            os.close(fd)
+        except OSError:
+            holder = {}
+        return TrainingError(
+            f"{self.path} is in use by another training run ({_describe(holder)}): wait for it "
+            "to end, or train into another folder. Two runs in one folder would overwrite each "
+            "other's checkpoints"
+        )
+
+    # -- what a start may find ---------------------------------------------------------------
+
+    def check(self, resume: bool) -> None:
+        """A new run needs a folder without a run in it; a resumed one needs its ``last.pth``.
+
+        Raises:
+            TrainingError: naming the files found (new run) or missing (resume).
+        """
+        if resume:
+            if not self.last.is_file():
+                raise TrainingError(f"--resume: {self.last} does not exist; nothing to resume")
+            return
+        found = [name for name in (LAST, BEST, METRICS) if (self.path / name).exists()]
+        if not found:
+            return
+        if LAST in found:
+            advice = "continue that run with --resume (resume=True), or train into another folder"
+        else:
+            advice = (f"it cannot be resumed without {LAST}: train into another folder, or move "
+                      "those files away")  # fmt: skip
+        raise TrainingError(
+            f"{self.path} already holds a training run ({', '.join(found)}); a new run would "
+            f"overwrite it: {advice}"
+        )
+
+    # -- files -------------------------------------------------------------------------------
+
+    def start(self, config_toml: str, info: dict[str, Any], iteration: int) -> None:
+        """Write ``config.toml``, append to ``run.json``, clean what a killed run left."""
+        if not self.writer:
+            return
+        for stale in self.path.glob(".*.pth.*.tmp"):  # a run killed while saving left these
+            stale.unlink(missing_ok=True)
+        self._trim_metrics(iteration)
+        (self.path / "config.toml").write_text(config_toml)
+        with open(self.path / "run.json", "a") as f:
+            f.write(json.dumps(info) + "\n")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.path / "tb"))
+        except ImportError:
+            log.info("install tensorboard for training curves (pip install tensorboard)")
+
+    def _trim_metrics(self, iteration: int) -> None:
+        """Drop the ``metrics.jsonl`` records a killed run wrote after its last checkpoint (they
+        are written again on resume) and a half-written last line."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("iteration", 0) <= iteration:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append a record to ``metrics.jsonl`` (and TensorBoard)."""
+        if not self.writer:
+            return
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            step = record["iteration"]
+            for key in ("loss", "lr"):
+                if key in record:
+                    self._tensorboard.add_scalar(f"train/{key}", record[key], step)
+            for key, value in (record.get("val") or {}).items():
+                self._tensorboard.add_scalar(f"val/{key}", value, step)
+
+    def save(self, name: str, payload: dict[str, Any], epoch: int) -> None:
+        """Write a checkpoint atomically, readable as the umask allows; a failed write (a full
+        disk: torch's zip writer raises RuntimeError, a plain write OSError) stops the run with
+        the previous file intact."""
+        path = self.path / name
+        try:
+            checkpoint.save(path, payload)
+        except (OSError, RuntimeError) as e:
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e).strip()[:300]
+            kept = f"the previous {name} is intact" if path.is_file() else "nothing was saved"
+            raise TrainingError(
+                f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
+                "Free some space and continue with --resume"
+            ) from e
+        os.chmod(path, 0o666 & ~_umask())  # checkpoint.save's temporary file is private (0600)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode("utf-8", "replace")
+        holder = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {"pid": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?"}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "pid unknown"
+    text = f"pid {holder.get('pid', '?')}"
+    if holder.get("host") and holder.get("host") != socket.gethostname():
+        text += f" on {holder['host']}"
+    if isinstance(holder.get("since"), int | float):
+        text += f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}"
+    return text
