@@ -29,10 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _WarningPrinter(logging.Handler):
-    """Prints the library's log records (skipped images, notes) as ``warning: ...`` on stderr."""
+    """Prints the library's log records on stderr: ``note: ...`` (INFO), ``warning: ...``."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        kind = "note" if record.levelno < logging.WARNING else record.levelname.lower()
+        print(f"{kind}: {record.getMessage()}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

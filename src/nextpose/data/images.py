@@ -29,12 +29,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ImageError, InputError, VideoError
-from ..opencv import (
-    _OPENCV_LIMIT_SOURCE,
-    MAX_IMAGE_PIXELS,
-    OPENCV_MAX_IMAGE_PIXELS,
-    cv2,
-)
+from ..opencv import _OPENCV_LIMIT_SOURCE as _OPENCV_LIMIT_SOURCE
+from ..opencv import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
+from ..opencv import MAX_IMAGE_PIXELS as MAX_IMAGE_PIXELS
+from ..opencv import OPENCV_MAX_IMAGE_PIXELS as OPENCV_MAX_IMAGE_PIXELS
+from ..opencv import cv2
 
 
 def image_size(data: bytes | memoryview) -> tuple[int, int] | None:
