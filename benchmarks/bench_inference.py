@@ -44,9 +44,9 @@ import torch
 
 import nextpose
 from nextpose import checkpoint
+from nextpose.engine import cut_crops
 from nextpose.evaluation import evaluate
 from nextpose.geometry import crop_region, crop_to_image, warp_crops
-from nextpose.inference import PoseEstimator, _TorchNetwork, prepare_crops
 from nextpose.model import PoseNet
 from nextpose.optimize import (
     cpu_capability,
@@ -55,7 +55,9 @@ from nextpose.optimize import (
     emulate_autocast,
     prepare_for_inference,
 )
+from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
+from nextpose.runtime import RunOptions, TorchNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "tests" / "data" / "coco-mini"
@@ -168,6 +170,15 @@ def sample(boxes: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndar
     return files, per_image, oracle["kpts_img"], oracle["kpt_scores"]
 
 
+def cut(
+    image: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (N, h, w, 3) uint8 crops of ``boxes`` (xyxy) cut with OpenCV as the reference cuts
+    them, and their regions: centers and scales (N, 2) image pixels."""
+    centers, scales = crop_region(np.asarray(boxes, np.float32)[:, :4], input_size)
+    return cut_crops(image, centers, scales, input_size), centers, scales
+
+
 def compare(keypoints: np.ndarray, reference: np.ndarray) -> str:
     d = np.abs(keypoints - reference).max(-1)
     return f"{(d <= 1e-3).mean() * 100:6.2f}% within 1e-3 px, max {d.max():.3g} px"
@@ -254,16 +265,13 @@ def main() -> None:
     files, per_image, _, _ = sample("det")
     images = {f: nextpose.read_image(COCO / f) for f in files}
     all_crops = np.concatenate(
-        [prepare_crops(images[f], b, (w, h)).images for f, b in zip(files, per_image, strict=True)]
+        [cut(images[f], b, (w, h))[0] for f, b in zip(files, per_image, strict=True)]
     )
 
     def estimator(backend: str, **options: object) -> PoseEstimator:
-        from dataclasses import replace
-
-        est = PoseEstimator(net, config, device, args.preset, backend=backend, **options)
-        inference = replace(config.inference, batch_size=args.batch)
-        est.config = replace(config, inference=inference)
-        return est
+        return PoseEstimator(
+            net, config, device, args.preset, backend=backend, batch_size=args.batch, **options
+        )
 
     estimators = {"eager": estimator("eager"), "fast": estimator("fast")}
     if args.precision or (not cuda and bf16):
@@ -276,7 +284,7 @@ def main() -> None:
     build = {}
     for name, est in estimators.items():
         start = time.perf_counter()
-        network = est.network()
+        network = est.network
         if name == "onnxruntime":
             network.session(True)
         elif name == "compile":  # torch.compile works on the first call
@@ -288,9 +296,9 @@ def main() -> None:
         """The network (+ flip) over ``crops`` in batches of args.batch, inputs ready."""
         est = estimators[name]
         if name == "onnxruntime":
-            session = est.network()
+            session = est.network.session(True)  # crops in; keypoints, scores, heatmaps out
             batches = [crops[i : i + args.batch] for i in range(0, len(crops), args.batch)]
-            return lambda: [session.run(b, True) for b in batches]
+            return lambda: [session.run(None, {"crops": b}) for b in batches]
         inputs = est.normalize(crops)
         parts = inputs.split(args.batch)
         return lambda: [est.heatmaps(x, flip=True) for x in parts]
@@ -300,24 +308,24 @@ def main() -> None:
         print(f"\n== model only: batch {args.batch}, flip on, crops/s (median of {reps})")
         crops8 = all_crops[: args.batch]
         x = estimators["eager"].normalize(crops8)
-        flip_indices = list(config.keypoints.flip_indices)
+        fp32 = RunOptions(device=str(device), precision="fp32").resolve()
         fold_cl = prepare_for_inference(net, device, fold=True, channels_last=True)
         ablations = {
-            "fast ablation: channels-last only": _TorchNetwork(
+            "fast ablation: channels-last only": TorchNetwork(
                 prepare_for_inference(net, device, fold=False, channels_last=True),
-                device, True, "fp32", False,
+                config, fp32, channels_last=True, joint_flip=False,
             ),
-            "fast ablation: BN folded only": _TorchNetwork(
+            "fast ablation: BN folded only": TorchNetwork(
                 prepare_for_inference(net, device, fold=True, channels_last=False),
-                device, False, "fp32", False,
+                config, fp32, channels_last=False, joint_flip=False,
             ),
-            "fast ablation: folded + channels-last, one 2N batch": _TorchNetwork(
-                fold_cl, device, True, "fp32", True,
+            "fast ablation: folded + channels-last, one 2N batch": TorchNetwork(
+                fold_cl, config, fp32, channels_last=True, joint_flip=True,
             ),
         }  # fmt: skip
         fns: dict[str, Callable[[], object]] = {n: model_only_fn(n, crops8) for n in estimators}
         for name, network in ablations.items():
-            fns[name] = lambda n=network: n.heatmaps(x, flip_indices)
+            fns[name] = lambda n=network: n.heatmaps(x, True)
         model_only = {n: args.batch / t for n, t in interleaved(fns, reps, device).items()}
         for name, rate in model_only.items():
             print(
@@ -326,11 +334,11 @@ def main() -> None:
             )
         if not args.quick:
             print(f"  fast graph, one forward pass per batch size (median of {reps}), crops/s:")
-            whole = _TorchNetwork(fold_cl, device, True, "fp32", cuda)
+            whole = TorchNetwork(fold_cl, config, fp32, channels_last=True, joint_flip=cuda)
             sizes = (1, 4, 8, 16, 32)
             inputs = {n: estimators["fast"].normalize(all_crops[:n]) for n in sizes}
             by_batch = interleaved(
-                {n: lambda n=n: whole.heatmaps(inputs[n], flip_indices) for n in sizes},
+                {n: lambda n=n: whole.heatmaps(inputs[n], True) for n in sizes},
                 reps,
                 device,
             )
@@ -350,19 +358,16 @@ def main() -> None:
         }
         for run in ["gt"] if args.quick else ["gt", "det"]:
             files, per_image, ref_kpts, _ = sample(run)
-            crops = [
-                prepare_crops(images[f], b, (w, h)) for f, b in zip(files, per_image, strict=True)
-            ]
-            joined = nextpose.inference.Crops(
-                np.concatenate([c.images for c in crops]),
-                np.concatenate([c.centers for c in crops]),
-                np.concatenate([c.scales for c in crops]),
-            )
+            arrays = [images[f] for f in files]
             results, failed = {}, {}
             for name, est in [*estimators.items(), *emulated.items()]:
-                try:
-                    results[name] = est.predict_crops(joined, flip=True)
-                except ValueError:  # PoseEstimator refuses non-finite heatmaps
+                try:  # every image's crops batched together, in dataset order
+                    poses = est.predict_many(arrays, per_image, flip=True)
+                    results[name] = (
+                        np.concatenate([p.keypoints for p in poses]),
+                        np.concatenate([p.scores for p in poses]),
+                    )
+                except ValueError:  # NumericsError: the engine refuses non-finite heatmaps
                     failed[name] = "heatmaps inf/NaN: activations beyond this precision's range"
             eager_kpts, eager_scores = results["eager"]
             print(f"  {run} boxes ({len(eager_kpts)} people, {eager_kpts.size // 2} keypoints)")
@@ -388,8 +393,7 @@ def main() -> None:
         for method in ("fixed", "grid_sample"):
             diffs, differing, total = [], 0, 0
             for f, b in zip(files, per_image, strict=True):
-                ref = prepare_crops(images[f], b, (w, h))
-                c, s = crop_region(b, (w, h))
+                ref, c, s = cut(images[f], b, (w, h))
                 out = warp_crops(
                     torch.from_numpy(images[f]).to(device),
                     torch.from_numpy(c).to(device),
@@ -397,7 +401,7 @@ def main() -> None:
                     (w, h),
                     method,
                 ).cpu()
-                d = np.abs(out.numpy() - ref.images.astype(np.float32))
+                d = np.abs(out.numpy() - ref.astype(np.float32))
                 diffs.append(d.reshape(-1))
                 differing += int((d.reshape(len(d), -1).max(1) > 0).sum())
                 total += len(d)
@@ -444,10 +448,8 @@ def main() -> None:
             for i in range(args.e2e_images)
         ]
         pairs = zip(paths, boxes, strict=True)
-        same_crops = np.concatenate(
-            [prepare_crops(images[p.name], b, (w, h)).images for p, b in pairs]
-        )
-        plain = estimator("eager", workers=0)
+        same_crops = np.concatenate([cut(images[p.name], b, (w, h))[0] for p, b in pairs])
+        plain = estimator("eager", read_threads=0)
 
         def plain_path() -> None:  # the reference's way: one image at a time
             for path, b in zip(paths, boxes, strict=True):
@@ -455,16 +457,16 @@ def main() -> None:
 
         def prep_only() -> None:  # everything but the network
             for path, b in zip(paths, boxes, strict=True):
-                crops = prepare_crops(nextpose.read_image(path), b, (w, h))
+                _, centers, scales = cut(nextpose.read_image(path), b, (w, h))
                 points = np.zeros((len(b), 17, 2), np.float32)
-                crop_to_image(points, crops.centers, crops.scales, (w, h))
+                crop_to_image(points, centers, scales, (w, h))
 
         e2e_fns: dict[str, Callable[[], object]] = {"plain (eager, per image)": plain_path}
         for name, est in estimators.items():
             if name != "eager":
                 e2e_fns[f"nextpose {name}"] = lambda e=est: e.predict_many(paths, boxes, flip=True)
         if cuda:
-            on_gpu = estimator("fast", device_crops=True, workers=4)
+            on_gpu = estimator("fast", device_crops=True, read_threads=4)
             e2e_fns["nextpose fast, crops on the GPU"] = lambda: on_gpu.predict_many(
                 paths, boxes, flip=True
             )
@@ -484,7 +486,9 @@ def main() -> None:
         many = [COCO / files[i % len(files)] for i in range(args.val_sized)]
         many_boxes = [np.resize(per_image[i % len(files)], (21, 4)) for i in range(len(many))]
         precision = args.precision or "fp32"
-        fast = estimator("fast", precision=precision, device_crops=cuda, workers=8 if cuda else 2)
+        fast = estimator(
+            "fast", precision=precision, device_crops=cuda, read_threads=8 if cuda else 2
+        )
         start = time.perf_counter()
         fast.predict_many(many, many_boxes, flip=True)
         seconds = time.perf_counter() - start
