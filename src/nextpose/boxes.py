@@ -128,8 +128,13 @@ class BoxTable:
         return found
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "boxes") -> "BoxTable":
-        """From ``{"<image>": [[x1, y1, x2, y2, score?], ...]}``."""
+    def from_dict(
+        cls, data: Mapping[str, Any], source: str = "boxes", bbox_format: BoxFormat = "xyxy"
+    ) -> "BoxTable":
+        """From ``{"<image>": [[x1, y1, x2, y2, score?], ...]}`` (``bbox_format="xywh"``:
+        ``[x, y, w, h, score?]``)."""
+        if bbox_format not in BOX_FORMATS:
+            raise InputError(f"bbox_format must be one of {', '.join(BOX_FORMATS)}")
         by_name = {}
         for name, boxes in data.items():
             ok = isinstance(boxes, list | tuple | np.ndarray) and all(
@@ -143,11 +148,18 @@ class BoxTable:
                     f"{source}: entry '{name}' must be a list of [x1, y1, x2, y2] or "
                     f"[x1, y1, x2, y2, score] boxes of finite numbers, got {boxes!r:.80}"
                 )
+            if bbox_format == "xywh":
+                negative = [b for b in boxes if b[2] < 0 or b[3] < 0]
+                if negative:
+                    raise AnnotationError(
+                        f"{source}: entry '{name}': box {list(negative[0])} has w < 0 or h < 0"
+                    )
+                boxes = [[b[0], b[1], b[0] + b[2], b[1] + b[3], *b[4:]] for b in boxes]
             inverted = [b for b in boxes if b[2] < b[0] or b[3] < b[1]]
             if inverted:
                 raise AnnotationError(
                     f"{source}: entry '{name}': box {list(inverted[0])} has x2 < x1 or y2 < y1 "
-                    "(boxes are [x1, y1, x2, y2], not [x, y, w, h])"
+                    "(boxes are [x1, y1, x2, y2]; use bbox_format 'xywh' for [x, y, w, h])"
                 )
             by_name[str(name)] = np.array(
                 [[*map(float, b), 1.0][:5] for b in boxes], np.float32
@@ -194,8 +206,10 @@ class BoxTable:
         )
 
     @classmethod
-    def read(cls, path: str | Path) -> "BoxTable":
-        """A boxes file in either layout; :class:`AnnotationError` names what is wrong."""
+    def read(cls, path: str | Path, bbox_format: BoxFormat = "xyxy") -> "BoxTable":
+        """A boxes file in either layout; :class:`AnnotationError` names what is wrong.
+        ``bbox_format`` is how the ``{"<image>": [...]}`` layout gives boxes (COCO detection
+        results are always x, y, w, h)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -210,7 +224,7 @@ class BoxTable:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise AnnotationError(f"{path}: not valid JSON ({e})") from None
         if isinstance(data, dict):
-            return cls.from_dict(data, str(path))
+            return cls.from_dict(data, str(path), bbox_format)
         if isinstance(data, list):
             return cls.from_coco(data, str(path))
         raise AnnotationError(

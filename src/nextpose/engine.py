@@ -197,14 +197,18 @@ def ordered_map(
 
 
 def cut_crops(
-    image: np.ndarray, centers: np.ndarray, scales: np.ndarray, input_size: tuple[int, int]
+    image: np.ndarray,
+    centers: np.ndarray,
+    scales: np.ndarray,
+    input_size: tuple[int, int],
+    source: str = "the image",
 ) -> np.ndarray:
     """(N, h, w, 3) uint8 crops of an (H, W, 3) image, one per crop region (centers and scales
     (N, 2) float32 image pixels, from :func:`~nextpose.geometry.crop_region`), cut with OpenCV
     exactly as the reference cuts them."""
     out = np.empty((len(centers), input_size[1], input_size[0], 3), np.uint8)
     for i in range(len(centers)):
-        out[i] = crop(image, centers[i], scales[i], input_size)
+        out[i] = crop(image, centers[i], scales[i], input_size, source=source)
     return out
 
 
@@ -357,7 +361,7 @@ class Engine:
                     on_device = on_device if on_device is not None else to(image)
                     crops: Any = warp_crops(on_device, to(c), to(s), size).to(torch.uint8)
                 else:
-                    crops = cut_crops(image, c, s, size)
+                    crops = cut_crops(image, c, s, size, label)
             except (cv2.error, ImageError, RuntimeError) as e:
                 item.error = _per_image(
                     e, f"{label}: cannot crop the {image.shape[1]} x {image.shape[0]} image"

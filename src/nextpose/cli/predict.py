@@ -53,6 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source.add_argument(  # the default; kept so that older command lines still run
         "--whole-image", action="store_true", help=argparse.SUPPRESS
     )
+    p.add_argument(
+        "--bbox-format",
+        choices=["xyxy", "xywh"],
+        default="xyxy",
+        help='how a {"<image>": [...]} --boxes file gives boxes: x1, y1, x2, y2 (default) or '
+        "x, y, w, h (COCO detection results are always x, y, w, h)",
+    )
     p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
     p.add_argument(
         "--detector-score",
@@ -133,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         guard.claim(args.jsonl, "--jsonl")
     if args.draw:
         guard.claim_folder(args.draw, "--draw")
-    table = BoxTable.read(args.boxes) if args.boxes else None
+    table = BoxTable.read(args.boxes, args.bbox_format) if args.boxes else None
     check_device(args.device)
     check_extras(args)
     estimator = load(args.model, args.checkpoint, **run_options(args))

@@ -1,0 +1,74 @@
+"""What people pass, through the command line: boxes as x, y, w, h, glob patterns, a folder
+holding one image too wide for OpenCV's warp, PIL images through the API."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from conftest import IMAGES
+
+import nextpose
+from nextpose.cli import main
+
+
+def _predict(checkpoint, *args):
+    return main(["predict", str(checkpoint), *map(str, args)])
+
+
+def test_bbox_format_xywh_gives_the_xyxy_keypoints(tiny_checkpoint, tmp_path):
+    xyxy = {IMAGES[0].name: [[100, 50, 300, 400, 0.9]]}
+    xywh = {IMAGES[0].name: [[100, 50, 200, 350, 0.9]]}
+    outs = []
+    for name, table, extra in (("a", xyxy, []), ("b", xywh, ["--bbox-format", "xywh"])):
+        (tmp_path / f"{name}.json").write_text(json.dumps(table))
+        out = tmp_path / f"{name}-poses.json"
+        assert _predict(tiny_checkpoint, IMAGES[0], "--boxes", tmp_path / f"{name}.json",
+                        "--out", out, *extra) == 0  # fmt: skip
+        outs.append(json.loads(out.read_text()))
+    assert outs[0] == outs[1] and outs[0][0]["bbox"] == [100, 50, 300, 400]
+    est = nextpose.load(str(tiny_checkpoint))
+    np.testing.assert_array_equal(
+        est.predict(IMAGES[0], [[100, 50, 200, 350]], bbox_format="xywh").keypoints,
+        est.predict(IMAGES[0], [[100, 50, 300, 400]]).keypoints,
+    )
+
+
+def test_glob_patterns_are_expanded(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "poses.json"
+    pattern = str(IMAGES[0].parent / "0000000[0-4]*.jpg")
+    assert _predict(tiny_checkpoint, pattern, "--out", out) == 0
+    names = [r["image"] for r in json.loads(out.read_text())]
+    assert names == sorted(p.name for p in IMAGES if p.name[7] in "01234")
+    assert _predict(tiny_checkpoint, str(tmp_path / "*.nothing"), "--out", out) == 2
+    assert "the pattern matches no files" in capsys.readouterr().err
+
+
+def test_a_panorama_among_good_images(tiny_checkpoint, tmp_path, capsys):
+    """A 40000 x 1000 image: too wide for OpenCV's warp with its whole-image box, so it is
+    reported and skipped; the other images' poses are written and the run succeeds."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in IMAGES[:2]:
+        shutil.copy(path, folder / path.name)
+    wide = np.zeros((1000, 40000, 3), np.uint8)
+    wide[:, ::97] = 255
+    cv2.imwrite(str(folder / "panorama.png"), wide)
+    out = tmp_path / "poses.json"
+    assert _predict(tiny_checkpoint, folder, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "panorama.png" in err and "1 of 3 images could not be read" in err
+    assert sorted(r["image"] for r in json.loads(out.read_text())) == sorted(
+        p.name for p in IMAGES[:2]
+    )
+
+
+def test_pil_images_are_accepted(tiny_checkpoint):
+    image_module = pytest.importorskip("PIL.Image")
+    est = nextpose.load(str(tiny_checkpoint))
+    array = nextpose.read_image(IMAGES[0])
+    poses = est.predict(image_module.fromarray(array), [[100, 50, 300, 400]])
+    np.testing.assert_array_equal(
+        poses.keypoints, est.predict(array, [[100, 50, 300, 400]]).keypoints
+    )
