@@ -29,6 +29,7 @@ LAYERS = [
      "evaluation.coco_eval", "evaluation.evaluate", "evaluation"],
     ["pipeline"],
     ["training.distributed", "training.loss", "training.optim", "training.pretrained",
+     "training.state", "training.run_folder",
      "training.loop", "training"],
     ["cli._options", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
      "__main__", "__init__"],

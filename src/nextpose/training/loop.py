@@ -93,7 +93,7 @@ class Learner:
         """
         cfg = self.config
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-        model = self.config.model
+        model = self.model.config  # its pixel statistics
         images = normalize(
             images.to(self.device, non_blocking=True), model.pixel_mean, model.pixel_std
         )
