@@ -6,6 +6,7 @@
 >>> poses.keypoints, poses.scores  # (N, 17, 2) image pixels, (N, 17)
 """
 
+from ._version import __version__
 from .checkpoint import CheckpointError
 from .config import CodecConfig, Config, ConfigError, InferenceConfig, ModelConfig
 from .data import AnnotationError, CocoKeypoints, ImageError, PersonInstance, read_image
@@ -19,8 +20,6 @@ from .pipeline import BoxTable, Frame, PosePipeline
 from .presets import PRESETS, Preset, get_preset
 from .tracking import OneEuro, PoseTracker
 from .visualize import draw_poses
-
-__version__ = "0.1.0"
 
 __all__ = [
     "COCO_KEYPOINTS",
