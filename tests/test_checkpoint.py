@@ -83,22 +83,23 @@ def test_file_url_download_checks_the_hash(tiny_checkpoint, tmp_path, monkeypatc
     monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
     source = _published_copy(tiny_checkpoint, tmp_path)
     local = checkpoint.resolve(source.as_uri(), progress=False)
-    assert local.parent == tmp_path / "cache" and local.read_bytes() == source.read_bytes()
+    assert local == checkpoint.cache_path(source.as_uri()) and local.name == source.name
+    assert local.parent.parent == tmp_path / "cache" and local.read_bytes() == source.read_bytes()
     estimator = nextpose.load(source.as_uri(), progress=False)
     assert estimator.config.model.input_size == (64, 96)
 
     bad = _published_copy(tiny_checkpoint, tmp_path, wrong_hash=True)
     with pytest.raises(CheckpointError, match="does not match the sha256 prefix"):
         checkpoint.resolve(bad.as_uri(), progress=False)
-    assert not (tmp_path / "cache" / bad.name).exists()
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name != source.name]
+    assert not checkpoint.cache_path(bad.as_uri()).exists()
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == [source.name]
 
 
 def test_corrupt_cached_file_is_fetched_again(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
     source = _published_copy(tiny_checkpoint, tmp_path)
-    (tmp_path / "cache").mkdir()
-    partial = tmp_path / "cache" / source.name
+    partial = checkpoint.cache_path(source.as_uri())
+    partial.parent.mkdir(parents=True)
     partial.write_bytes(source.read_bytes()[:1000])  # an interrupted copy left by someone else
     local = checkpoint.resolve(source.as_uri(), progress=False)
     assert local.read_bytes() == source.read_bytes()

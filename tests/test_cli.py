@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import ANN_FILE, COCO, DATA, IMAGES, ORACLE_RUNS, refused
 
+import nextpose
 from nextpose.cli import main
 
 
@@ -135,3 +136,13 @@ def test_eval_missing_dataset_fails_before_loading_a_model(tmp_path, capsys):
     code = main(["eval", "resnext50_coco_256x192", "--ann-file", str(ANN_FILE), *images,
                  "--out", str(tmp_path)])  # fmt: skip
     refused(code, "no such folder", capsys)
+
+
+def test_convert_writes_safetensors_that_load_to_the_same_poses(tiny_checkpoint, tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    assert main(["convert", str(tiny_checkpoint), str(out)]) == 0
+    a = nextpose.load(str(tiny_checkpoint)).predict(IMAGES[0], [[10, 10, 200, 300]])
+    b = nextpose.load(str(out)).predict(IMAGES[0], [[10, 10, 200, 300]])
+    np.testing.assert_array_equal(a.keypoints, b.keypoints)
+    assert main(["convert", str(tiny_checkpoint), str(tmp_path / "x.pth")]) == 2
+    assert main(["convert", str(out), str(out)]) == 2  # never over its own input

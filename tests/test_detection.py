@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models._api import WeightsEnum
 
-from nextpose import read_image
+from nextpose import checkpoint, read_image
 from nextpose.checkpoint import CheckpointError
 from nextpose.detection import (
     DEFAULT_DETECTOR,
@@ -113,7 +113,7 @@ def test_file_url_download_checks_hash_and_caches(tmp_path, monkeypatch):
     source = _named_by_hash(state, tmp_path / "server")
     url = source.resolve().as_uri()  # file:///...
     model = build_detector_model(SMALL, weights=url, progress=False)
-    cached = tmp_path / "cache" / source.name
+    cached = checkpoint.cache_path(url)
     assert cached.is_file() and cached.read_bytes() == source.read_bytes()
     for key, value in model.state_dict().items():
         if key in state:
@@ -131,7 +131,7 @@ def test_file_url_download_checks_hash_and_caches(tmp_path, monkeypatch):
     bad.write_bytes(source.read_bytes())
     with pytest.raises(CheckpointError, match="does not match the sha256 prefix '00000000'"):
         build_detector_model(SMALL, weights=bad.resolve().as_uri(), progress=False)
-    assert not (tmp_path / "cache" / bad.name).exists()
+    assert not checkpoint.cache_path(bad.resolve().as_uri()).exists()
 
 
 def test_unreachable_weights_and_bad_files_explain_themselves(tmp_path, monkeypatch):

@@ -31,12 +31,20 @@ LAYERS = [
     ["training.distributed", "training.loss", "training.optim", "training.pretrained",
      "training.state", "training.run_folder",
      "training.loop", "training"],
-    ["cli._options", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
+    ["cli._options", "cli.convert", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
      "__main__", "__init__"],
 ]  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # Modules that import the library inside functions: `nextpose --help` stays fast.
-LAZY_MODULES = {"cli._options", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli"}
+LAZY_MODULES = {
+    "cli.convert",
+    "cli._options",
+    "cli.evaluate",
+    "cli.export",
+    "cli.predict",
+    "cli.train",
+    "cli",
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -225,8 +225,9 @@ def test_hash_mismatch_on_download(tiny_checkpoint, tmp_path, cache, capsys):
 
 def test_partial_download_in_the_cache_is_fetched_again(tiny_checkpoint, tmp_path, cache):
     source = _published(tiny_checkpoint, tmp_path)
-    cache.mkdir()
-    (cache / source.name).write_bytes(tiny_checkpoint.read_bytes()[:3000])  # cut off earlier
+    cached = checkpoint.cache_path(source.as_uri())
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tiny_checkpoint.read_bytes()[:3000])  # cut off earlier
     local = checkpoint.resolve(source.as_uri(), progress=False)
     assert local.read_bytes() == tiny_checkpoint.read_bytes()
     assert nextpose.load(source.as_uri(), progress=False).config.model.input_size == (64, 96)
@@ -235,12 +236,13 @@ def test_partial_download_in_the_cache_is_fetched_again(tiny_checkpoint, tmp_pat
 def test_partial_download_without_a_hash_is_fetched_again(tiny_checkpoint, tmp_path, cache):
     source = tmp_path / "my_model.pth"  # no hash in the name: completeness is checked instead
     shutil.copy(tiny_checkpoint, source)
-    cache.mkdir()
-    (cache / "my_model.pth").write_bytes(tiny_checkpoint.read_bytes()[:-100])
-    (cache / "my_model.pth.0123.partial").write_bytes(b"left by a killed download")
+    cached = checkpoint.cache_path(source.as_uri())
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tiny_checkpoint.read_bytes()[:-100])
+    (cached.parent / ".my_model.pth.0123.partial").write_bytes(b"left by a killed download")
     estimator = nextpose.load(source.as_uri(), progress=False)
     assert estimator.config.model.input_size == (64, 96)
-    assert (cache / "my_model.pth").read_bytes() == tiny_checkpoint.read_bytes()
+    assert cached.read_bytes() == tiny_checkpoint.read_bytes()
 
 
 class _ShortServer(http.server.BaseHTTPRequestHandler):
@@ -272,15 +274,65 @@ def short_server(tiny_checkpoint):
 
 def test_interrupted_download_is_never_kept(tiny_checkpoint, short_server, cache):
     digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()[:8]
-    with pytest.raises(CheckpointError, match="does not match the sha256 prefix"):
+    size = len(tiny_checkpoint.read_bytes())
+    short = rf"the download is incomplete \({size // 3} of {size} bytes\); it was discarded"
+    with pytest.raises(CheckpointError, match=short):
         checkpoint.resolve(f"{short_server}/tiny-{digest}_20200727.pth", progress=False)
-    with pytest.raises(CheckpointError, match=r"the download is incomplete; it was discarded"):
+    with pytest.raises(CheckpointError, match=short):
         checkpoint.resolve(f"{short_server}/tiny.pth", progress=False)
     assert not list(cache.iterdir())
 
 
 def test_unreadable_cached_file_says_how_to_recover(tmp_path, cache):
-    cache.mkdir()
-    (cache / "legacy_model.pth").write_bytes(b"\x80\x02garbage")  # not zip: cannot be checked
+    cached = checkpoint.cache_path("https://example.org/legacy_model.pth")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x80\x02garbage")  # not zip: cannot be checked
     with pytest.raises(CheckpointError, match="delete it to download it again"):
-        checkpoint.read(cache / "legacy_model.pth")
+        checkpoint.read(cached)
+
+
+# -- state_dicts that are not dicts of named tensors (issue 13, class 6) --------------------------
+
+
+def _tensor() -> torch.Tensor:
+    return torch.zeros(2)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        ({"state_dict": [_tensor(), _tensor()]}, r"its 'state_dict' is a list, not a dict"),
+        ({"state_dict": (_tensor(),)}, r"its 'state_dict' is a tuple, not a dict"),
+        ({"state_dict": None}, r"its 'state_dict' is a NoneType, not a dict"),
+        ({"state_dict": "weights"}, r"its 'state_dict' is a str, not a dict"),
+        ({"state_dict": {0: _tensor(), 1: _tensor()}}, r"not parameter names \(str\): 0, 1$"),
+        ({"state_dict": {"a": _tensor(), 2.5: _tensor()}}, r"not parameter names \(str\): 2\.5"),
+        ({0: _tensor(), "meta": {}}, r"it has keys that are not parameter names \(str\): 0"),
+        ({"state_dict": {"w": [1.0, 2.0]}}, r"holds values that are not tensors: w \(list\)"),
+        ({"state_dict": {"w": _tensor(), "b": 3}}, r"values that are not tensors: b \(int\)"),
+        ({"state_dict": {"model": {"w": _tensor()}}}, r"not tensors: model \(dict\)"),
+        ({"state_dict": {}}, r"its 'state_dict' holds no tensors \(no weights\)"),
+        ({"epoch": 3, "meta": {"x": 1}}, r"it holds no tensors \(no weights\)"),
+    ],
+)  # fmt: skip
+def test_malformed_state_dict(tmp_path, capsys, payload, problem):
+    path = tmp_path / "odd.pth"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: .*{problem}"):
+        checkpoint.read(path)
+    with pytest.raises(CheckpointError, match=problem):
+        nextpose.load("tiny_coco_96x64", path)
+    with pytest.raises(CheckpointError, match=problem):
+        checkpoint.load_into(nextpose.PoseNet(nextpose.get_preset("tiny_coco_96x64").config.model),
+                             payload, "given.pth", "tiny_coco_96x64")  # fmt: skip
+    refused(_predict_cli(path), rf"odd\.pth: .*{problem}", capsys)
+
+
+def test_malformed_state_dict_as_pretrained_trunk_weights(tmp_path):
+    from nextpose.training.pretrained import load_pretrained_backbone
+
+    config = nextpose.get_preset("tiny_coco_96x64").config.model
+    path = tmp_path / "trunk.pth"
+    torch.save({"state_dict": {0: torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match=r"trunk\.pth: its 'state_dict' has keys that are"):
+        load_pretrained_backbone(nextpose.PoseNet(config).backbone, str(path), config)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import evaluate, export, predict, train
+from . import convert, evaluate, export, predict, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     export.add_parser(sub)
     train.add_parsers(sub)
+    convert.add_parser(sub)
     return parser
 
 
