@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from nextpose import checkpoint
 from nextpose.model import PoseNet
 from nextpose.presets import get_preset
+
+# Property and fuzz tests draw the same examples on every run: CI is stable, a failure repeats.
+settings.register_profile("nextpose", derandomize=True, deadline=None)
+settings.load_profile("nextpose")
 
 DATA = Path(__file__).parent / "data"
 COCO = DATA / "coco-mini"

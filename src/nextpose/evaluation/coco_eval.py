@@ -405,10 +405,11 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
                 "id": i + 1,
                 "image_id": image_id,
                 "category_id": ann["category_id"],
-                "keypoints": kpts,
+                # floats: a list of Python ints beyond int64 would become an object array
+                "keypoints": [float(v) for v in kpts],
                 "num_keypoints": sum(1 for v in kpts[2::3] if v > 0),
-                "area": area,
-                "bbox": bbox,
+                "area": float(area),
+                "bbox": [float(v) for v in bbox],
                 "iscrowd": int(iscrowd),
             }
         )
