@@ -426,7 +426,7 @@ def _gif_bomb(width=17000, height=17000):
 
 
 _GUARD_SCRIPT = """
-import sys, time, resource
+import sys, time
 if sys.argv[1] == "cv2-first":
     import cv2
 from nextpose.data import images
@@ -438,7 +438,9 @@ for path in sys.argv[2:]:
         out.append(f"READ {path}")
     except images.ImageError as e:
         out.append(f"{time.perf_counter() - start:.3f} {e}")
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+# this process's peak memory (VmHWM: reset by exec, unlike ru_maxrss, which a forked child
+# inherits from a large parent such as the test runner)
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) // 1024
 print(images._OPENCV_LIMIT_SOURCE, images.OPENCV_MAX_IMAGE_PIXELS, rss, sep="|")
 print("\\n".join(out))
 """
