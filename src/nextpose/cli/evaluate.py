@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.coco import CocoKeypoints
     from ..errors import InputError
     from ..evaluation import METRIC_NAMES, evaluate, score_results_file
+    from ..evaluation.coco_eval import read_ground_truth
     from ..fileio import atomic_write_text
     from ..predictor import load
 
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         coco = CocoKeypoints(ann_file)
         if bbox_file is not None:
             coco.detection_instances(bbox_file)
+        if args.model in PRESETS:  # the metric's own checks of the ground truth, up front too
+            k = PRESETS[args.model].config.model.num_keypoints
+            read_ground_truth(ann_file, k)
         estimator = load(args.model, args.checkpoint, **run_options(args))
         metrics = evaluate(
             estimator,

@@ -416,6 +416,12 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
     return {"images": images, "annotations": anns, "categories": cats}
 
 
+def read_ground_truth(ann_file: str | Path, num_keypoints: int = 17) -> dict[str, Any]:
+    """The ground truth of ``ann_file`` checked and prepared as the metric uses it (see
+    :func:`prepare_ground_truth`); an :class:`AnnotationError` names what is wrong."""
+    return _load_ground_truth(ann_file, num_keypoints)
+
+
 def _load_ground_truth(ann_file: str | Path, num_keypoints: int = 17) -> dict[str, Any]:
     return prepare_ground_truth(
         _load_json(Path(ann_file), "annotation"), str(ann_file), num_keypoints

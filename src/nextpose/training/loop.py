@@ -429,6 +429,11 @@ def _save(run: RunFolder, learner: Learner, config: Config, state: TrainState,
     run.save(LAST, ckpt, state.epoch)
 
 
+def _paths(data: Dataset) -> dict[str, str | None]:
+    """A dataset's files for ``run.json``: strings, and null (not "None") where there is none."""
+    return {k: None if v is None else str(v) for k, v in vars(data).items()}
+
+
 def _run_info(config: Config, train_data: Dataset, val_data: Dataset | None, device: torch.device,
               env: DistInfo, state: TrainState, resume: bool) -> dict[str, Any]:  # fmt: skip
     """One ``run.json`` line: what ran, on what, from where."""
@@ -440,8 +445,8 @@ def _run_info(config: Config, train_data: Dataset, val_data: Dataset | None, dev
         "torch": torch.__version__,
         "device": str(device),
         "world_size": env.world_size,
-        "train_data": {k: str(v) for k, v in vars(train_data).items()},
-        "val_data": {k: str(v) for k, v in vars(val_data).items()} if val_data else None,
+        "train_data": _paths(train_data),
+        "val_data": _paths(val_data) if val_data else None,
         "pretrained": state.pretrained,
         "resumed_at_epoch": state.epoch if resume else None,
     }
