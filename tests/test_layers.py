@@ -15,7 +15,7 @@ SRC = Path(nextpose.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers above it in this
 # list (lower layers), never of a later one.
 LAYERS = [
-    ["_version", "errors", "fileio", "opencv"],
+    ["_version", "errors", "fileio", "opencv", "progress"],
     ["keypoints"],
     ["config", "presets", "visualize"],
     ["structures", "geometry", "codec", "data.images", "data.coco"],

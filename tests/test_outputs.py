@@ -142,3 +142,21 @@ def test_boxes_of_absurd_size_are_refused(tiny_checkpoint):
     est = nextpose.load(str(tiny_checkpoint))
     with pytest.raises(nextpose.InputError, match="at most 1e9 pixels"):
         est.predict(IMAGES[0], [[0, 0, 3e38, 3e38]])
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, caplog):
+    import logging
+    import sys
+
+    from nextpose.progress import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    caplog.set_level(logging.INFO, logger="nextpose")
+    bar = Progress(3, "pose", "box", enabled=True, interval=0)
+    assert bar.bar.disable  # no bar drawn into a log
+    for _ in bar.iterate(range(3)):
+        pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-1].startswith("pose: 3/3 (") and "box/s" in lines[-1]
+    quiet = Progress(3, "pose", "box", enabled=None)  # the pipeline's default: tty only
+    assert quiet.bar.disable and not quiet.lines

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .boxes import BoxTable
 from .detection import DEFAULT_DETECTOR, PersonDetector, load_detector
 from .engine import Task
 from .errors import InputError
 from .predictor import PoseEstimator, load
+from .progress import Progress
 from .sources import Entry, ImageLike, Source, open_stream
 from .structures import Frame, Poses
 from .tracking import OneEuro, PoseTracker
@@ -184,13 +184,7 @@ class PosePipeline:
         )
         tasks = (self._task(entry, image) for entry, image in stream.entries)
         results = self.estimator.engine(self.detector).run(tasks, self.flip, live=stream.live)
-        bar = tqdm(
-            total=stream.total,
-            desc=stream.name,
-            unit="frame",
-            disable=None if progress is None else not progress,
-            dynamic_ncols=True,
-        )
+        bar = Progress(stream.total, stream.name, "frame", enabled=progress)
         seen = skipped = 0
         try:
             for result in results:

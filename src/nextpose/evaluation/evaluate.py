@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..engine import Task
 from ..fileio import atomic_write_text
 from ..predictor import PoseEstimator
+from ..progress import Progress
 from .coco_eval import Evaluator, NmsMode, evaluate_predictions, predictions_from_arrays
 from .oks_nms import TieOrder
 
@@ -72,7 +72,7 @@ def predict_instances(
         np.zeros(n, bool),
     )
     bad_images = 0
-    bar = tqdm(total=n, desc="pose", unit="box", disable=None if progress else True)
+    bar = Progress(n, "pose", "box", enabled=progress)
     for result in estimator.engine().run(tasks, flip):
         index = result.task.tag
         if result.poses is None:

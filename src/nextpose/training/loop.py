@@ -23,7 +23,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
 from .._version import __version__
 from ..checkpoint import read as read_checkpoint
@@ -35,6 +34,7 @@ from ..evaluation.evaluate import InstancePredictions, predict_instances, score_
 from ..model import PoseNet
 from ..model.tta import normalize
 from ..predictor import PoseEstimator
+from ..progress import Progress
 from . import distributed as dist
 from .distributed import DistInfo
 from .loss import KeypointMSELoss
@@ -246,11 +246,10 @@ def train_one_epoch(
     loader.sampler.set_epoch(state.epoch)  # type: ignore[union-attr]
     loader.dataset.set_epoch(state.epoch)  # type: ignore[attr-defined]
     learner.train_mode()
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{epochs}", unit="it", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    bar = Progress(len(loader), f"epoch {state.epoch + 1}/{epochs}", "it", enabled=progress)
     start = time.perf_counter()
     skipped = 0
-    for batch in bar:
+    for batch in bar.iterate(loader):
         skipped += _count_unreadable(batch["error"], state)
         lr = lr_at(cfg, state.iteration, state.epoch, learner.world_size)
         set_lr(learner.optimizer, lr)
