@@ -267,3 +267,25 @@ def test_nan_loss_before_any_checkpoint_through_the_cli(small, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "error: the loss became inf at iteration 0 (epoch 1)" in err
     assert "No checkpoint was written yet." in err
+
+
+def test_a_training_crop_that_cannot_be_cut_skips_the_sample(monkeypatch):
+    """A crop OpenCV's warp cannot make (an image side >= 32767 pixels) is a per-sample error:
+    the sample becomes the unreadable stand-in (weights 0), the epoch goes on."""
+    from nextpose.data import transforms
+    from nextpose.data.coco import CocoKeypoints
+    from nextpose.data.datasets import TrainDataset
+    from nextpose.errors import ImageError
+    from nextpose.presets import get_preset
+
+    config = get_preset("tiny_coco_96x64").config
+    instances = CocoKeypoints(ANN_FILE).ground_truth_instances()
+    data = TrainDataset(instances, ANN_FILE.parent, config)
+
+    def refuse(image, matrix, size, source="the image"):
+        raise ImageError(f"{source}: the 40000 x 1000 image cannot be cropped")
+
+    monkeypatch.setattr(transforms, "warp_to_crop", refuse)
+    item = data[0]
+    assert "cannot be cropped" in item["error"] and instances[0].image_file in item["error"]
+    assert not item["weights"].any()

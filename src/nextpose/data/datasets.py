@@ -9,66 +9,10 @@ from torch.utils.data import Dataset
 
 from ..codec import encode_heatmaps
 from ..config import Config
-from ..geometry import box_to_center_scale, crop, crop_region
+from ..geometry import box_to_center_scale
 from .coco import PersonInstance
 from .images import ImageError, read_image
 from .transforms import PoseSample, TrainTransform
-
-
-class CropDataset(Dataset):
-    """Test-time crops: item i is the un-augmented crop of ``instances[i]``.
-
-    Items are dicts of numpy arrays: ``image`` (h, w, 3) uint8 RGB, ``center`` and ``scale`` (2,)
-    float32 (the aspect-fixed crop region, image pixels), ``index``, and ``error``: "" or, when the
-    image cannot be read, the reason (the crop is then black; the caller skips the instance).
-    Instances of one image are usually adjacent and a worker gets whole batches, so the last
-    decoded image is kept.
-    """
-
-    def __init__(
-        self,
-        instances: list[PersonInstance],
-        image_dir: str | Path,
-        input_size: tuple[int, int],
-        padding: float = 1.25,
-    ):
-        self.instances = instances
-        self.image_dir = Path(image_dir)
-        self.input_size = input_size
-        self.padding = padding
-        self._cached: tuple[str, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.instances)
-
-    def image(self, file_name: str) -> np.ndarray:
-        if self._cached is None or self._cached[0] != file_name:
-            self._cached = (file_name, read_image(self.image_dir / file_name))
-        return self._cached[1]
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray | int | str]:
-        inst = self.instances[index]
-        center, scale = crop_region(inst.bbox[None], self.input_size, self.padding)
-        try:
-            image = crop(self.image(inst.image_file), center[0], scale[0], self.input_size)
-            error = ""
-        except ImageError as e:  # reported and skipped by the caller, never a crash mid-run
-            image = np.zeros((self.input_size[1], self.input_size[0], 3), np.uint8)
-            error = str(e)
-        return {"image": image, "center": center[0], "scale": scale[0], "index": index,
-                "error": error}  # fmt: skip
-
-
-def collate_crops(items: list[dict]) -> dict[str, Any]:
-    """Stack crops (kept uint8 and channels-last: 4x less to move than float) and their metadata;
-    ``error`` is a list of strings ("" for a readable image)."""
-    return {
-        "image": torch.from_numpy(np.stack([i["image"] for i in items])),
-        "center": torch.from_numpy(np.stack([i["center"] for i in items])),
-        "scale": torch.from_numpy(np.stack([i["scale"] for i in items])),
-        "index": torch.tensor([i["index"] for i in items]),
-        "error": [i.get("error", "") for i in items],
-    }
 
 
 class TrainDataset(Dataset):
@@ -132,7 +76,10 @@ class TrainDataset(Dataset):
             keypoints=inst.keypoints.astype(np.float32),
             visible=inst.visible.astype(np.float32),
         )
-        out = self.transform(sample, self.rng(index))
+        try:
+            out = self.transform(sample, self.rng(index), inst.image_file)
+        except ImageError as e:  # e.g. a crop of a huge image OpenCV's warp cannot make
+            return self._unreadable(index, center[0], scale[0], str(e))
         model, sigma = self.config.model, self.config.codec.sigma
         heatmaps, weights = encode_heatmaps(
             out.keypoints, out.visible, model.input_size, model.heatmap_size, sigma

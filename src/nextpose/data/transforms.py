@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import AugmentConfig, Config
-from ..geometry import fix_aspect_ratio, image_to_crop_matrix
+from ..geometry import fix_aspect_ratio, image_to_crop_matrix, warp_to_crop
 from ..keypoints import KeypointSet
 from ..opencv import cv2
 
@@ -186,7 +186,9 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return cv2.transform(points, np.asarray(matrix, dtype=np.float64))[0]
 
 
-def topdown_affine(sample: PoseSample, input_size: tuple[int, int]) -> PoseSample:
+def topdown_affine(
+    sample: PoseSample, input_size: tuple[int, int], source: str = "the image"
+) -> PoseSample:
     """Cut the network input out of the image and move the keypoints into crop pixels.
 
     The scale is first grown to the crop's aspect ratio (§2.2); the image is warped with
@@ -198,7 +200,7 @@ def topdown_affine(sample: PoseSample, input_size: tuple[int, int]) -> PoseSampl
     w_in, h_in = input_size
     scale = fix_aspect_ratio(sample.scale[None], w_in / h_in)[0]
     matrix = image_to_crop_matrix(sample.center, scale, np.float32(sample.rotation), input_size)
-    image = cv2.warpAffine(sample.image, matrix, (w_in, h_in), flags=cv2.INTER_LINEAR)
+    image = warp_to_crop(sample.image, matrix, (w_in, h_in), source)
     return dataclasses.replace(
         sample,
         image=image,
@@ -225,5 +227,8 @@ class TrainTransform:
         sample = random_half_body(sample, rng, self.augment, self.keypoint_set)
         return random_box_transform(sample, rng, self.augment)
 
-    def __call__(self, sample: PoseSample, rng: np.random.Generator) -> PoseSample:
-        return topdown_affine(self.augment_region(sample, rng), self.input_size)
+    def __call__(
+        self, sample: PoseSample, rng: np.random.Generator, source: str = "the image"
+    ) -> PoseSample:
+        """The augmented crop of ``sample``; ``source`` names the image in errors."""
+        return topdown_affine(self.augment_region(sample, rng), self.input_size, source)
