@@ -145,6 +145,12 @@ def test_unreachable_weights_and_bad_files_explain_themselves(tmp_path, monkeypa
     torch.save({"backbone.body.nope": torch.zeros(1)}, other)
     with pytest.raises(CheckpointError, match="do not fit detector"):
         build_detector_model(SMALL, weights=other)
+    small = tmp_path / "small.pth"
+    torch.save(build_detector_model(SMALL, weights=None).state_dict(), small)
+    # the two MobileNet detectors share one architecture: either is named
+    fits = r"weights of 'fasterrcnn_mobilenet_v3_large(_320)?_fpn': use --detector"
+    with pytest.raises(CheckpointError, match=rf"do not fit detector .*{fits}"):
+        build_detector_model("fasterrcnn_resnet50_fpn", weights=small)
     with pytest.raises(ValueError, match="unknown detector 'yolo'"):
         load_detector("yolo", weights=None)
 

@@ -239,6 +239,34 @@ def _match_frozen_batchnorm(model: nn.Module, state: dict[str, Any], zero_eps: b
                 module.eps = 0.0
 
 
+def _mismatch(expected: dict[str, Any], state: dict[str, Any]) -> str:
+    """How ``state`` differs from a model's state dict, in a few words ("" when it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if keys:
+            more = f" and {len(keys) - 2} more" if len(keys) > 2 else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:2])}{more}")
+    return "; ".join(parts)
+
+
+def _fitting_detector(state: dict[str, Any], tried: str) -> str | None:
+    """The detector of :data:`DETECTORS` whose architecture ``state`` fits, if any (each is
+    built with random weights to compare names and shapes: seconds, on this error path only)."""
+    for name, spec in DETECTORS.items():
+        if name == tried:
+            continue
+        classes = len(spec.weights.meta["categories"])
+        model = spec.builder(weights=None, weights_backbone=None, num_classes=classes)
+        if not _mismatch(model.state_dict(), state):
+            return name
+    return None
+
+
 def build_detector_model(
     name: str = DEFAULT_DETECTOR,
     weights: str | Path | None = "default",
@@ -268,18 +296,14 @@ def build_detector_model(
         state = read_weights(path)
         official = Path(path).name == Path(urllib.parse.urlparse(spec.weights.url).path).name
         _match_frozen_batchnorm(model, state, spec.zero_eps and official)
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches
+        mismatch = _mismatch(model.state_dict(), state)
+        if mismatch:
+            fits = _fitting_detector(state, name)
+            hint = f"; they are weights of '{fits}': use --detector {fits}" if fits else ""
             raise CheckpointError(
-                f"{path}: the weights do not fit detector '{name}': {e}"
-            ) from None
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path}: the weights do not fit detector '{name}' (missing: "
-                f"{', '.join(result.missing_keys[:3]) or '-'}; unexpected: "
-                f"{', '.join(result.unexpected_keys[:3]) or '-'})"
+                f"{path}: the weights do not fit detector '{name}' ({mismatch}){hint}"
             )
+        model.load_state_dict(state, strict=False)
     if isinstance(model, tvd.KeypointRCNN):  # boxes only: skip the keypoint branch
         model.roi_heads.keypoint_roi_pool = None
         model.roi_heads.keypoint_head = None
