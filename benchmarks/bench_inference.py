@@ -44,9 +44,8 @@ import torch
 
 import nextpose
 from nextpose import checkpoint
-from nextpose.engine import cut_crops
 from nextpose.evaluation import evaluate
-from nextpose.geometry import crop_region, crop_to_image, warp_crops
+from nextpose.geometry import crop_region, crop_to_image, cut_crops, warp_crops
 from nextpose.model import PoseNet
 from nextpose.optimize import (
     cpu_capability,

@@ -33,8 +33,7 @@ def crops_of(image, boxes, input_size, padding: float = 1.25):
     engine cuts them."""
     import numpy as np
 
-    from nextpose.engine import cut_crops
-    from nextpose.geometry import crop_region
+    from nextpose.geometry import crop_region, cut_crops
 
     centers, scales = crop_region(np.asarray(boxes, np.float32)[:, :4], input_size, padding)
     return cut_crops(image, centers, scales, input_size), centers, scales

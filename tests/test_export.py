@@ -113,3 +113,10 @@ def test_export_rejects_bad_options(eager):
         export_onnx(eager.model, eager.config, None, input="video")
     with pytest.raises(ValueError, match="heatmaps"):
         export_onnx(eager.model, eager.config, None, input="image", heatmaps=True)
+
+
+def test_export_never_writes_over_its_own_model(tiny_checkpoint, capsys):
+    before = tiny_checkpoint.read_bytes()
+    assert main(["export", str(tiny_checkpoint), str(tiny_checkpoint)]) == 2
+    assert "the model's own file" in capsys.readouterr().err
+    assert tiny_checkpoint.read_bytes() == before

@@ -134,3 +134,17 @@ def test_help_and_version_import_no_torch():
         "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_the_clis_torch_free_lists_are_the_librarys():
+    """cli/_options.py spells the choices out so that --help needs no torch; they must stay
+    what the library accepts."""
+    from nextpose import detection, runtime
+    from nextpose.cli import _options
+    from nextpose.training import pretrained
+
+    assert _options.BACKENDS == runtime.BACKENDS
+    assert _options.PRECISIONS == runtime.PRECISIONS
+    assert tuple(detection.DETECTORS) == _options.DETECTORS
+    assert _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
+    assert _options.PRETRAINED == pretrained.SOURCES

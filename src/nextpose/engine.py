@@ -33,7 +33,7 @@ from .boxes import BoxFormat, as_boxes
 from .config import Config
 from .data.images import as_rgb_image, read_image
 from .errors import ImageError, NextposeError, NumericsError
-from .geometry import crop, crop_region, crop_to_image, warp_crops
+from .geometry import crop_region, crop_to_image, cut_crops, warp_crops
 from .opencv import cv2
 from .runtime import Network, RunOptions
 from .structures import Poses
@@ -194,22 +194,6 @@ def ordered_map(
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def cut_crops(
-    image: np.ndarray,
-    centers: np.ndarray,
-    scales: np.ndarray,
-    input_size: tuple[int, int],
-    source: str = "the image",
-) -> np.ndarray:
-    """(N, h, w, 3) uint8 crops of an (H, W, 3) image, one per crop region (centers and scales
-    (N, 2) float32 image pixels, from :func:`~nextpose.geometry.crop_region`), cut with OpenCV
-    exactly as the reference cuts them."""
-    out = np.empty((len(centers), input_size[1], input_size[0], 3), np.uint8)
-    for i in range(len(centers)):
-        out[i] = crop(image, centers[i], scales[i], input_size, source=source)
-    return out
 
 
 def _per_image(error: Exception, where: str) -> NextposeError:

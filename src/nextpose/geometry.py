@@ -209,6 +209,22 @@ def crop(
     return warp_to_crop(image, matrix, crop_size, source)
 
 
+def cut_crops(
+    image: np.ndarray,
+    centers: np.ndarray,
+    scales: np.ndarray,
+    input_size: tuple[int, int],
+    source: str = "the image",
+) -> np.ndarray:
+    """(N, h, w, 3) uint8 crops of an (H, W, 3) image, one per crop region (centers and scales
+    (N, 2) float32 image pixels, from :func:`crop_region`), cut with OpenCV
+    exactly as the reference cuts them."""
+    out = np.empty((len(centers), input_size[1], input_size[0], 3), np.uint8)
+    for i in range(len(centers)):
+        out[i] = crop(image, centers[i], scales[i], input_size, source=source)
+    return out
+
+
 def crop_to_image(
     points: np.ndarray, center: np.ndarray, scale: np.ndarray, crop_size: tuple[int, int]
 ) -> np.ndarray:

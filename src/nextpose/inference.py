@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import cut_crops
-from .geometry import crop_region
+from .geometry import crop_region, cut_crops
 
 _MOVED = {
     "PoseEstimator": "predictor",
@@ -42,10 +41,10 @@ class Crops:
 def prepare_crops(
     image: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int], padding: float = 1.25
 ) -> Crops:
-    """Deprecated: :func:`~nextpose.geometry.crop_region` + :func:`~nextpose.engine.cut_crops`."""
+    """Deprecated: :func:`~nextpose.geometry.crop_region` + :func:`~nextpose.geometry.cut_crops`."""
     warnings.warn(
         "nextpose.inference.prepare_crops is deprecated: use geometry.crop_region and "
-        "engine.cut_crops",
+        "geometry.cut_crops",
         DeprecationWarning,
         stacklevel=2,
     )

@@ -128,10 +128,7 @@ class PoseEstimator:
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, h, w, 3) uint8 RGB crops -> (N, 3, h, w) float32 network input on the device,
         ``(x - pixel_mean) / pixel_std``."""
-        net = self.network
-        if hasattr(net, "normalize"):
-            return net.normalize(crops)
-        return net.plain.normalize(crops)  # onnxruntime: the graph normalises itself
+        return self.network.normalize(crops)
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool | None = None) -> torch.Tensor:
         """Heatmaps (N, K, h/4, w/4) of normalised inputs, averaged with the mirrored inputs'

@@ -125,6 +125,10 @@ class Network(Protocol):
         """An array or tensor on the network's device."""
         ...
 
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, h, w, 3) uint8 crops -> (N, 3, h, w) float32 network input on the device."""
+        ...
+
 
 class _CudaSwitches:
     """cuDNN settings for the network while inside: true float32 convolutions (PyTorch's default
@@ -314,6 +318,9 @@ class OnnxNetwork:
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.plain.to_device(array)
+
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.plain.normalize(crops)
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
         return self.plain.heatmaps(inputs, flip)

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from ._options import add_model
 
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from ..predictor import load
 
     require("onnx", "onnx", "nextpose export")
+    out = Path(args.out).resolve()
+    for given in (args.model, args.checkpoint):
+        if given and Path(given).exists() and Path(given).resolve() == out:
+            raise InputError(f"{args.out}: is the model's own file; name another output")
     if not 16 <= args.opset <= OPSET_MAX:
         raise InputError(f"--opset {args.opset}: choose an opset from 16 to {OPSET_MAX}")
     estimator = load(args.model, args.checkpoint, backend="eager")
