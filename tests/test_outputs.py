@@ -160,3 +160,11 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(monkeypatch, caplog)
     assert lines[-1].startswith("pose: 3/3 (") and "box/s" in lines[-1]
     quiet = Progress(3, "pose", "box", enabled=None)  # the pipeline's default: tty only
     assert quiet.bar.disable and not quiet.lines
+
+
+def test_an_input_named_by_a_glob_pattern_is_protected_too(tiny_checkpoint, photos, capsys):
+    image = photos / IMAGES[0].name
+    before = image.read_bytes()
+    assert _predict(tiny_checkpoint, str(photos / "*.jpg"), "--out", image) == 2
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert image.read_bytes() == before

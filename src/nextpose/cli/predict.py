@@ -133,7 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.detector_weights and not args.detector:
         raise InputError("--detector-weights needs --detector")
-    guard = Guard(args.inputs)
+    groups = input_groups(args.inputs)  # glob patterns expanded: the files they name are inputs
+    guard = Guard(
+        [p for kind, source in groups if kind != "camera"
+         for p in (source if kind == "images" else [source])]
+    )  # fmt: skip
     if args.out:
         guard.claim(args.out, "--out")
     if args.jsonl:
@@ -160,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
         smooth=args.smooth,
     )  # fmt: skip
     coco = args.format == "coco"
-    groups = input_groups(args.inputs)
     failed: list[str] = []
     frames = people = inputs = 0
 
