@@ -142,6 +142,9 @@ def test_with_options_shares_weights_and_changes_only_the_run(tiny_checkpoint):
     )
     with pytest.raises(nextpose.InputError, match="unknown run options"):
         est.with_options(batchsize=2)
+    elsewhere = est.with_options(device="meta")  # another device: this estimator's stay put
+    assert elsewhere.model is not est.model
+    assert next(est.model.parameters()).device.type == "cpu"
 
 
 def test_no_process_wide_setting_changes(tiny_checkpoint):

@@ -5,6 +5,7 @@ of the :class:`~nextpose.engine.Engine`; and :func:`load`, which makes one from 
 >>> poses = estimator.predict("street.jpg", boxes=[[48, 30, 210, 400, 0.98]])
 """
 
+import copy
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
@@ -110,13 +111,16 @@ class PoseEstimator:
 
     def with_options(self, **changes: Any) -> "PoseEstimator":
         """This estimator with other run options (``batch_size=8``, ``backend="eager"``...);
-        the weights are shared, and so is the built network when it would be the same."""
+        the weights are shared (copied for another device, so this one keeps its own), and so
+        is the built network when it would be the same."""
         names = {f.name for f in fields(RunOptions)}
         unknown = sorted(set(changes) - names)
         if unknown:
             raise InputError(f"unknown run options {unknown}; choose from {sorted(names)}")
-        other = PoseEstimator(self.model, self.config, name=self.name,
-                              options=replace(self.options, **changes))  # fmt: skip
+        options = replace(self.options, **changes)
+        same_device = options.torch_device == self.device
+        model = self.model if same_device else copy.deepcopy(self.model)
+        other = PoseEstimator(model, self.config, name=self.name, options=options)
         if all(getattr(other.options, k) == getattr(self.options, k) for k in _SHARED_NETWORK):
             other._network = self._network
         return other
