@@ -4,7 +4,10 @@ Shared fixtures: paths to the COCO sample and the reference oracle, and generate
 
 import importlib.util
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,15 @@ from hypothesis import settings
 from nextpose import checkpoint
 from nextpose.model import PoseNet
 from nextpose.presets import get_preset
+
+# The tests never write into the user's cache (downloads, ONNX graphs); their subprocesses
+# inherit this too.
+_CACHE = os.environ["NEXTPOSE_CACHE"] = tempfile.mkdtemp(prefix="nextpose-tests-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
 
 # Property and fuzz tests draw the same examples on every run: CI is stable, a failure repeats.
 settings.register_profile("nextpose", derandomize=True, deadline=None)

@@ -1,6 +1,7 @@
 """The fast inference paths: tensor twins of the decode and crop maths (equal to the NumPy /
 OpenCV reference bit for bit), BatchNorm folding, the backends and the read-ahead of images."""
 
+import importlib.util
 import json
 import threading
 import time
@@ -33,7 +34,13 @@ from nextpose.optimize import (
 )
 from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
-from nextpose.runtime import RunOptions, TorchNetwork
+from nextpose.runtime import (
+    PRECISIONS,
+    RunOptions,
+    TorchNetwork,
+    auto_backend,
+    onnxruntime_available,
+)
 
 TINY = get_preset("tiny_coco_96x64").config
 SIZE = TINY.model.input_size
@@ -147,8 +154,30 @@ def test_fold_refuses_a_batchnorm_without_convolution():
         fold_batchnorm(model)
 
 
-def test_run_option_choices():
+def test_auto_backend_choice():
+    """auto: ONNX Runtime for fp32 on a CPU when the extra is installed (measured fastest
+    there), the fast PyTorch graph otherwise; never onnxruntime off the CPU or below fp32."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_backend(cpu, "fp32", onnxruntime=True) == "onnxruntime"
+    assert auto_backend(cpu, "fp32", onnxruntime=False) == "fast"
+    for precision in ("bf16", "fp16"):
+        assert auto_backend(cpu, precision, onnxruntime=True) == "fast"
+    for precision in PRECISIONS:
+        assert auto_backend(cuda, precision, onnxruntime=True) == "fast"
+    installed = onnxruntime_available()
+    assert RunOptions().resolve().backend == ("onnxruntime" if installed else "fast")
+
+
+def test_auto_backend_without_the_onnx_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name)
+    )
+    assert not onnxruntime_available()
     assert RunOptions().resolve().backend == "fast"
+
+
+def test_run_option_choices():
     with pytest.raises(nextpose.InputError, match="backend"):
         RunOptions(backend="tensorrt")
     with pytest.raises(nextpose.InputError, match="precision"):
@@ -165,7 +194,7 @@ def test_run_option_choices():
 def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
     """Folding and channels-last change heatmaps in the last bits only: the same keypoints."""
     eager = nextpose.load(str(tiny_checkpoint), backend="eager")
-    fast = nextpose.load(str(tiny_checkpoint))
+    fast = nextpose.load(str(tiny_checkpoint), backend="fast")
     assert fast.backend == "fast" and eager.backend == "eager"
     names = list(few_boxes)
     want = eager.predict_many([COCO / n for n in names], [few_boxes[n] for n in names])
@@ -312,10 +341,10 @@ def test_unreadable_image_still_raises(tiny_checkpoint, tmp_path):
         est.predict_many([IMAGES[0], bad, IMAGES[1]], [None, None, None])
 
 
-def test_custom_model_estimator_defaults_to_fast():
+def test_custom_model_estimator_defaults_to_auto():
     model = PoseNet(TINY.model)
     est = PoseEstimator(model, TINY)
-    assert est.backend == "fast"
+    assert est.backend == auto_backend(torch.device("cpu"), "fp32")
     poses = est.predict(np.zeros((50, 40, 3), np.uint8))
     assert poses.keypoints.shape == (1, 17, 2)
 
@@ -414,3 +443,27 @@ def test_cli_backend_and_precision_options(tiny_checkpoint, tmp_path, capsys):
         args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--precision", "bf16"]
         assert main(args) == 2
         assert "no native bf16" in capsys.readouterr().err
+
+
+def test_benchmark_verb_times_and_recommends(tiny_checkpoint, capsys):
+    """`nextpose benchmark`: a row per candidate with its speed and keypoint equality, and the
+    fastest fp32 backend whose keypoints equal the plain model's."""
+    from nextpose.cli import main
+
+    args = ["benchmark", str(tiny_checkpoint), "--backends", "eager,fast", "--seconds", "0.5"]
+    assert main([*args, "--batch-size", "2", "--images", str(IMAGES[0])]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:4]}
+    assert set(rows) == {"eager", "fast"}
+    for row in rows.values():
+        assert row[1] == "fp32" and float(row[2]) > 0 and row[5] == "100.0"  # equal to eager
+    assert rows["eager"][3] == "1.00"
+    fastest = max(rows, key=lambda name: float(rows[name][2]))
+    assert f"fastest fp32 with the plain model's keypoints: --backend {fastest}" in out
+
+
+def test_benchmark_refuses_an_unknown_candidate(tiny_checkpoint, capsys):
+    from nextpose.cli import main
+
+    assert main(["benchmark", str(tiny_checkpoint), "--backends", "fast:int8"]) == 2
+    assert "--backends fast:int8" in capsys.readouterr().err

@@ -25,18 +25,20 @@ LAYERS = [
     ["runtime"],
     ["engine"],
     ["predictor", "inference"],
-    ["sources", "detection", "tracking", "writers", "evaluation.oks_nms",
+    ["benchmark", "sources", "detection", "tracking", "writers", "evaluation.oks_nms",
      "evaluation.coco_eval", "evaluation.evaluate", "evaluation"],
     ["pipeline"],
     ["training.distributed", "training.loss", "training.optim", "training.pretrained",
      "training.state", "training.run_folder",
      "training.loop", "training"],
-    ["cli._options", "cli.convert", "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
+    ["cli._options", "cli.benchmark", "cli.convert",
+     "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
      "__main__", "__init__"],
 ]  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # Modules that import the library inside functions: `nextpose --help` stays fast.
 LAZY_MODULES = {
+    "cli.benchmark",
     "cli.convert",
     "cli._options",
     "cli.evaluate",
@@ -145,6 +147,7 @@ def test_the_clis_torch_free_lists_are_the_librarys():
 
     assert _options.BACKENDS == runtime.BACKENDS
     assert _options.PRECISIONS == runtime.PRECISIONS
+    assert _options.KEEP_FP32 == runtime.KEEP_FP32
     assert tuple(detection.DETECTORS) == _options.DETECTORS
     assert _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
     assert _options.PRETRAINED == pretrained.SOURCES

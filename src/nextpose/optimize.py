@@ -10,6 +10,7 @@ first removes that pattern.
 
 import copy
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -85,6 +86,39 @@ def prepare_for_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+KeepFp32 = Literal["none", "final", "head"]
+KEEP_FP32: tuple[str, ...] = ("none", "final", "head")
+
+
+class ReducedPrecision(nn.Module):
+    """A prepared PoseNet with its weights in ``dtype`` (bf16 or fp16) and, by ``keep_fp32``,
+    its last layers in float32: ``final`` keeps the 1x1 heatmap layer (heatmaps are not rounded
+    to an 8-bit mantissa, which makes ties of near-equal maxima), ``head`` the whole
+    deconvolution head (25 % of the FLOPs). float32 (N, 3, h, w) in, float32 heatmaps out.
+
+    Weights are cast once here; autocast would cast every weight again on every call.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, keep_fp32: KeepFp32 = "final"):
+        super().__init__()
+        if keep_fp32 not in KEEP_FP32:
+            raise ValueError(f"keep_fp32 must be one of {KEEP_FP32}, not {keep_fp32!r}")
+        model = copy.deepcopy(model)
+        head = model.head
+        self.trunk: nn.Module
+        if keep_fp32 == "head":
+            self.trunk, self.tail = model.backbone.to(dtype), head.float()
+        elif keep_fp32 == "final":
+            self.trunk = nn.Sequential(model.backbone, head.deconv_layers).to(dtype)
+            self.tail = head.final_layer.float()
+        else:
+            self.trunk, self.tail = model.to(dtype), nn.Identity()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.trunk(x.to(self.dtype)).float()).float()
 
 
 def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Callable:

@@ -25,11 +25,18 @@ from .errors import CheckpointError, InputError
 from .geometry import crop_to_image
 from .keypoints import KeypointSet
 from .model import PoseNet
+from .optimize import KeepFp32
 from .presets import PRESETS, get_preset
 from .runtime import Backend, Network, Precision, RunOptions, build_network
 from .structures import Poses
 
-_SHARED_NETWORK = ("device", "backend", "precision", "cudnn_benchmark")  # what builds a network
+_SHARED_NETWORK = (
+    "device",
+    "backend",
+    "precision",
+    "cudnn_benchmark",
+    "keep_fp32",
+)  # what builds a network
 
 
 class PoseEstimator:
@@ -39,8 +46,8 @@ class PoseEstimator:
     Args:
         model: the network (put in eval mode on the device).
         config: what the model is (input size, keypoint set, pixel statistics, padding).
-        device, backend, precision, device_crops, batch_size, read_threads: how it runs, see
-            :class:`~nextpose.runtime.RunOptions` (or pass ``options=`` whole).
+        device, backend, precision, device_crops, batch_size, read_threads, keep_fp32: how it
+            runs, see :class:`~nextpose.runtime.RunOptions` (or pass ``options=`` whole).
         name: how messages and ``repr`` name it (the preset or file).
     """
 
@@ -56,6 +63,7 @@ class PoseEstimator:
         batch_size: int = 32,
         read_threads: int = 2,
         *,
+        keep_fp32: KeepFp32 = "final",
         options: RunOptions | None = None,
         workers: int | None = None,
     ):
@@ -66,7 +74,13 @@ class PoseEstimator:
             read_threads = workers
         if options is None:
             options = RunOptions(
-                str(device), backend, precision, device_crops, batch_size, read_threads
+                str(device),
+                backend,
+                precision,
+                device_crops,
+                batch_size,
+                read_threads,
+                keep_fp32=keep_fp32,
             )
         self.options = options.resolve()
         self.config = config
@@ -205,6 +219,7 @@ def load(
     device_crops: bool = False,
     batch_size: int = 32,
     read_threads: int = 2,
+    keep_fp32: KeepFp32 = "final",
     **deprecated: Any,
 ) -> PoseEstimator:
     """A ready-to-use estimator (eval mode) from a preset name or a nextpose checkpoint file.
@@ -215,8 +230,8 @@ def load(
         checkpoint: weights to use instead: a local path or a URL (``file://`` works).
         device: where to run, e.g. "cpu" or "cuda".
         progress: show a progress bar while downloading.
-        backend, precision, device_crops, batch_size, read_threads: how the network runs, see
-            :class:`~nextpose.runtime.RunOptions`.
+        backend, precision, device_crops, batch_size, read_threads, keep_fp32: how the network
+            runs, see :class:`~nextpose.runtime.RunOptions`.
     """
     renamed = {"checkpoint_source": "checkpoint", "workers": "read_threads"}
     for old, value in deprecated.items():
@@ -227,7 +242,9 @@ def load(
             checkpoint = checkpoint or value
         else:
             read_threads = value
-    options = RunOptions(str(device), backend, precision, device_crops, batch_size, read_threads)
+    options = RunOptions(
+        str(device), backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32
+    )
     options = options.resolve()  # a bad option fails before any download
     model = str(model)
     if model in PRESETS:

@@ -6,34 +6,69 @@ heatmaps), flip test included. :func:`build_network` makes one for a backend:
 * ``eager``: the plain PyTorch model, exactly the reference's op sequence (two flip passes);
 * ``fast``: BatchNorm folded into the convolutions, channels-last, optional autocast;
 * ``compile``: ``torch.compile`` of the fast graph (CUDA graphs on a GPU);
-* ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime.
+* ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime,
+  exported once per weights and kept in the cache folder;
+* ``auto``: the fastest of these for the device and precision (:func:`auto_backend`).
 
 :class:`RunOptions` says how a run goes (device, backend, precision, batch size, threads); none of
 it is part of the model or saved with it.
 """
 
 import contextlib
+import hashlib
+import importlib.util
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
+from .checkpoint import cache_dir
 from .codec import decode_heatmaps_torch
 from .config import Config
 from .errors import InputError, require
 from .export import export_onnx
+from .fileio import atomic_write_bytes
 from .model.tta import flip_test, normalize
-from .optimize import compile_model, cpu_supports_bf16, cpu_supports_fp16, prepare_for_inference
+from .optimize import (
+    KEEP_FP32,
+    KeepFp32,
+    ReducedPrecision,
+    compile_model,
+    cpu_supports_bf16,
+    cpu_supports_fp16,
+    prepare_for_inference,
+)
 
 Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
 Precision = Literal["fp32", "bf16", "fp16"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends): measured fastest per crop
+
+
+def onnxruntime_available() -> bool:
+    """Whether the ``onnx`` extra (onnx and onnxruntime) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def auto_backend(device: torch.device, precision: str, onnxruntime: bool | None = None) -> str:
+    """The backend ``auto`` runs, by measurement (BENCHMARKS.md, the same keypoints on all):
+    on a CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (the fastest fp32
+    path on AVX2 and AMX CPUs), else ``fast``; in bf16/fp16 (ONNX Runtime runs fp32 only) and
+    on a GPU, ``fast``. ``onnxruntime`` says whether the extra is installed (None: look)."""
+    if device.type != "cpu" or precision != "fp32":
+        return "fast"
+    if onnxruntime is None:
+        onnxruntime = onnxruntime_available()
+    return "onnxruntime" if onnxruntime else "fast"
 
 
 @dataclass(frozen=True)
@@ -42,10 +77,13 @@ class RunOptions:
 
     Attributes:
         device: where the network runs, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        backend: see the module docstring; ``auto`` resolves to ``fast``, whose keypoints equal
-            eager's on the reference sample (BENCHMARKS.md).
-        precision: ``fp32``, or autocast to ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or
-            fp16 only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
+        backend: see the module docstring; ``auto`` resolves by :func:`auto_backend` to a
+            backend whose keypoints equal eager's on the reference sample (BENCHMARKS.md).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or fp16
+            only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
+        keep_fp32: with bf16/fp16 on the ``fast`` and ``compile`` backends, the layers left in
+            float32: ``final`` (the 1x1 heatmap layer, ~0.1 % of the FLOPs), ``head`` (the
+            deconvolution head, 25 %) or ``none`` (all reduced). ``eager`` autocasts everything.
         device_crops: cut crops on the network's device (:func:`~nextpose.geometry.warp_crops`,
             OpenCV's arithmetic, the same pixels) instead of with OpenCV on the CPU.
         batch_size: crops per network call (crops of several images share a batch).
@@ -62,6 +100,7 @@ class RunOptions:
     batch_size: int = 32
     read_threads: int = 2
     cudnn_benchmark: bool = True
+    keep_fp32: KeepFp32 = "final"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -69,6 +108,10 @@ class RunOptions:
         if self.precision not in PRECISIONS:
             raise InputError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+        if self.keep_fp32 not in KEEP_FP32:
+            raise InputError(
+                f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {self.keep_fp32!r}"
             )
         for name in ("batch_size", "read_threads"):
             value = getattr(self, name)
@@ -90,7 +133,9 @@ class RunOptions:
     def resolve(self) -> "RunOptions":
         """These options with ``auto`` replaced by a backend, checked against the device."""
         device = self.torch_device
-        backend = "fast" if self.backend == "auto" else self.backend
+        backend = self.backend
+        if backend == "auto":
+            backend = auto_backend(device, self.precision)
         if backend == "onnxruntime":
             if device.type != "cpu":
                 raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")
@@ -182,6 +227,8 @@ class TorchNetwork:
         chunk: largest batch per forward pass; larger inputs run in pieces.
         cuda_graphs: ``net`` replays CUDA graphs (one recorded per batch size): batches are padded
             to powers of two and outputs copied out of its buffers.
+        autocast: run ``net`` under autocast to ``options.precision`` (False: ``net`` is in
+            that precision already, e.g. :class:`~nextpose.optimize.ReducedPrecision`).
     """
 
     def __init__(
@@ -194,13 +241,14 @@ class TorchNetwork:
         joint_flip: bool = False,
         chunk: int | None = None,
         cuda_graphs: bool = False,
+        autocast: bool = True,
     ):
         self.net = net
         self.device = options.torch_device
         self.options = options
         self.input_size = config.model.input_size
         self.channels_last = channels_last
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
+        self.dtype = REDUCED.get(options.precision) if autocast else None
         self.joint_flip = joint_flip
         self.chunk = chunk
         self.cuda_graphs = cuda_graphs
@@ -287,10 +335,29 @@ class TorchNetwork:
         return keypoints, scores
 
 
+def onnx_cache_path(model: nn.Module, config: Config, **export: Any) -> Path:
+    """Where the ONNX graph of ``model`` exported with ``export`` (keywords of
+    :func:`~nextpose.export.export_onnx`) is kept: ``<cache>/onnx/<key>.onnx``, the key a
+    sha256 of the weights, the config, the export options and the versions that make the graph."""
+    import onnx  # the version is part of the key; present whenever a graph is needed
+
+    key = hashlib.sha256()
+    versions = (__version__, torch.__version__, onnx.__version__)
+    key.update(repr((versions, config.to_dict(), sorted(export.items()))).encode())
+    for name, tensor in model.state_dict().items():
+        key.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        key.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return cache_dir() / "onnx" / f"{key.hexdigest()[:32]}.onnx"
+
+
 class OnnxNetwork:
     """ONNX Runtime sessions of the exported crops graph (uint8 crops in, crop-pixel keypoints and
     scores out, flip test and decoding inside), one per flip setting, made on first use.
-    ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs)."""
+    ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs).
+
+    The export (~10 s for resnext50) is done once per weights: the graph is kept in the cache
+    folder (:func:`onnx_cache_path`) and later processes load it from there.
+    """
 
     def __init__(self, model: nn.Module, config: Config, options: RunOptions):
         self.onnxruntime = require("onnxruntime", "onnx", "the onnxruntime backend")
@@ -302,6 +369,20 @@ class OnnxNetwork:
         self._sessions: dict[bool, Any] = {}
         self._lock = threading.Lock()
 
+    def _graph(self, flip: bool) -> tuple[str | bytes, Path]:
+        """The graph: the cached file's path, or the exported bytes (also written to the cache)."""
+        export = {"flip": flip, "heatmaps": True}
+        path = onnx_cache_path(self.model, self.config, **export)
+        if path.is_file():
+            return str(path), path
+        graph = export_onnx(self.model, self.config, None, **export)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, graph)
+        except OSError as e:  # a read-only cache: export again next time
+            warnings.warn(f"could not keep the ONNX graph in {path.parent}: {e}", stacklevel=3)
+        return graph, path
+
     def session(self, flip: bool) -> Any:
         with self._lock:
             if flip not in self._sessions:
@@ -310,10 +391,17 @@ class OnnxNetwork:
                 options.intra_op_num_threads = torch.get_num_threads()
                 # Idle threads sleep instead of spinning: the image-reading threads need the cores.
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                graph = export_onnx(self.model, self.config, None, flip=flip, heatmaps=True)
-                self._sessions[flip] = ort.InferenceSession(
-                    graph, options, providers=["CPUExecutionProvider"]
-                )
+                graph, path = self._graph(flip)
+                providers = ["CPUExecutionProvider"]
+                try:
+                    session = ort.InferenceSession(graph, options, providers=providers)
+                except Exception:
+                    if isinstance(graph, bytes):
+                        raise
+                    path.unlink(missing_ok=True)
+                    graph, _ = self._graph(flip)
+                    session = ort.InferenceSession(graph, options, providers=providers)
+                self._sessions[flip] = session
             return self._sessions[flip]
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -341,7 +429,10 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         return TorchNetwork(model, config, options)
     if options.backend == "onnxruntime":  # the export folds BatchNorm itself
         return OnnxNetwork(model, config, options)
-    fast = prepare_for_inference(model, device, fold=True, channels_last=True)
+    fast: nn.Module = prepare_for_inference(model, device, fold=True, channels_last=True)
+    dtype = REDUCED.get(options.precision)
+    if dtype is not None:
+        fast = ReducedPrecision(fast, dtype, options.keep_fp32)
     cuda = device.type == "cuda"
     net = compile_model(fast, device) if options.backend == "compile" else fast
     # A GPU: one 2N batch for the flip test keeps it busier. A CPU: passes of at most
@@ -354,4 +445,5 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         joint_flip=cuda,
         chunk=None if cuda else CPU_CHUNK,
         cuda_graphs=cuda and options.backend == "compile",
+        autocast=False,
     )

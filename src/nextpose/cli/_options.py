@@ -8,6 +8,7 @@ from ..presets import PRESETS
 
 BACKENDS = ("auto", "eager", "fast", "compile", "onnxruntime")  # = runtime.BACKENDS
 PRECISIONS = ("fp32", "bf16", "fp16")  # = runtime.PRECISIONS
+KEEP_FP32 = ("none", "final", "head")  # = runtime.KEEP_FP32
 DETECTORS = (  # = detection.DETECTORS
     "keypointrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
@@ -66,14 +67,24 @@ def add_runtime(p: argparse.ArgumentParser, read_help: str = "image decoding thr
         choices=BACKENDS,
         default="auto",
         help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
-        "(BatchNorm folded, channels-last), compile (torch.compile of fast), onnxruntime (CPU); "
-        "auto (default) = fast",
+        "(BatchNorm folded, channels-last), compile (torch.compile of fast), onnxruntime (CPU, "
+        "fp32); auto (default): the fastest measured, all with the same keypoints: onnxruntime "
+        "on a CPU in fp32 when the onnx extra is installed, fast otherwise. `nextpose benchmark "
+        "MODEL` times them on this machine",
     )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="autocast the network to bf16/fp16 (GPUs; CPUs with native bf16/fp16 only)",
+        help="run the network in bf16/fp16 (GPUs; CPUs with native bf16/fp16 only: AVX-512 "
+        "BF16 or AMX); faster, keypoints move by a heatmap pixel on a few percent of people",
+    )
+    p.add_argument(
+        "--keep-fp32",
+        choices=KEEP_FP32,
+        default="final",
+        help="with --precision bf16/fp16 (fast, compile): the layers kept in fp32: final (the "
+        "1x1 heatmap layer; default), head (the deconvolution head, 25%% of the work), none",
     )
     p.add_argument(
         "--batch-size", type=count(1), default=32, help="crops per pose forward pass (default 32)"
@@ -106,6 +117,7 @@ def run_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "backend": args.backend,
         "precision": args.precision,
+        "keep_fp32": args.keep_fp32,
         "batch_size": args.batch_size,
         "read_threads": args.read_threads,
         "device_crops": args.device_crops,
