@@ -87,6 +87,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_flags() -> str:
+    """The CPU flags that decide the fast paths (as `lscpu` lists them)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def wait_until_quiet(max_load: float, timeout: float) -> float:
     """Wait (up to ``timeout`` s) for the 1-minute load average to fall below ``max_load``."""
     start = time.time()
@@ -221,6 +234,7 @@ def main() -> None:
 
     print("== machine")
     print(f"  date {time.strftime('%Y-%m-%d %H:%M')}, {cpu_name()}, {os.cpu_count()} cores")
+    print(f"  CPU flags: {cpu_flags()}")
     print(
         f"  torch {torch.__version__} ({args.threads} threads, CPU kernels {cpu_capability()}), "
         f"numpy {np.__version__}, opencv {cv2.__version__}, python {platform.python_version()}"
@@ -257,9 +271,10 @@ def main() -> None:
     print(f"  fp32 matmul {ceiling:.0f} GFLOP/s; {gflop:.2f} GFLOP per crop counted")
     ceiling_crops = ceiling / gflop / 2
     print(f"  ceiling: {ceiling / gflop:.1f} crops/s without flip, {ceiling_crops:.1f} with flip")
+    low_ceiling = None
     if cuda or bf16:
-        low = matmul_gflops(device, torch.bfloat16)
-        print(f"  bf16 matmul {low:.0f} GFLOP/s")
+        low_ceiling = matmul_gflops(device, torch.bfloat16)
+        print(f"  bf16 matmul {low_ceiling:.0f} GFLOP/s: {low_ceiling / gflop / 2:.1f} crops/s")
 
     files, per_image, _, _ = sample("det")
     images = {f: nextpose.read_image(COCO / f) for f in files}
@@ -273,20 +288,25 @@ def main() -> None:
         )
 
     estimators = {"eager": estimator("eager"), "fast": estimator("fast")}
-    if args.precision or (not cuda and bf16):
-        precision = args.precision or "bf16"
-        estimators[f"fast {precision}"] = estimator("fast", precision=precision)
     if not args.no_onnx and not cuda:
         estimators["onnxruntime"] = estimator("onnxruntime")
     if not args.no_compile:
         estimators["compile"] = estimator("compile")
+    low_precision = args.precision or ("bf16" if cuda or bf16 else None)
+    if low_precision:  # what --keep-fp32 trades: speed here, keypoints in the numerics section
+        p = low_precision
+        estimators[f"eager {p} (autocast)"] = estimator("eager", precision=p)
+        for keep in ("final", "none", "head"):
+            estimators[f"fast {p}, fp32 {keep}"] = estimator("fast", precision=p, keep_fp32=keep)
+        if not args.no_compile:
+            estimators[f"compile {p}, fp32 final"] = estimator("compile", precision=p)
     build = {}
     for name, est in estimators.items():
         start = time.perf_counter()
         network = est.network
         if name == "onnxruntime":
             network.session(True)
-        elif name == "compile":  # torch.compile works on the first call
+        elif name.startswith("compile"):  # torch.compile works on the first call
             est.heatmaps(est.normalize(all_crops[: args.batch]), flip=True)
         build[name] = time.perf_counter() - start
     print("  preparation: " + ", ".join(f"{n} {t:.1f} s" for n, t in build.items()))
@@ -327,9 +347,12 @@ def main() -> None:
             fns[name] = lambda n=network: n.heatmaps(x, True)
         model_only = {n: args.batch / t for n, t in interleaved(fns, reps, device).items()}
         for name, rate in model_only.items():
+            of_low = ""
+            if low_ceiling and ("bf16" in name or "fp16" in name):
+                of_low = f", {rate / (low_ceiling / gflop / 2) * 100:5.1f}% of the bf16 ceiling"
             print(
                 f"  {name:<52} {rate:7.2f} crops/s  x{rate / model_only['eager']:4.2f} eager  "
-                f"{rate / ceiling_crops * 100:5.1f}% of ceiling"
+                f"{rate / ceiling_crops * 100:5.1f}% of the fp32 ceiling{of_low}"
             )
         if not args.quick:
             print(f"  fast graph, one forward pass per batch size (median of {reps}), crops/s:")
@@ -499,6 +522,9 @@ def main() -> None:
 
     end_ceiling = matmul_gflops(device, torch.float32)
     print(f"\n== ceiling again: fp32 matmul {end_ceiling:.0f} GFLOP/s (start {ceiling:.0f})")
+    if low_ceiling:
+        end_low = matmul_gflops(device, torch.bfloat16)
+        print(f"  bf16 matmul {end_low:.0f} GFLOP/s (start {low_ceiling:.0f})")
     print(f"  load average at end {os.getloadavg()[0]:.2f}")
     print("\n== targets (issue #6), fp32, flip on")
     if model_only:
