@@ -152,3 +152,21 @@ def test_the_deprecated_trainer_still_trains(tmp_path):
     with pytest.warns(DeprecationWarning, match=r"call nextpose\.training\.train"):
         trainer = Trainer(_config(epochs=1), DATA, tmp_path, pretrained="none", progress=False)
     assert trainer.fit()["epochs"] == 1 and (tmp_path / "last.pth").is_file()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_loader_workers_start_clean_and_give_the_same_batches(method):
+    """Workers started by forkserver/spawn (not fork, which copies a multi-threaded process)
+    produce the batches the main process makes itself: the same samples, the same pixels."""
+    config = _config().override([f"data.start_method={json.dumps(method)}", "data.workers=2"])
+    instances = loop.load_instances(DATA, config, "training")
+    cpu = torch.device("cpu")
+    loader = loop.build_loader(instances, DATA, config, cpu)
+    assert loader.multiprocessing_context.get_start_method() == method
+    inline = loop.build_loader(instances, DATA, config.override(["data.workers=0"]), cpu)
+    for batch, want in zip(loader, inline, strict=True):
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(batch[key], value), key
+            else:
+                assert batch[key] == value, key

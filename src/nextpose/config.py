@@ -186,9 +186,17 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0  # with the same seed, a run sees the same samples in the same order
     workers: int = 2  # data loading processes per device
+    # How they start: forkserver or spawn start clean processes (fork copies a process that
+    # runs threads: deadlocks possible, deprecated in Python 3.12+); fork starts fastest.
+    start_method: str = "forkserver"
 
     def __post_init__(self) -> None:
         _check_number("data.workers", self.workers, 0, 1024, integer=True)
+        if self.start_method not in ("forkserver", "spawn", "fork"):
+            raise ConfigError(
+                f"data.start_method={_short(self.start_method)} must be 'forkserver', 'spawn' "
+                "or 'fork'"
+            )
         _check_number("data.padding", self.padding, 0, 100, low_open=True)
         # numpy's generators take seeds >= 0; torch.manual_seed takes up to 2**64 - 1
         _check_number("data.seed", self.seed, 0, 2**63 - 1, integer=True)

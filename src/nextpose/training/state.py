@@ -23,7 +23,13 @@ WEIGHTS_KEYS = ("state_dict", "config", "epoch", "metrics")
 
 # Keys a resumed run may change: they decide how long the run goes and what it reports, not what
 # any step computes. Every other difference between the saved and the given config is refused.
-RESUME_OVERRIDABLE = ("train.epochs", "train.val_interval", "train.log_interval", "data.workers")
+RESUME_OVERRIDABLE = (
+    "train.epochs",
+    "train.val_interval",
+    "train.log_interval",
+    "data.workers",
+    "data.start_method",
+)
 
 
 @dataclass
