@@ -97,7 +97,7 @@ def test_dark_on_oracle_heatmaps_follows_the_reference_step_by_step():
     heatmaps = _oracle_final()  # near-flat peaks: the Taylor step is ill-conditioned here
     n, k, hh, ww = heatmaps.shape
     dark, scores = decode_heatmaps(heatmaps, "dark")
-    msra, msra_scores = decode_heatmaps(heatmaps)
+    _, msra_scores = decode_heatmaps(heatmaps)
     np.testing.assert_array_equal(scores, msra_scores)
     logs = modulate(heatmaps, 11)
     flat = heatmaps.reshape(n, k, -1)
@@ -110,7 +110,7 @@ def test_dark_on_oracle_heatmaps_follows_the_reference_step_by_step():
             if scores[i, j] <= 0:
                 np.testing.assert_array_equal(dark[i, j], [-1, -1])
             elif 1 < x < ww - 2 and 1 < y < hh - 2:
-                expected = (start.astype(np.float64) + _reference_step(logs[i, j], x, y))
+                expected = start.astype(np.float64) + _reference_step(logs[i, j], x, y)
                 np.testing.assert_array_equal(dark[i, j], expected.astype(np.float32))
                 moved += 1
             else:  # at the border: the argmax, without MSRA's quarter step
@@ -124,9 +124,9 @@ def test_dark_on_oracle_heatmaps_follows_the_reference_step_by_step():
 def test_bad_decoding_is_refused():
     with pytest.raises(ConfigError, match="decode='unbiased' must be one of msra, dark"):
         decode_heatmaps(np.zeros((1, 1, 8, 8), np.float32), "unbiased")
-    with pytest.raises(ConfigError, match="inference.decode"):
+    with pytest.raises(ConfigError, match=r"inference\.decode"):
         InferenceConfig(decode="DARK")
-    with pytest.raises(ConfigError, match="codec.blur_kernel_size=10 must be odd"):
+    with pytest.raises(ConfigError, match=r"codec\.blur_kernel_size=10 must be odd"):
         Config().override(["codec.blur_kernel_size=10"])
 
 
@@ -164,8 +164,8 @@ def test_unbiased_training_targets_come_from_the_config():
     b = TrainDataset(instances, COCO, config)[0]
     np.testing.assert_array_equal(a["image"], b["image"])  # the same sample, other targets
     model = config.model
-    expected, _ = encode_heatmaps(b["keypoints"], b["visible"], model.input_size,
-                                  model.heatmap_size, config.codec.sigma, unbiased=True)  # fmt: skip
+    sizes = (model.input_size, model.heatmap_size)
+    expected, _ = encode_heatmaps(b["keypoints"], b["visible"], *sizes, 2.0, unbiased=True)
     np.testing.assert_array_equal(b["heatmaps"], expected)
     assert not np.array_equal(a["heatmaps"], b["heatmaps"])
 

@@ -142,14 +142,7 @@ def decode_heatmaps(
     if check_decode(decode) == "dark":
         return _decode_dark(heatmaps, blur_kernel_size)
     n, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(n, k, h * w)
-    index = flat.argmax(axis=2)  # first maximum in row-major order
-    scores = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
-    x = (index % w).astype(np.int64)
-    y = (index // w).astype(np.int64)
-    invalid = scores <= 0
-    x[invalid] = -1
-    y[invalid] = -1
+    x, y, scores = _argmax(heatmaps)
 
     # Quarter-pixel refinement, with the reference's exact (asymmetric) bounds.
     nn_, kk = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
@@ -171,7 +164,7 @@ def _argmax(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     maxima (N, K) float32 (§6.2)."""
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w)
-    index = flat.argmax(axis=2)
+    index = flat.argmax(axis=2)  # the first maximum in row-major order
     scores = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
     x = (index % w).astype(np.int64)
     y = (index // w).astype(np.int64)
@@ -218,7 +211,7 @@ def _decode_dark(heatmaps: np.ndarray, blur_kernel_size: int) -> tuple[np.ndarra
     float32 again at the end."""
     x, y, scores = _argmax(heatmaps)
     locations = np.stack([x, y], axis=-1).astype(np.float32)
-    n, k, h, w = heatmaps.shape
+    h, w = heatmaps.shape[2:]
     ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2)
     if not ok.any():
         return locations, scores

@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = "keypoints (N, K, 2) image pixels"
     flip = "without" if args.no_flip else "with"
     print(
-        f"wrote {path}: {inputs} -> {outputs}, scores (N, K); {flip} flip test, "
-        f"{decode} decoding",
+        f"wrote {path}: {inputs} -> {outputs}, scores (N, K); {flip} flip test, {decode} decoding",
         file=sys.stderr,
     )
     return 0
