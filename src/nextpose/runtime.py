@@ -30,7 +30,7 @@ from torch import nn
 
 from ._version import __version__
 from .checkpoint import cache_dir
-from .codec import decode_heatmaps_torch
+from .codec import decode_heatmaps, decode_heatmaps_torch
 from .config import Config
 from .errors import InputError, require
 from .export import export_onnx
@@ -156,10 +156,13 @@ class Network(Protocol):
 
     device: torch.device
 
-    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
+    ) -> tuple[Any, Any]:
         """Keypoints (N, K, 2) in crop pixels and scores (N, K) of uint8 RGB crops
-        (N, h, w, 3), averaged with the mirrored crops' when ``flip``; tensors left on the device
-        (a GPU is not waited for) or NumPy arrays."""
+        (N, h, w, 3), averaged with the mirrored crops' when ``flip``, decoded by ``decode``
+        (``msra`` or ``dark``); tensors left on the device (a GPU is not waited for) or NumPy
+        arrays."""
         ...
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -323,16 +326,29 @@ class TorchNetwork:
             return flip_test(self._forward, inputs, self.constants[2], self.joint_flip)
 
     def keypoints(
-        self, crops: np.ndarray | torch.Tensor, flip: bool
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        kernel = self._config.codec.blur_kernel_size
         with torch.inference_mode():
             heatmaps = self.heatmaps(self.normalize(crops), flip)
-            locations, scores = decode_heatmaps_torch(heatmaps)
-            w, h = self.input_size  # the stride as Python scalars: no copy to the device
-            sx = float(np.float32(w / heatmaps.shape[3]))
-            sy = float(np.float32(h / heatmaps.shape[2]))
-            keypoints = torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
+            if decode == "dark" and self.device.type == "cpu":
+                # The reference's own DARK arithmetic (OpenCV's blur, float64 Taylor step):
+                # the tensor version's blur differs in the last bits, which near-flat peaks
+                # amplify. MSRA's tensor decoding is bit-identical, and stays on the device.
+                found = decode_heatmaps(heatmaps.numpy(), decode, kernel)
+                locations, scores = (torch.from_numpy(a) for a in found)
+            else:
+                locations, scores = decode_heatmaps_torch(heatmaps, decode, kernel)
+            keypoints = crop_pixels(locations, heatmaps.shape, self._config)
         return keypoints, scores
+
+
+def crop_pixels(locations: torch.Tensor, shape: tuple[int, ...], config: Config) -> torch.Tensor:
+    """Heatmap-pixel locations (N, K, 2) -> crop pixels, for heatmaps of ``shape`` (N, K, h, w)."""
+    w, h = config.model.input_size  # the stride as Python scalars: no copy to the device
+    sx = float(np.float32(w / shape[3]))
+    sy = float(np.float32(h / shape[2]))
+    return torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
 
 
 def onnx_cache_path(model: nn.Module, config: Config, **export: Any) -> Path:
@@ -352,8 +368,10 @@ def onnx_cache_path(model: nn.Module, config: Config, **export: Any) -> Path:
 
 class OnnxNetwork:
     """ONNX Runtime sessions of the exported crops graph (uint8 crops in, crop-pixel keypoints and
-    scores out, flip test and decoding inside), one per flip setting, made on first use.
-    ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs).
+    scores out, flip test and MSRA decoding inside), one per flip setting, made on first use.
+    DARK decodes the graph's heatmaps with the reference's NumPy/OpenCV arithmetic, as the
+    PyTorch CPU backends do. ``heatmaps`` runs the plain PyTorch model (the graph takes uint8
+    crops, not inputs).
 
     The export (~10 s for resnext50) is done once per weights: the graph is kept in the cache
     folder (:func:`onnx_cache_path`) and later processes load it from there.
@@ -413,11 +431,18 @@ class OnnxNetwork:
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
         return self.plain.heatmaps(inputs, flip)
 
-    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
+    ) -> tuple[Any, Any]:
         if isinstance(crops, torch.Tensor):
             crops = crops.cpu().numpy()
         crops = np.ascontiguousarray(crops, dtype=np.uint8)
-        keypoints, scores, _ = self.session(flip).run(None, {"crops": crops})
+        keypoints, scores, heatmaps = self.session(flip).run(None, {"crops": crops})
+        if decode == "dark":
+            kernel = self.config.codec.blur_kernel_size
+            locations, scores = decode_heatmaps(heatmaps, decode, kernel)
+            keypoints = crop_pixels(torch.from_numpy(locations), heatmaps.shape, self.config)
+            return keypoints.numpy(), scores
         return keypoints, scores
 
 
