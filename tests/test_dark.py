@@ -234,13 +234,12 @@ def test_every_backend_decodes_dark_as_the_reference_path(backend, tmp_path):
         reference, scores = decode_heatmaps(heatmaps, "dark")
         keypoints, got_scores = net.network.keypoints(crops, True, "dark")
         keypoints = np.asarray(keypoints) / 4
-        if net is eager or backend == "fast":  # CPU torch backends: the reference path itself
+        if net is not eager and backend == "onnxruntime":  # the graph's own heatmaps,
+            # decoded by the reference's arithmetic (the PyTorch model's differ in the last bits)
+            graph_heatmaps = net.network.session(True).run(None, {"crops": crops})[2]
+            np.testing.assert_array_equal(keypoints, decode_heatmaps(graph_heatmaps, "dark")[0])
+        else:  # CPU torch backends: the reference path itself
             np.testing.assert_array_equal(keypoints, reference)
-        else:  # the graph's blur sums in another order: random weights make flat peaks, where
-            # the Taylor step amplifies that (a few points move far, as the reference's would
-            # for a 1e-7 relative change of the heatmaps); most agree to 1e-4 px
-            difference = np.abs(keypoints - reference)
-            assert np.quantile(difference, 0.8) < 1e-4
         scale = np.abs(scores).max()  # the graph folds BatchNorm: last-bit heatmap changes
         np.testing.assert_allclose(np.asarray(got_scores), scores, rtol=0, atol=1e-5 * scale)
 

@@ -1,0 +1,110 @@
+"""The first and the second `nextpose predict` of a model, for the backends that prepare a graph
+(``onnxruntime``: the ONNX export, kept in nextpose's cache; ``compile``: inductor's compiled
+code, kept in inductor's cache): wall time of the whole command and the seconds until the
+network's first call returned, each from a fresh process, both caches empty before the first.
+
+Usage::
+
+    python benchmarks/bench_cache.py                       # resnext50 256x192, seed-0 weights
+    python benchmarks/bench_cache.py --backends onnxruntime --preset tiny_coco_96x64
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT / "tests" / "data" / "coco-mini" / "000000000785.jpg"
+ORACLE = ROOT / "tests" / "data" / "oracle"
+
+# Times the network's first call inside the command (the part the caches shorten).
+PROBE = """
+import sys, time
+from nextpose import runtime
+build = runtime.build_network
+def timed(*args, **kwargs):
+    start = time.perf_counter()
+    network = build(*args, **kwargs)
+    keypoints = network.keypoints
+    def first(*a, **k):
+        out = keypoints(*a, **k)
+        print(f"FIRST_CALL {time.perf_counter() - start:.2f}", file=sys.stderr)
+        network.keypoints = keypoints
+        return out
+    network.keypoints = first
+    return network
+runtime.build_network = timed
+from nextpose import predictor
+predictor.build_network = timed
+from nextpose.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def weights(preset: str, folder: Path) -> Path:
+    """The oracle's deterministic weights for the preset's architecture, as a file."""
+    spec = importlib.util.spec_from_file_location("make_weights", ORACLE / "make_weights.py")
+    make_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_weights)
+    depth = preset.split("_")[0].removeprefix("resnext")
+    manifest = json.loads((ORACLE / f"manifest_resnext{depth}.json").read_text())
+    path = folder / f"{preset}_seed0.pth"
+    torch.save(make_weights.make_checkpoint(manifest, 0), path)
+    return path
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"nextpose {' '.join(args)} failed:\n{done.stderr}")
+    first = [line for line in done.stderr.splitlines() if line.startswith("FIRST_CALL")]
+    return wall, float(first[0].split()[1]) if first else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="resnext50_coco_256x192")
+    parser.add_argument("--backends", default="onnxruntime,compile")
+    parser.add_argument("--checkpoint", help="weights (default: the oracle's seed-0 weights)")
+    args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        elif args.preset.startswith("resnext"):
+            checkpoint = weights(args.preset, folder)
+        else:
+            raise SystemExit("--checkpoint is needed for a preset without oracle weights")
+        for backend in args.backends.split(","):
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env["NEXTPOSE_CACHE"] = str(folder / backend / "nextpose")
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(folder / backend / "inductor")
+            command = ["predict", args.preset, str(IMAGE), "--checkpoint", str(checkpoint)]
+            command += ["--backend", backend, "--out", str(folder / f"{backend}.json")]
+            times = []
+            for attempt in ("first", "second"):
+                (folder / f"{backend}.json").unlink(missing_ok=True)
+                times.append(run(command, env))
+                wall, first = times[-1]
+                print(f"  {backend:<12} {attempt}: command {wall:6.1f} s, network {first:6.1f} s")
+            (w1, f1), (w2, f2) = times
+            print(
+                f"  {backend:<12} second vs first: command x{w1 / w2:.1f}, network x{f1 / f2:.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
