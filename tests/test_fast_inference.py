@@ -27,6 +27,7 @@ from nextpose.geometry import (
 )
 from nextpose.model import PoseNet
 from nextpose.optimize import (
+    ReducedPrecision,
     cpu_supports_bf16,
     emulate_autocast,
     fold_batchnorm,
@@ -467,3 +468,36 @@ def test_benchmark_refuses_an_unknown_candidate(tiny_checkpoint, capsys):
 
     assert main(["benchmark", str(tiny_checkpoint), "--backends", "fast:int8"]) == 2
     assert "--backends fast:int8" in capsys.readouterr().err
+
+
+def test_reduced_precision_casts_weights_once_as_autocast_rounds(tiny_model):
+    """bf16 weights cast once give autocast's numbers bit for bit (all layers reduced); keeping
+    the final layer in fp32 leaves the heatmaps unrounded; keeping the head runs it in fp32 on
+    the bf16 trunk's features."""
+    fast = prepare_for_inference(tiny_model, channels_last=True)
+    x = torch.randn(3, 3, SIZE[1], SIZE[0]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = fast(x).float()
+        none = ReducedPrecision(fast, torch.bfloat16, "none")(x)
+        torch.testing.assert_close(none, autocast, rtol=0, atol=0)
+        assert torch.equal(none, none.bfloat16().float())  # every value a bf16 number
+        final = ReducedPrecision(fast, torch.bfloat16, "final")(x)
+        assert final.dtype == torch.float32 and not torch.equal(final, final.bfloat16().float())
+        trunk = ReducedPrecision(fast, torch.bfloat16, "none").trunk
+        features = trunk.backbone(x.bfloat16()).float()
+        head = ReducedPrecision(fast, torch.bfloat16, "head")(x)
+        torch.testing.assert_close(head, fast.head(features), rtol=0, atol=0)
+    assert fast.head.final_layer.weight.dtype == torch.float32  # the source model untouched
+
+
+def test_keep_fp32_option_reaches_the_network(tiny_checkpoint):
+    with pytest.raises(nextpose.InputError, match="keep_fp32"):
+        RunOptions(keep_fp32="tail")
+    est = nextpose.load(str(tiny_checkpoint), backend="fast")
+    for keep in ("none", "final", "head"):
+        net = est.with_options(precision="bf16", keep_fp32=keep).network.net
+        assert isinstance(net, ReducedPrecision) and net.dtype == torch.bfloat16
+        kinds = {p.dtype for p in net.tail.parameters()}
+        assert kinds == ({torch.float32} if keep != "none" else set())
+    assert est.network.net is not None and not isinstance(est.network.net, ReducedPrecision)
