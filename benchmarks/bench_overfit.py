@@ -5,7 +5,8 @@ statistics, checkpointed evaluation with the published metric) can fit data at a
 that cannot memorise 12 people has a bug. The run uses the ground-truth boxes of
 ``tests/data/coco-mini`` for training and for scoring, all 12 annotated people in every batch,
 and stops at the first validation that reaches the target. Prints iterations, wall time and
-the AP curve; the run folder (``--out``) holds ``metrics.jsonl`` and the config.
+the AP curve; the run folder (``--out``) holds ``metrics.jsonl``, the config and the weights
+as of the last scoring (``model.pth``, a nextpose checkpoint).
 
 Usage::
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from nextpose import get_preset
+from nextpose.checkpoint import save_model
 from nextpose.training import (
     Dataset,
     RunFolder,
@@ -88,6 +90,9 @@ def main() -> None:
                 run.log({"epoch": state.epoch, "iteration": state.iteration, "val": metrics})
                 print(f"iteration {state.iteration}: AP {metrics['AP']:.3f}", flush=True)
                 reached = metrics["AP"] >= args.target
+                # The trained weights, for measuring inference on them (bench_inference.py
+                # --checkpoint): peaked heatmaps, unlike untrained ones.
+                save_model(out / "model.pth", model, config, iteration=state.iteration, **metrics)
     seconds = time.perf_counter() - start
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     verdict = "reached" if reached else "did NOT reach"
