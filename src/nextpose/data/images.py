@@ -157,7 +157,9 @@ def _opencv_problem(e: Exception) -> str:
     return re.sub(r"^OpenCV\([^)]*\) \S+: error: ", "", text)
 
 
-def _too_large(path: str | Path, size: tuple[int, int] | None, limit: int, tail: str) -> ImageTooLargeError:
+def _too_large(
+    path: str | Path, size: tuple[int, int] | None, limit: int, tail: str
+) -> ImageTooLargeError:
     what = f"is {size[0]} x {size[1]} pixels, more than" if size else "declares more pixels than"
     return ImageTooLargeError(
         f"{path}: the image {what} the limit of {limit} "
@@ -165,7 +167,9 @@ def _too_large(path: str | Path, size: tuple[int, int] | None, limit: int, tail:
     )
 
 
-def _opencv_refusal(path: str | Path, data: np.ndarray, problem: str, limit: int) -> ImageTooLargeError:
+def _opencv_refusal(
+    path: str | Path, data: np.ndarray, problem: str, limit: int
+) -> ImageTooLargeError:
     """OpenCV's own size guard refused the header: say which limit and how to raise it."""
     size = image_size(memoryview(data))
     if "MAX_IMAGE_WIDTH" in problem or "MAX_IMAGE_HEIGHT" in problem:
