@@ -172,7 +172,8 @@ def create_app(
     formparsers = require("starlette.formparsers", "serve", "nextpose serve")
     require("multipart", "serve", "nextpose serve")  # python-multipart, for uploads
     concurrency = require("starlette.concurrency", "serve", "nextpose serve")
-    JSONResponse = responses.JSONResponse
+    exceptions = require("starlette.exceptions", "serve", "nextpose serve")
+    JSONResponse, Request = responses.JSONResponse, fastapi.Request
 
     batcher = Batcher(estimator, detector, max_batch, max_wait_ms / 1000, max_queue)
     max_body = int(max_body_mb * 2**20)
@@ -195,7 +196,7 @@ def create_app(
     async def request_error(request: Any, e: RequestError) -> Any:
         return error(e.status, e.message, e.headers)
 
-    @app.exception_handler(fastapi.exceptions.HTTPException)  # 404, 405 in the same shape
+    @app.exception_handler(exceptions.HTTPException)  # 404, 405 in the same shape
     async def http_error(request: Any, e: Any) -> Any:
         return error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
@@ -215,7 +216,7 @@ def create_app(
     async def stats() -> dict:
         return batcher.stats()
 
-    async def body_of(request: Any) -> bytes:
+    async def body_of(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
@@ -231,7 +232,7 @@ def create_app(
             parts.append(part)
         return b"".join(parts)
 
-    async def fields_of(request: Any, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
+    async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
         """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
         fields: dict[str, str] = dict(request.query_params)
         kind = request.headers.get("content-type", "")
@@ -260,7 +261,7 @@ def create_app(
         return data, fields, upload.filename
 
     @app.post("/v1/poses")
-    async def poses(request: Any) -> Any:
+    async def poses(request: Request) -> Any:
         body = await body_of(request)
         data, fields, filename = await fields_of(request, body)
         unknown = sorted(set(fields) - set(FIELDS))

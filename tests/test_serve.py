@@ -1,0 +1,302 @@
+"""``nextpose serve`` against a real server process on 127.0.0.1 (tiny model): records as
+``nextpose predict`` writes them for the same images and boxes, with the crops of concurrent
+requests batched together; every kind of bad request answered 4xx with a JSON error, the
+server still serving; a full queue answered 503; SIGTERM finishing the requests in flight."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DET_FILE, IMAGES
+
+import nextpose
+from nextpose.cli import main
+
+requests = pytest.importorskip("requests")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+SRC = Path(nextpose.__file__).parent.parent
+STOPPED = -signal.SIGTERM  # uvicorn finishes, then re-raises the signal: the exit SIGTERM asks for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``nextpose serve`` in a child process, stopped with SIGTERM."""
+
+    def __init__(self, checkpoint: Path, *options: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        command = [sys.executable, "-m", "nextpose", "serve", str(checkpoint), "--port",
+                   str(self.port), *options]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited: {self.process.stdout.read()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail("the server did not start within 120 s")
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-batch", "8", "--max-wait-ms", "300", "--max-body-mb", "1")
+    yield s
+    code, out = s.stop()
+    assert code == STOPPED, out
+
+
+def detections(per_image: int = 3) -> dict[str, list]:
+    """The sample's detector boxes, xyxy + score, the best few per image."""
+    by_id: dict[int, list] = {}
+    for det in json.loads(DET_FILE.read_text()):
+        x, y, w, h = det["bbox"]
+        by_id.setdefault(det["image_id"], []).append([x, y, x + w, y + h, det["score"]])
+    return {p.name: by_id[int(p.stem)][:per_image] for p in IMAGES}
+
+
+def post(server, path: Path, **fields):
+    files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+    data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+    return requests.post(server.url + "/v1/poses", files=files, data=data, timeout=60)
+
+
+def assert_same_records(got: list[dict], want: list[dict]) -> None:
+    """Equal records; keypoint scores to 1e-7 (absolute; 1e-6 relative): the network's kernels
+    sum in another order for another batch size, which moves a heatmap maximum in its last
+    float32 bits (as between ``predict`` and ``predict_many``). Positions, boxes and names are
+    bit-identical."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert {k: v for k, v in g.items() if k != "keypoints"} == {
+            k: v for k, v in w.items() if k != "keypoints"
+        }
+        gk, wk = np.array(g["keypoints"]), np.array(w["keypoints"])
+        np.testing.assert_array_equal(gk[:, :2], wk[:, :2])
+        np.testing.assert_allclose(gk[:, 2], wk[:, 2], rtol=1e-6, atol=1e-7)
+
+
+def predicted(checkpoint: Path, tmp_path, boxes: dict | None, *options: str) -> list[dict]:
+    """What ``nextpose predict`` writes for the sample's four images."""
+    out = tmp_path / "predict.json"
+    args = ["predict", str(checkpoint), str(IMAGES[0].parent), "--out", str(out), *options]
+    if boxes is not None:
+        (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+        args += ["--boxes", str(tmp_path / "boxes.json")]
+    assert main([*args, "--no-progress"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_concurrent_requests_give_predicts_records_and_share_batches(
+    server, tiny_checkpoint, tmp_path
+):
+    boxes = detections()
+    want = predicted(tiny_checkpoint, tmp_path, boxes)
+    before = requests.get(server.url + "/v1/stats").json()
+    start = threading.Barrier(len(IMAGES))
+
+    def ask(path: Path):
+        start.wait()  # all at once: their crops wait together for a batch
+        return post(server, path, boxes=boxes[path.name])
+
+    with ThreadPoolExecutor(len(IMAGES)) as pool:
+        answers = list(pool.map(ask, IMAGES))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    got = [record for a in answers for record in a.json()]
+    assert_same_records(got, want)
+    after = requests.get(server.url + "/v1/stats").json()
+    batches = after["batches"] - before["batches"]
+    crops = after["crops"] - before["crops"]
+    assert crops == sum(len(b) for b in boxes.values())
+    assert crops / batches > 1  # requests' crops went through the network together
+
+
+def test_whole_image_coco_format_no_flip_and_raw_body(server, tiny_checkpoint, tmp_path):
+    want = predicted(tiny_checkpoint, tmp_path, None, "--format", "coco", "--no-flip")
+    got = []
+    for path in IMAGES:
+        answer = requests.post(
+            server.url + "/v1/poses",
+            data=path.read_bytes(),
+            params={"format": "coco", "flip": "false", "name": path.name},
+            headers={"Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        got += answer.json()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["image_id"] == w["image_id"] and g["file_name"] == w["file_name"]
+        assert g["bbox"] == w["bbox"]
+        gk, wk = np.array(g["keypoints"]).reshape(-1, 3), np.array(w["keypoints"]).reshape(-1, 3)
+        np.testing.assert_array_equal(gk[:, :2], wk[:, :2])
+        np.testing.assert_allclose(gk[:, 2], wk[:, 2], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(g["score"], w["score"], rtol=1e-6)
+
+
+def test_score_threshold_marks_the_visible_keypoints(server):
+    answer = post(server, IMAGES[0], score_threshold="0.05")
+    assert answer.status_code == 200, answer.text
+    (record,) = answer.json()
+    assert record["visible"] == [k[2] > 0.05 for k in record["keypoints"]]
+    assert any(record["visible"]) and not all(record["visible"])  # the sample splits
+
+
+def test_health_models_and_page(server):
+    assert requests.get(server.url + "/healthz").json()["status"] == "ok"
+    (model,) = requests.get(server.url + "/v1/models").json()["models"]
+    assert model["input_size"] == {"width": 64, "height": 96}
+    assert model["keypoints"] == list(nextpose.COCO_KEYPOINTS.names)
+    assert (model["backend"], model["precision"], model["device"]) == ("fast", "fp32", "cpu")
+    assert model["max_batch"] == 8 and model["max_wait_ms"] == 300
+    page = requests.get(server.url + "/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+
+
+def _png(width: int, height: int) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+
+
+BAD_REQUESTS = {
+    "not an image": (dict(data=b"GIF89a? not really"), 415, "not a readable image"),
+    "empty body": (dict(data=b""), 400, "no image"),
+    "body too large": (dict(data=b"\xff" * (2**20 + 10)), 413, "larger than the limit"),
+    "bad boxes JSON": (dict(params={"boxes": "[[1, 2"}), 400, "not valid JSON"),
+    "boxes not a list": (dict(params={"boxes": '{"a": 1}'}), 422, "JSON list"),
+    "boxes of the wrong shape": (dict(params={"boxes": "[[1, 2, 3]]"}), 422, r"\(N, 4\)"),
+    "inverted box": (dict(params={"boxes": "[[50, 50, 10, 10]]"}), 422, "x2 < x1"),
+    "box outside the image": (
+        dict(params={"boxes": "[[700, 10, 800, 90]]"}), 422, "entirely outside the 640 x 425"
+    ),
+    "non-finite box": (dict(params={"boxes": "[[0, 0, NaN, 5]]"}), 422, "finite"),
+    "bad flip": (dict(params={"flip": "maybe"}), 422, "flip must be true or false"),
+    "bad threshold": (dict(params={"score_threshold": "inf"}), 422, "finite number"),
+    "unknown format": (dict(params={"format": "yaml"}), 422, "format must be one of"),
+    "unknown field": (dict(params={"boxs": "[]"}), 422, "unknown fields"),
+    "bad multipart": (
+        dict(data=b"--x\r\nnonsense", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        422,
+        "file field 'image'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_json_error(server, kind):
+    import re
+
+    request, status, message = BAD_REQUESTS[kind]
+    request = dict(request)
+    if "data" not in request:
+        request["data"] = IMAGES[0].read_bytes()
+    answer = requests.post(server.url + "/v1/poses", timeout=60, **request)
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["status"] == status and re.search(message, body["error"]), body
+    assert requests.get(server.url + "/healthz").ok  # the server lives on
+
+
+def test_too_many_pixels_is_refused_with_the_clis_limit(tiny_checkpoint):
+    s = Server(tiny_checkpoint)
+    try:
+        answer = requests.post(s.url + "/v1/poses", data=_png(20000, 15000), timeout=60)
+    finally:
+        s.stop()
+    assert answer.status_code == 413, answer.text
+    assert "more than the limit of 268435456" in answer.json()["error"]
+
+
+def test_bad_requests_beside_good_ones_do_not_affect_them(server):
+    good = post(server, IMAGES[1]).json()
+    start = threading.Barrier(6)
+
+    def ask(i: int):
+        start.wait()
+        if i % 2:
+            return requests.post(server.url + "/v1/poses", data=b"junk", timeout=60)
+        return post(server, IMAGES[1])
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert [a.status_code for a in answers] == [200, 415] * 3
+    for a in answers[::2]:
+        assert_same_records(a.json(), good)
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-queue", "1", "--max-wait-ms", "3000", "--max-batch", "64")
+    try:
+        first: list = []
+        waiting = threading.Thread(target=lambda: first.append(post(s, IMAGES[0])))
+        waiting.start()  # held for 3 s: its batch waits for more crops
+        deadline = time.monotonic() + 30
+        while requests.get(s.url + "/healthz").json()["waiting"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = post(s, IMAGES[1])
+        waiting.join()
+    finally:
+        code, out = s.stop()
+    assert second.status_code == 503 and second.headers["Retry-After"] == "1", second.text
+    assert "--max-queue 1" in second.json()["error"]
+    assert first[0].status_code == 200  # the waiting request was answered
+    assert code == STOPPED, out
+
+
+def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-wait-ms", "2000", "--max-batch", "64")
+    answers: list = []
+    clients = [threading.Thread(target=lambda p=p: answers.append(post(s, p))) for p in IMAGES]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 30
+    while requests.get(s.url + "/healthz").json()["waiting"] < len(IMAGES):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    code, out = s.stop()  # SIGTERM while all four wait for their batch
+    for c in clients:
+        c.join()
+    assert code == STOPPED, out
+    assert [a.status_code for a in answers] == [200] * len(IMAGES)
+    assert all(len(a.json()) == 1 for a in answers)
+
+
+def test_serve_without_the_extra_names_it(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert main(["serve", str(tiny_checkpoint)]) == 2
+    assert "needs the 'serve' extra: pip install \"nextpose[serve]\"" in capsys.readouterr().err
