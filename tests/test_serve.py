@@ -300,3 +300,83 @@ def test_serve_without_the_extra_names_it(tiny_checkpoint, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     assert main(["serve", str(tiny_checkpoint)]) == 2
     assert "needs the 'serve' extra: pip install \"nextpose[serve]\"" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+def width_of(page) -> int:
+    return page.evaluate("document.getElementById('canvas').width")
+
+
+def height_of(page) -> int:
+    return page.evaluate("document.getElementById('canvas').height")
+
+
+def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
+    """Headless Chromium (Debian's, driven by Playwright: no browser download) uploads a
+    sample image on the page: the canvas shows the image with the keypoints drawn in the
+    skeleton's colours, the table lists the API's keypoints, the slider hides low scores and
+    hovering a keypoint shows its score."""
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    want = post(server, IMAGES[0]).json()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_function("window.nextpose.model !== null")
+            page.set_input_files("#file", str(IMAGES[0]))
+            page.wait_for_function("window.nextpose.records.length > 0", timeout=60_000)
+            assert page.evaluate("window.nextpose.records") == want
+            rows = page.eval_on_selector_all(
+                "#keypoints tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+            )
+            names = list(nextpose.COCO_KEYPOINTS.names)
+            listed = [(int(r[0]), r[1], float(r[2]), float(r[3]), float(r[4])) for r in rows]
+            expected = [(n, names[i], x, y, s) for n, record in enumerate(want)
+                        for i, (x, y, s) in enumerate(record["keypoints"])]  # fmt: skip
+            assert [r[:2] for r in listed] == [e[:2] for e in expected]
+            np.testing.assert_allclose(
+                [r[2:] for r in listed], [e[2:] for e in expected], atol=0.0051
+            )  # fmt: skip  (shown to 2 and 3 decimals)
+            # The drawing: the image, and a dot of its side's colour on each shown keypoint.
+            threshold = 0.05
+            page.fill("#threshold", str(threshold))  # a range input: fill sets its value
+            page.dispatch_event("#threshold", "input")
+            pixels = page.evaluate(
+                """() => { const c = document.getElementById('canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+                return [c.width, c.height, Array.from(d.data)]; }"""
+            )
+            hidden = page.eval_on_selector_all("#keypoints tbody tr.hidden", "rows => rows.length")
+            # Hovering a keypoint shows its name and score.
+            box = page.locator("#canvas").bounding_box()
+            best = max(range(len(names)), key=lambda i: want[0]["keypoints"][i][2])
+            x, y, score = want[0]["keypoints"][best]
+            page.mouse.move(box["x"] + x * box["width"] / width_of(page),
+                            box["y"] + y * box["height"] / height_of(page))  # fmt: skip
+            tip = page.inner_text("#tip")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert tip == f"person 0, {names[best]}: score {score:.3f}"
+    width, height, data = pixels
+    rgba = np.array(data, np.uint8).reshape(height, width, 4)
+    image = nextpose.read_image(IMAGES[0])
+    assert (width, height) == (image.shape[1], image.shape[0])
+    assert len(np.unique(rgba[..., :3].reshape(-1, 3), axis=0)) > 1000  # not blank: the photo
+    colours = {(0, 200, 0), (255, 128, 0), (51, 153, 255)}
+    shown = [(x, y) for r in want for x, y, s in r["keypoints"] if s > threshold]
+    assert shown and hidden == sum(s <= threshold for r in want for _, _, s in r["keypoints"])
+    on_colour = [tuple(rgba[round(y), round(x), :3]) in colours for x, y in shown
+                 if 0 <= round(x) < width and 0 <= round(y) < height]  # fmt: skip
+    assert on_colour and all(on_colour)
