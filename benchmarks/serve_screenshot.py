@@ -5,7 +5,7 @@ screenshot.
 
 Usage::
 
-    python benchmarks/serve_screenshot.py docs/serve-page.png
+    python benchmarks/serve_screenshot.py docs/serve-page.jpg
 """
 
 import argparse
@@ -40,7 +40,7 @@ def main() -> None:
                 nose = page.evaluate("window.nextpose.records[0].keypoints[0]")
                 scale = box["width"] / page.evaluate("document.getElementById('canvas').width")
                 page.mouse.move(box["x"] + nose[0] * scale, box["y"] + nose[1] * scale)
-                page.screenshot(path=str(args.out))
+                page.screenshot(path=str(args.out), quality=85, type="jpeg")
                 browser.close()
         finally:
             server.send_signal(signal.SIGTERM)
