@@ -278,6 +278,22 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
     assert code == STOPPED, out
 
 
+def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--timeout", "1", "--max-wait-ms", "3000", "--max-batch", "64")
+    try:
+        late = post(s, IMAGES[0])  # its batch waits 3 s for more crops
+        deadline = time.monotonic() + 30
+        while requests.get(s.url + "/v1/stats").json()["answered"] < 1:  # the engine finishes it
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        health = requests.get(s.url + "/healthz").json()
+    finally:
+        code, out = s.stop()
+    assert late.status_code == 504 and "no answer within 1 s" in late.json()["error"], late.text
+    assert health == {"status": "ok", "waiting": 0}
+    assert code == STOPPED, out
+
+
 def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--max-wait-ms", "2000", "--max-batch", "64")
     answers: list = []
@@ -380,3 +396,25 @@ def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
     on_colour = [tuple(rgba[round(y), round(x), :3]) in colours for x, y in shown
                  if 0 <= round(x) < width and 0 <= round(y) < height]  # fmt: skip
     assert on_colour and all(on_colour)
+
+
+def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(tiny_checkpoint):
+    """A bug inside the engine (here an image source that raises) fails the requests it had
+    taken, with that error; the batcher starts a new run and the next request is answered."""
+    from nextpose.serve import Batcher
+
+    estimator = nextpose.load(str(tiny_checkpoint))
+    batcher = Batcher(estimator, max_wait=0.01)
+
+    def broken():
+        raise ZeroDivisionError("a bug in a source")
+
+    try:
+        with pytest.raises(ZeroDivisionError, match="a bug in a source"):
+            batcher.submit(broken, None, True).result(60)
+        image = nextpose.read_image(IMAGES[0])
+        poses = batcher.submit(image, None, True).result(60)
+    finally:
+        batcher.close(60)
+    np.testing.assert_array_equal(poses.keypoints, estimator.predict(image).keypoints)
+    assert batcher.waiting == 0 and batcher.answered == 2

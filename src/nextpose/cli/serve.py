@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         threads=False,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=count(0), default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=count(1), default=8000, help="port (default 8000)")
     p.add_argument(
         "--max-wait-ms",
         type=number,

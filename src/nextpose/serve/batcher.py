@@ -11,6 +11,7 @@ request whose image fails gets its own error and never affects the others.
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import replace
 from typing import Any
@@ -63,6 +64,7 @@ class Batcher:
         self._feeds: dict[bool, queue.SimpleQueue] = {}
         self._threads: dict[bool, threading.Thread] = {}
         self._running: dict[bool, set[Future]] = {}  # taken by the engine, not finished
+        self._runs: dict[bool, int] = {}  # the engine run of each flip setting, counted
 
     def submit(
         self, image: np.ndarray, boxes: np.ndarray | None, flip: bool, name: str = "the image"
@@ -119,6 +121,7 @@ class Batcher:
         if flip not in self._feeds:
             self._feeds[flip] = queue.SimpleQueue()
             self._running[flip] = set()
+            self._runs[flip] = 0
             thread = threading.Thread(
                 target=self._serve, args=(flip,), daemon=True, name=f"nextpose-serve-flip{flip:d}"
             )
@@ -126,10 +129,13 @@ class Batcher:
             thread.start()
         return self._feeds[flip]
 
-    def _tasks(self, flip: bool):
+    def _tasks(self, flip: bool, run: int) -> Iterator[Task]:
         feed, running = self._feeds[flip], self._running[flip]
         while True:
             task = feed.get()
+            if run != self._runs[flip]:  # the reader of a failed run: leave it to the new one
+                feed.put(task)
+                return
             if task is _CLOSE:
                 return
             running.add(task.tag)
@@ -137,12 +143,15 @@ class Batcher:
 
     def _serve(self, flip: bool) -> None:
         while True:
+            run = self._runs[flip]
             try:
-                for result in self.engine.run(self._tasks(flip), flip, max_wait=self.max_wait):
+                tasks = self._tasks(flip, run)
+                for result in self.engine.run(tasks, flip, max_wait=self.max_wait):
                     self._answer(flip, result)
                 return  # closed, everything answered
             except Exception as e:  # a bug: fail the requests in flight, keep serving
                 log.exception("the pose service's engine run failed; starting a new one")
+                self._runs[flip] = run + 1
                 for future in list(self._running[flip]):
                     self._settle(flip, future, error=e)
 
