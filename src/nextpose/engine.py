@@ -270,7 +270,10 @@ class Engine:
         chunks: Iterator[_Item | _Chunk] = self._cut(decoded, live or service)
         background = None
         if threads > 0 or service:
-            background = _Background(chunks, maxsize=2 * max(threads, 1) + 2)
+            # A service holds a batch's worth of requests ahead (an image, its crops, its end
+            # mark each), so those that arrived during a batch are all there for the next one.
+            depth = 3 * self.options.batch_size if service else 2 * threads + 2
+            background = _Background(chunks, maxsize=depth)
             chunks = background
         try:
             if background is not None and service:
