@@ -186,10 +186,19 @@ def test_health_models_and_page(server):
     assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
 
 
-def _png(width: int, height: int) -> bytes:
-    import cv2
+def _png_header(width: int, height: int) -> bytes:
+    """The start of a PNG declaring ``width`` x ``height`` pixels (a decompression bomb's
+    header: refused from it, so no pixel data is needed)."""
+    import struct
+    import zlib
 
-    return cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
 
 
 BAD_REQUESTS = {
@@ -231,14 +240,13 @@ def test_bad_requests_get_a_4xx_json_error(server, kind):
     assert requests.get(server.url + "/healthz").ok  # the server lives on
 
 
-def test_too_many_pixels_is_refused_with_the_clis_limit(tiny_checkpoint):
-    s = Server(tiny_checkpoint)
-    try:
-        answer = requests.post(s.url + "/v1/poses", data=_png(20000, 15000), timeout=60)
-    finally:
-        s.stop()
+def test_too_many_pixels_is_refused_with_the_clis_limit(server):
+    answer = requests.post(server.url + "/v1/poses", data=_png_header(20000, 15000), timeout=60)
     assert answer.status_code == 413, answer.text
-    assert "more than the limit of 268435456" in answer.json()["error"]
+    assert answer.json()["error"] == (
+        "image: the image is 20000 x 15000 pixels, more than the limit of 268435456 "
+        "(set NEXTPOSE_MAX_IMAGE_PIXELS to allow it, 0: no limit); not decoded"
+    )
 
 
 def test_bad_requests_beside_good_ones_do_not_affect_them(server):
@@ -418,3 +426,31 @@ def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(ti
         batcher.close(60)
     np.testing.assert_array_equal(poses.keypoints, estimator.predict(image).keypoints)
     assert batcher.waiting == 0 and batcher.answered == 2
+
+
+def test_the_page_shows_the_webcam_poses(server):
+    """The webcam button: Chromium's fake camera (a test pattern) through getUserMedia, each
+    frame posted and drawn."""
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", *fake])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_function("window.nextpose.model !== null")
+            page.click("#camera")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('webcam: 1 person')",
+                timeout=60_000,
+            )
+            shown = page.evaluate("[window.nextpose.records.length, canvas.width, canvas.height]")
+            page.click("#camera")  # stops it
+            label = page.inner_text("#camera")
+        finally:
+            browser.close()
+    assert shown[0] == 1 and shown[1] > 0 and shown[2] > 0
+    assert label == "Use the webcam"
