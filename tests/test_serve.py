@@ -454,3 +454,31 @@ def test_the_page_shows_the_webcam_poses(server):
             browser.close()
     assert shown[0] == 1 and shown[1] > 0 and shown[2] > 0
     assert label == "Use the webcam"
+
+
+def test_without_boxes_the_servers_detector_finds_predicts_people(tiny_checkpoint, tmp_path):
+    """``--detector NAME``: requests without boxes get the detector's people, as ``nextpose
+    predict --detector`` finds them (a small torchvision detector with random weights whose
+    person logit is raised, so that it finds people)."""
+    import torch
+
+    from nextpose.detection import build_detector_model
+
+    small = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    model = build_detector_model(small, weights=None)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 8.0
+    weights = tmp_path / "person.pth"
+    torch.save(model.state_dict(), weights)
+    options = ["--detector", small, "--detector-weights", str(weights), "--max-people", "3"]
+    want = predicted(tiny_checkpoint, tmp_path, None, *options)
+    s = Server(tiny_checkpoint, *options)
+    try:
+        (model_info,) = requests.get(s.url + "/v1/models").json()["models"]
+        got = [record for path in IMAGES for record in post(s, path).json()]
+    finally:
+        s.stop()
+    assert model_info["detector"] == small
+    assert len(want) == 3 * len(IMAGES)
+    assert_same_records(got, want)
