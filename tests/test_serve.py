@@ -143,6 +143,30 @@ def test_concurrent_requests_give_predicts_records_and_share_batches(
     assert crops / batches > 1  # requests' crops went through the network together
 
 
+def test_a_small_load_none_lost_none_failed_batched(server):
+    """8 clients x 3 requests each (a bounded version of benchmarks/bench_serve.py): every one
+    answered 200 with its person, and the crops shared batches."""
+    boxes = detections(per_image=1)
+    before = requests.get(server.url + "/v1/stats").json()
+    start = threading.Barrier(8)
+
+    def client(c: int) -> list:
+        start.wait()
+        paths = [IMAGES[(c + r) % len(IMAGES)] for r in range(3)]
+        return [(p, post(server, p, boxes=boxes[p.name])) for p in paths]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for per_client in pool.map(client, range(8)) for a in per_client]
+    after = requests.get(server.url + "/v1/stats").json()
+    assert len(answers) == 24 and all(a.status_code == 200 for _, a in answers)
+    for p, a in answers:  # each answer is its own image's person (boxes are float32 inside)
+        (record,) = a.json()
+        np.testing.assert_array_equal(np.float32(record["bbox"]), np.float32(boxes[p.name][0][:4]))
+    assert after["answered"] - before["answered"] == 24
+    assert after["crops"] - before["crops"] == 24
+    assert (after["crops"] - before["crops"]) / (after["batches"] - before["batches"]) > 1
+
+
 def test_whole_image_coco_format_no_flip_and_raw_body(server, tiny_checkpoint, tmp_path):
     want = predicted(tiny_checkpoint, tmp_path, None, "--format", "coco", "--no-flip")
     got = []
