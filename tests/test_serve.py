@@ -190,6 +190,15 @@ def test_whole_image_coco_format_no_flip_and_raw_body(server, tiny_checkpoint, t
         np.testing.assert_allclose(g["score"], w["score"], rtol=1e-6)
 
 
+def test_decode_dark_per_request_gives_predicts_dark_records(server, tiny_checkpoint, tmp_path):
+    boxes = detections(per_image=2)
+    want = predicted(tiny_checkpoint, tmp_path, boxes, "--decode", "dark")
+    got = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name], decode="dark").json()]
+    assert_same_records(got, want)
+    msra = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name]).json()]
+    assert [r["keypoints"] for r in msra] != [r["keypoints"] for r in got]  # another decoding
+
+
 def test_score_threshold_marks_the_visible_keypoints(server):
     answer = post(server, IMAGES[0], score_threshold="0.05")
     assert answer.status_code == 200, answer.text
@@ -238,6 +247,7 @@ BAD_REQUESTS = {
     ),
     "non-finite box": (dict(params={"boxes": "[[0, 0, NaN, 5]]"}), 422, "finite"),
     "bad flip": (dict(params={"flip": "maybe"}), 422, "flip must be true or false"),
+    "bad decode": (dict(params={"decode": "udp"}), 422, "decode must be one of"),
     "bad threshold": (dict(params={"score_threshold": "inf"}), 422, "finite number"),
     "unknown format": (dict(params={"format": "yaml"}), 422, "format must be one of"),
     "unknown field": (dict(params={"boxs": "[]"}), 422, "unknown fields"),

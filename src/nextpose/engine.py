@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .boxes import BoxFormat, as_boxes
-from .config import Config
+from .config import Config, check_decode
 from .data.images import as_rgb_image, read_image
 from .errors import ImageError, NextposeError, NumericsError
 from .geometry import crop_region, crop_to_image, cut_crops, warp_crops
@@ -250,6 +250,7 @@ class Engine:
         flip: bool | None = None,
         live: bool = False,
         max_wait: float | None = None,
+        decode: str | None = None,
     ) -> Iterator[Result]:
         """A :class:`Result` per task, in order. An unreadable image gives a result with its
         ``error`` (the run goes on); a network problem (non-finite heatmaps) raises, except in
@@ -262,8 +263,10 @@ class Engine:
                 the next): run a batch that is not full once its first crop has waited this
                 many seconds. Tasks are read in the calling order without reading ahead (a
                 service gives decoded images), and cut in a background thread.
+            decode: ``msra`` or ``dark``; None uses the model config's.
         """
         flip = self.config.inference.flip if flip is None else flip
+        decode = check_decode(self.config.inference.decode if decode is None else decode)
         service = max_wait is not None
         threads = 0 if service else self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
@@ -277,9 +280,9 @@ class Engine:
             chunks = background
         try:
             if background is not None and service:
-                yield from self._serve(background, flip, float(max_wait))
+                yield from self._serve(background, (flip, decode), float(max_wait))
             else:
-                yield from self._estimate(chunks, flip, background if live else None)
+                yield from self._estimate(chunks, (flip, decode), background if live else None)
         finally:
             if background is not None:
                 background.close()
@@ -389,7 +392,10 @@ class Engine:
     # -- stage 3 ---------------------------------------------------------------------------
 
     def _estimate(
-        self, chunks: Iterator["_Item | _Chunk"], flip: bool, live: _Background | None
+        self,
+        chunks: Iterator["_Item | _Chunk"],
+        how: tuple[bool, str],
+        live: _Background | None,
     ) -> Iterator[Result]:
         order: deque[_Item] = deque()
         pending: list[_Chunk] = []
@@ -403,15 +409,17 @@ class Engine:
                 pending.append(entry)
                 count += len(entry.centers)
             while count >= self.options.batch_size:
-                pending, count = self._run_batch(pending, flip, self.options.batch_size)
+                pending, count = self._run_batch(pending, how, self.options.batch_size)
             if live is not None and count and live.idle():
-                pending, count = self._run_batch(pending, flip, count)
+                pending, count = self._run_batch(pending, how, count)
             yield from self._done(order)
         if count:
-            self._run_batch(pending, flip, count)
+            self._run_batch(pending, how, count)
         yield from self._done(order)
 
-    def _serve(self, chunks: _Background, flip: bool, max_wait: float) -> Iterator[Result]:
+    def _serve(
+        self, chunks: _Background, how: tuple[bool, str], max_wait: float
+    ) -> Iterator[Result]:
         """:meth:`_estimate` for a service: full batches run at once, a partial one when its
         first crop has waited ``max_wait`` seconds; a failing batch fails its tasks only."""
         order: deque[_Item] = deque()
@@ -425,7 +433,7 @@ class Engine:
             except StopIteration:  # the service is closing: finish what it has
                 break
             if entry is _WAITED:  # the oldest crop has waited long enough
-                pending, count = self._run_batch(pending, flip, count, isolate=True)
+                pending, count = self._run_batch(pending, how, count, isolate=True)
             elif isinstance(entry, _Item):
                 if not entry.queued:
                     entry.queued = True
@@ -437,20 +445,21 @@ class Engine:
                 count += len(entry.centers)
                 while count >= self.options.batch_size:
                     pending, count = self._run_batch(
-                        pending, flip, self.options.batch_size, isolate=True
+                        pending, how, self.options.batch_size, isolate=True
                     )
                     deadline = time.monotonic() + max_wait  # the rest's wait starts now
             yield from self._done(order)
         if count:
-            self._run_batch(pending, flip, count, isolate=True)
+            self._run_batch(pending, how, count, isolate=True)
         yield from self._done(order)
 
     def _run_batch(
-        self, pending: list[_Chunk], flip: bool, size: int, isolate: bool = False
+        self, pending: list[_Chunk], how: tuple[bool, str], size: int, isolate: bool = False
     ) -> tuple[list[_Chunk], int]:
-        """Run the first ``size`` crops of ``pending``; returns what is left and its count.
-        ``isolate``: non-finite heatmaps become the error of the images they belong to (an fp16
-        overflow depends on the crop) instead of being raised."""
+        """Run the first ``size`` crops of ``pending`` with ``how`` = (flip test, decoding);
+        returns what is left and its count. ``isolate``: non-finite heatmaps become the error of
+        the images they belong to (an fp16 overflow depends on the crop) instead of being
+        raised."""
         taken: list[_Chunk] = []
         left, rest = size, []
         for i, chunk in enumerate(pending):
@@ -490,7 +499,7 @@ class Engine:
         )
         with self._compute:
             self.batch_sizes[size] += 1
-            keypoints, scores = self.network.keypoints(joined, flip)
+            keypoints, scores = self.network.keypoints(joined, *how)
         if isinstance(keypoints, torch.Tensor):
             keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
         try:

@@ -5,7 +5,8 @@ Endpoints:
 
 * ``POST /v1/poses``: an image (a multipart upload field ``image``, or the raw request body) and
   optional fields or query parameters ``boxes`` (JSON ``[[x1, y1, x2, y2, score?], ...]``,
-  image pixels), ``bbox_format`` (xyxy, xywh), ``flip``, ``score_threshold``, ``format``
+  image pixels), ``bbox_format`` (xyxy, xywh), ``flip``, ``decode`` (msra, dark),
+  ``score_threshold``, ``format``
   (nextpose, coco), ``name``, ``image_id`` -> the JSON records ``nextpose predict`` writes;
 * ``GET /healthz``, ``GET /v1/models`` (the model and how it runs), ``GET /v1/stats`` (batches);
 * ``GET /``: a web page that draws the poses of an image or the webcam.
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import BOX_FORMATS, as_boxes, outside_image
+from ..config import DECODINGS
 from ..data.images import decode_image
 from ..engine import Detector
 from ..errors import (
@@ -43,7 +45,10 @@ from .batcher import Batcher
 
 log = logging.getLogger("nextpose")
 
-FIELDS = ("image", "boxes", "bbox_format", "flip", "score_threshold", "format", "name", "image_id")
+FIELDS = (
+    "image", "boxes", "bbox_format", "flip", "decode", "score_threshold", "format", "name",
+    "image_id",
+)  # fmt: skip
 FORMATS = ("nextpose", "coco")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -138,6 +143,7 @@ def model_info(estimator: PoseEstimator, batcher: Batcher, detector: Detector | 
         "keypoints": list(kset.names),
         "skeleton": [list(p) for p in kset.skeleton],
         "flip_indices": list(kset.flip_indices),
+        "decode": estimator.config.inference.decode,
         "backend": o.backend,
         "precision": o.precision,
         "device": o.device,
@@ -277,6 +283,9 @@ def create_app(
         if out_format not in FORMATS:
             raise RequestError(422, f"format must be one of {list(FORMATS)}, not {out_format!r}")
         use_flip = _flag("flip", fields["flip"]) if "flip" in fields else flip
+        decode = fields.get("decode")
+        if decode is not None and decode not in DECODINGS:
+            raise RequestError(422, f"decode must be one of {list(DECODINGS)}, not {decode!r}")
         threshold = (
             _number("score_threshold", fields["score_threshold"])
             if "score_threshold" in fields
@@ -297,7 +306,7 @@ def create_app(
         if "boxes" in fields:
             boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format)
         try:
-            future = batcher.submit(image, boxes, use_flip, name)
+            future = batcher.submit(image, boxes, use_flip, name, decode)
         except ServiceBusyError as e:
             raise RequestError(503, str(e), {"Retry-After": "1"}) from None
         try:

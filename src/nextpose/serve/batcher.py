@@ -1,11 +1,12 @@
 """Requests' images through long-lived engine runs, so that the crops of concurrent requests
 share the network's batches.
 
-One :meth:`~nextpose.engine.Engine.run` per flip setting stays open for the life of the service,
-fed by a queue of tasks (decoded images with validated boxes). It runs a batch as soon as
-``max_batch`` crops are waiting, or when the oldest waiting crop has waited ``max_wait`` seconds.
-Each request gets a :class:`~concurrent.futures.Future` of its :class:`~nextpose.Poses`; a
-request whose image fails gets its own error and never affects the others.
+One :meth:`~nextpose.engine.Engine.run` per flip setting and decoding stays open for the life of
+the service, fed by a queue of tasks (decoded images with validated boxes). It runs a batch as
+soon as ``max_batch`` crops are waiting, or when the oldest waiting crop has waited ``max_wait``
+seconds. Each request gets a :class:`~concurrent.futures.Future` of its
+:class:`~nextpose.Poses`; a request whose image fails gets its own error and never affects the
+others.
 """
 
 import logging
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import check_decode
 from ..engine import Detector, Engine, Result, Task
 from ..errors import InputError, ServiceBusyError
 from ..predictor import PoseEstimator
@@ -26,6 +28,7 @@ from ..structures import Poses
 log = logging.getLogger("nextpose")
 
 _CLOSE = None  # what a feed gets when the service closes
+How = tuple[bool, str]  # (flip test, decoding) of an engine run
 
 
 class Batcher:
@@ -61,16 +64,24 @@ class Batcher:
         self._lock = threading.Lock()
         self._waiting = 0  # accepted and not finished
         self._closed = False
-        self._feeds: dict[bool, queue.SimpleQueue] = {}
-        self._threads: dict[bool, threading.Thread] = {}
-        self._running: dict[bool, set[Future]] = {}  # taken by the engine, not finished
-        self._runs: dict[bool, int] = {}  # the engine run of each flip setting, counted
+        # One engine run per (flip test, decoding): its feed, thread, taken tasks, run count.
+        self._feeds: dict[How, queue.SimpleQueue] = {}
+        self._threads: dict[How, threading.Thread] = {}
+        self._running: dict[How, set[Future]] = {}  # taken by the engine, not finished
+        self._runs: dict[How, int] = {}
 
     def submit(
-        self, image: np.ndarray, boxes: np.ndarray | None, flip: bool, name: str = "the image"
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None,
+        flip: bool,
+        name: str = "the image",
+        decode: str | None = None,
     ) -> "Future[Poses]":
         """Queue one image ((H, W, 3) uint8 RGB) with its (N, 5) xyxy + score boxes (None: the
-        detector's, or the whole image); the future gives its poses or its error."""
+        detector's, or the whole image), flip test on or off, decoded by ``decode`` (``msra``,
+        ``dark``; None: the model's); the future gives its poses or its error."""
+        how = (flip, check_decode(decode or self.engine.config.inference.decode))
         future: Future[Poses] = Future()
         with self._lock:
             if self._closed:
@@ -81,7 +92,7 @@ class Batcher:
                     f"(--max-queue {self.max_queue}); try again shortly"
                 )
             self._waiting += 1
-            self._feed(flip).put(Task(image, boxes, name=name, tag=future))
+            self._feed(how).put(Task(image, boxes, name=name, tag=future))
         return future
 
     @property
@@ -116,24 +127,23 @@ class Batcher:
 
     # -- the engine runs ----------------------------------------------------------------------
 
-    def _feed(self, flip: bool) -> queue.SimpleQueue:
-        """The queue of the run with this flip setting, started on first use (under the lock)."""
-        if flip not in self._feeds:
-            self._feeds[flip] = queue.SimpleQueue()
-            self._running[flip] = set()
-            self._runs[flip] = 0
-            thread = threading.Thread(
-                target=self._serve, args=(flip,), daemon=True, name=f"nextpose-serve-flip{flip:d}"
-            )
-            self._threads[flip] = thread
+    def _feed(self, how: How) -> queue.SimpleQueue:
+        """The queue of the run for ``how``, started on first use (under the lock)."""
+        if how not in self._feeds:
+            self._feeds[how] = queue.SimpleQueue()
+            self._running[how] = set()
+            self._runs[how] = 0
+            name = f"nextpose-serve-{'flip' if how[0] else 'noflip'}-{how[1]}"
+            thread = threading.Thread(target=self._serve, args=(how,), daemon=True, name=name)
+            self._threads[how] = thread
             thread.start()
-        return self._feeds[flip]
+        return self._feeds[how]
 
-    def _tasks(self, flip: bool, run: int) -> Iterator[Task]:
-        feed, running = self._feeds[flip], self._running[flip]
+    def _tasks(self, how: How, run: int) -> Iterator[Task]:
+        feed, running = self._feeds[how], self._running[how]
         while True:
             task = feed.get()
-            if run != self._runs[flip]:  # the reader of a failed run: leave it to the new one
+            if run != self._runs[how]:  # the reader of a failed run: leave it to the new one
                 feed.put(task)
                 return
             if task is _CLOSE:
@@ -141,35 +151,36 @@ class Batcher:
             running.add(task.tag)
             yield task
 
-    def _serve(self, flip: bool) -> None:
+    def _serve(self, how: How) -> None:
+        flip, decode = how
         while True:
-            run = self._runs[flip]
+            run = self._runs[how]
             try:
-                tasks = self._tasks(flip, run)
-                for result in self.engine.run(tasks, flip, max_wait=self.max_wait):
-                    self._answer(flip, result)
+                tasks = self._tasks(how, run)
+                for result in self.engine.run(tasks, flip, max_wait=self.max_wait, decode=decode):
+                    self._answer(how, result)
                 return  # closed, everything answered
             except Exception as e:  # a bug: fail the requests in flight, keep serving
                 log.exception("the pose service's engine run failed; starting a new one")
-                self._runs[flip] = run + 1
-                for future in list(self._running[flip]):
-                    self._settle(flip, future, error=e)
+                self._runs[how] = run + 1
+                for future in list(self._running[how]):
+                    self._settle(how, future, error=e)
 
-    def _answer(self, flip: bool, result: Result) -> None:
+    def _answer(self, how: How, result: Result) -> None:
         if result.error is not None:
-            self._settle(flip, result.task.tag, error=result.error)
+            self._settle(how, result.task.tag, error=result.error)
         else:
-            self._settle(flip, result.task.tag, poses=result.poses)
+            self._settle(how, result.task.tag, poses=result.poses)
 
     def _settle(
         self,
-        flip: bool,
+        how: How,
         future: "Future[Poses]",
         poses: Poses | None = None,
         error: BaseException | None = None,
     ) -> None:
         with self._lock:
-            self._running[flip].discard(future)
+            self._running[how].discard(future)
             self._waiting -= 1
             self.answered += 1
         try:
