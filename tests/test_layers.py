@@ -27,13 +27,12 @@ LAYERS = [
     ["predictor", "inference"],
     ["benchmark", "sources", "detection", "tracking", "writers", "evaluation.oks_nms",
      "evaluation.coco_eval", "evaluation.evaluate", "evaluation"],
-    ["pipeline"],
+    ["pipeline", "serve.batcher", "serve.app", "serve"],
     ["training.distributed", "training.loss", "training.optim", "training.pretrained",
      "training.state", "training.run_folder",
      "training.loop", "training"],
-    ["cli._options", "cli.benchmark", "cli.convert",
-     "cli.evaluate", "cli.export", "cli.predict", "cli.train", "cli",
-     "__main__", "__init__"],
+    ["cli._options", "cli.benchmark", "cli.convert", "cli.evaluate", "cli.export", "cli.predict",
+     "cli.serve", "cli.train", "cli", "__main__", "__init__"],
 ]  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 # Modules that import the library inside functions: `nextpose --help` stays fast.
@@ -44,6 +43,7 @@ LAZY_MODULES = {
     "cli.evaluate",
     "cli.export",
     "cli.predict",
+    "cli.serve",
     "cli.train",
     "cli",
 }

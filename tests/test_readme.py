@@ -15,6 +15,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -37,6 +43,7 @@ NOT_RUN = {
     " 0 --detector": "needs a camera",
 }
 SMALL_DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"
+README_SERVER = "127.0.0.1:8000"  # where the README's curl and requests examples ask
 TRAIN_EXTRA = ["--set", "train.epochs=1", "--set", "data.workers=0", "--pretrained", "none"]
 
 
@@ -118,6 +125,46 @@ def workdir(tmp_path, monkeypatch, oracle_weights):
     return tmp_path
 
 
+class ReadmeServer:
+    """The README's ``nextpose serve`` line in a child process, on a free port instead of
+    8000 and with the oracle's weights as ``--checkpoint`` (the child cannot be served the
+    download); the curl and requests examples are pointed at it."""
+
+    def __init__(self, line: str, weights: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        args = [*shlex.split(line)[1:], "--port", self.address.split(":")[1], "--checkpoint",
+                str(weights)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(Path(nextpose.__file__).parent.parent)}
+        self.process = subprocess.Popen([sys.executable, "-m", "nextpose", *args], env=env)
+        deadline = time.monotonic() + 300
+        while True:
+            assert self.process.poll() is None, f"{line}: exit {self.process.returncode}"
+            try:
+                urllib.request.urlopen(f"http://{self.address}/healthz", timeout=1)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"{line}: did not start"
+                time.sleep(0.3)
+
+    def point(self, code: str) -> str:
+        return code.replace(README_SERVER, self.address)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+def run_curl(line: str) -> None:
+    if shutil.which("curl") is None:
+        return  # tests/test_serve.py asks the same with requests
+    out = subprocess.run([*shlex.split(line), "--fail-with-body", "-s"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, f"{line}: {out.stdout} {out.stderr}"
+    assert len(json.loads(out.stdout)[0]["keypoints"]) == 17
+
+
 def run_command(line: str) -> None:
     line = line.replace("--device cuda", "--device cpu") if not torch.cuda.is_available() else line
     args, out_file = shlex.split(line), None
@@ -135,34 +182,65 @@ def run_command(line: str) -> None:
 
 
 @pytest.mark.slow
-def test_readme_examples_run(workdir, capsys):
+def test_readme_examples_run(workdir, capsys, oracle_weights):
     ran = []
-    for lang, code in blocks():
-        if lang == "python":
-            exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-            ran.append("python")
-            continue
-        if lang != "bash":
-            continue
-        for line in code.replace("\\\n", " ").splitlines():
-            line = line.split("  #")[0].strip()
-            reason = next((why for key, why in NOT_RUN.items() if key in line), None)
-            if not line or reason:
-                continue
-            assert line.startswith("nextpose "), f"a README shell line the test cannot run: {line}"
-            run_command(line)
-            ran.append(line)
-            if len(ran) == 1:  # the main command: one pose for the one image, drawn over it
-                poses = json.loads((workdir / "poses.json").read_text())
-                assert len(poses) == 1 and len(poses[0]["keypoints"]) == 17
-                assert (workdir / "drawn" / "000000000785.jpg").is_file()
+    server = None
+    try:
+        for lang, code in blocks():
+            ran += run_block(lang, code, workdir, oracle_weights, server)
+            if ran and isinstance(ran[-1], ReadmeServer):
+                server = ran.pop()
+            elif server is not None and lang == "python" and README_SERVER in code:
+                server.stop()  # its examples have run
+                server = None
+    finally:
+        if server is not None:
+            server.stop()
     assert len(ran) >= 15
     assert len(json.loads((workdir / "results.json").read_text())) == 12  # 3 boxes x 4 images
     assert json.loads((workdir / "eval" / "metrics.json").read_text())["AP"] >= 0
     assert os.path.getsize(workdir / "pose-image.onnx") > 1e6
 
 
+def run_block(lang: str, code: str, workdir: Path, weights: Path, server) -> list:
+    """Run one fenced block; returns what ran (a started server last)."""
+    ran: list = []
+    if lang == "python":
+        if README_SERVER in code:
+            assert server is not None, "a README example asks a server no line started"
+            code = server.point(code)
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+        return ["python"]
+    if lang != "bash":
+        return ran
+    started = None
+    for line in code.replace("\\\n", " ").splitlines():
+        line = line.split("  #")[0].strip()
+        reason = next((why for key, why in NOT_RUN.items() if key in line), None)
+        if not line or reason:
+            continue
+        if line.startswith("nextpose serve "):
+            started = server = ReadmeServer(line, weights)
+        elif line.startswith("curl "):
+            assert server is not None, "a README curl line asks a server no line started"
+            run_curl(server.point(line))
+        else:
+            assert line.startswith("nextpose "), f"a README shell line the test cannot run: {line}"
+            run_command(line)
+        ran.append(line)
+        if line.startswith("nextpose predict") and "000000000785.jpg --out poses.json" in line:
+            poses = json.loads((workdir / "poses.json").read_text())  # the main command: one
+            assert len(poses) == 1 and len(poses[0]["keypoints"]) == 17  # pose, drawn over it
+            assert (workdir / "drawn" / "000000000785.jpg").is_file()
+    return [*ran, started] if started is not None else ran
+
+
 def test_every_readme_command_is_run_or_has_a_reason():
+    for lang, code in blocks():  # shell lines are nextpose commands or curl calls to serve
+        for line in code.replace("\\\n", " ").splitlines() if lang == "bash" else []:
+            line = line.split("  #")[0].strip()
+            reason = next((why for key, why in NOT_RUN.items() if key in line), None)
+            assert not line or reason or line.startswith(("nextpose ", "curl ")), line
     for line in commands():
         reason = next((why for key, why in NOT_RUN.items() if key in line), None)
         assert line.startswith("nextpose ") or reason, line

@@ -27,6 +27,14 @@ def whole_image_box(height: int, width: int) -> np.ndarray:
     return np.array([[0, 0, width, height, 1]], np.float32)
 
 
+def outside_image(boxes: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Indices of the (N, >= 4) xyxy ``boxes`` that lie entirely outside an image of shape
+    (H, W, ...) (touching its edge is inside)."""
+    h, w = image_shape[:2]
+    b = boxes
+    return np.flatnonzero((b[:, 2] < 0) | (b[:, 3] < 0) | (b[:, 0] > w) | (b[:, 1] > h))
+
+
 def as_boxes(
     boxes: Sequence | np.ndarray | None,
     image_shape: tuple[int, ...],
@@ -77,7 +85,7 @@ def as_boxes(
             f"{source}: box {inverted[0]} {arr[inverted[0], :4].tolist()} has x2 < x1 or y2 < y1 "
             "(boxes are x1, y1, x2, y2; pass bbox_format='xywh' for x, y, w, h)"
         )
-    outside = np.flatnonzero((arr[:, 2] < 0) | (arr[:, 3] < 0) | (arr[:, 0] > w) | (arr[:, 1] > h))
+    outside = outside_image(arr, image_shape)
     if len(outside):
         log.warning(
             f"{source}: {len(outside)} of {len(arr)} boxes lie entirely outside the {w} x {h} "

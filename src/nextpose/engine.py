@@ -13,13 +13,19 @@ Stages, each bounded so memory does not grow with the number of images or boxes:
 
 The batches depend only on the sequence of boxes and ``batch_size``, never on timing, so every
 entry point gives the same keypoints for the same images and boxes (a live camera excepted: it
-runs what has arrived rather than wait for a full batch).
+runs what has arrived rather than wait for a full batch). A service (``max_wait``) feeds one long
+run with the requests' tasks as they come: a batch that is not full runs once its first crop has
+waited ``max_wait`` seconds, so concurrent requests share batches and none waits for later ones.
+A crop's keypoints do not depend on the batch it runs in (tests/test_serve.py checks it against
+``predict``); its scores may differ in the last float32 bits, as between ``predict`` and
+``predict_many``: the convolution kernels sum in another order for other batch sizes.
 """
 
 import contextlib
 import queue
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -113,6 +119,7 @@ class _Item:
 
 
 _END = object()
+_WAITED = object()  # nothing arrived in time
 
 
 class _Raised:
@@ -155,7 +162,14 @@ class _Background(Iterator[T]):
                 close()  # e.g. a video reader releases its capture, in the thread reading it
 
     def __next__(self) -> T:
-        value = self._queue.get()
+        return self.next_within(None)
+
+    def next_within(self, timeout: float | None) -> Any:
+        """The next value, or ``_WAITED`` when none arrives within ``timeout`` seconds."""
+        try:
+            value = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return _WAITED
         if value is _END:
             self._queue.put(_END)  # stay exhausted
             raise StopIteration
@@ -228,33 +242,47 @@ class Engine:
         # pass at a time is faster than two interleaved ones. On a GPU they overlap.
         cpu = network.device.type == "cpu"
         self._compute = threading.Lock() if cpu else contextlib.nullcontext()
+        self.batch_sizes: Counter[int] = Counter()  # crops per network batch -> batches run
 
     def run(
         self,
         tasks: Iterable[Task],
         flip: bool | None = None,
         live: bool = False,
+        max_wait: float | None = None,
         decode: str | None = None,
     ) -> Iterator[Result]:
         """A :class:`Result` per task, in order. An unreadable image gives a result with its
-        ``error`` (the run goes on); a network problem (non-finite heatmaps) raises.
+        ``error`` (the run goes on); a network problem (non-finite heatmaps) raises, except in
+        a service (``max_wait``), where it is the error of the tasks whose crops it concerns.
 
         Args:
             flip: flip test on/off; None uses the model config's (on).
             live: a camera: run what has arrived instead of waiting for full batches.
+            max_wait: a service whose ``tasks`` arrive over time (the iterator blocks until
+                the next): run a batch that is not full once its first crop has waited this
+                many seconds. Tasks are read in the calling order without reading ahead (a
+                service gives decoded images), and cut in a background thread.
             decode: ``msra`` or ``dark``; None uses the model config's.
         """
         flip = self.config.inference.flip if flip is None else flip
         decode = check_decode(self.config.inference.decode if decode is None else decode)
-        threads = self.options.read_threads
+        service = max_wait is not None
+        threads = 0 if service else self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
-        chunks: Iterator[_Item | _Chunk] = self._cut(decoded, live)
+        chunks: Iterator[_Item | _Chunk] = self._cut(decoded, live or service)
         background = None
-        if threads > 0:
-            background = _Background(chunks, maxsize=2 * threads + 2)
+        if threads > 0 or service:
+            # A service holds a batch's worth of requests ahead (an image, its crops, its end
+            # mark each), so those that arrived during a batch are all there for the next one.
+            depth = 3 * self.options.batch_size if service else 2 * threads + 2
+            background = _Background(chunks, maxsize=depth)
             chunks = background
         try:
-            yield from self._estimate(chunks, (flip, decode), background if live else None)
+            if background is not None and service:
+                yield from self._serve(background, (flip, decode), float(max_wait))
+            else:
+                yield from self._estimate(chunks, (flip, decode), background if live else None)
         finally:
             if background is not None:
                 background.close()
@@ -389,11 +417,49 @@ class Engine:
             self._run_batch(pending, how, count)
         yield from self._done(order)
 
+    def _serve(
+        self, chunks: _Background, how: tuple[bool, str], max_wait: float
+    ) -> Iterator[Result]:
+        """:meth:`_estimate` for a service: full batches run at once, a partial one when its
+        first crop has waited ``max_wait`` seconds; a failing batch fails its tasks only."""
+        order: deque[_Item] = deque()
+        pending: list[_Chunk] = []
+        count = 0
+        deadline = 0.0
+        while True:
+            timeout = max(0.0, deadline - time.monotonic()) if count else None
+            try:
+                entry = chunks.next_within(timeout)
+            except StopIteration:  # the service is closing: finish what it has
+                break
+            if entry is _WAITED:  # the oldest crop has waited long enough
+                pending, count = self._run_batch(pending, how, count, isolate=True)
+            elif isinstance(entry, _Item):
+                if not entry.queued:
+                    entry.queued = True
+                    order.append(entry)
+            else:
+                pending.append(entry)
+                if not count:
+                    deadline = time.monotonic() + max_wait
+                count += len(entry.centers)
+                while count >= self.options.batch_size:
+                    pending, count = self._run_batch(
+                        pending, how, self.options.batch_size, isolate=True
+                    )
+                    deadline = time.monotonic() + max_wait  # the rest's wait starts now
+            yield from self._done(order)
+        if count:
+            self._run_batch(pending, how, count, isolate=True)
+        yield from self._done(order)
+
     def _run_batch(
-        self, pending: list[_Chunk], how: tuple[bool, str], size: int
+        self, pending: list[_Chunk], how: tuple[bool, str], size: int, isolate: bool = False
     ) -> tuple[list[_Chunk], int]:
         """Run the first ``size`` crops of ``pending`` with ``how`` = (flip test, decoding);
-        returns what is left and its count."""
+        returns what is left and its count. ``isolate``: non-finite heatmaps become the error of
+        the images they belong to (an fp16 overflow depends on the crop) instead of being
+        raised."""
         taken: list[_Chunk] = []
         left, rest = size, []
         for i, chunk in enumerate(pending):
@@ -432,10 +498,22 @@ class Engine:
             else np.concatenate(crops)
         )
         with self._compute:
+            self.batch_sizes[size] += 1
             keypoints, scores = self.network.keypoints(joined, *how)
         if isinstance(keypoints, torch.Tensor):
             keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
-        self._check_finite(scores)
+        try:
+            self._check_finite(scores)
+        except NumericsError as e:
+            if not isolate:
+                raise
+            bad = ~np.isfinite(scores).all(axis=1)
+            at = 0
+            for chunk in taken:
+                n = len(chunk.centers)
+                if bad[at : at + n].any():
+                    self._fail([chunk], e)
+                at += n
         size_ = self.config.model.input_size
         at = 0
         for chunk in taken:
@@ -447,6 +525,12 @@ class Engine:
             item.missing -= n
             at += n
         return rest, sum(len(c.centers) for c in rest)
+
+    @staticmethod
+    def _fail(chunks: list[_Chunk], error: NextposeError) -> None:
+        """These chunks' images end with ``error`` (their other crops are still counted)."""
+        for chunk in chunks:
+            chunk.item.error = chunk.item.error or error
 
     def _check_finite(self, scores: np.ndarray) -> None:
         """Refuse heatmaps holding inf or NaN (a score is its heatmap's maximum, and NaN wins

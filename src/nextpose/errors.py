@@ -23,6 +23,10 @@ class ImageError(NextposeError, ValueError):
     """An image file or array is missing, empty, too large or cannot be decoded."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the limit (``NEXTPOSE_MAX_IMAGE_PIXELS``, OpenCV's)."""
+
+
 class VideoError(ImageError):
     """A video file, stream or camera cannot be opened."""
 
@@ -43,6 +47,10 @@ class NumericsError(NextposeError, ValueError):
 class OutputError(NextposeError, OSError):
     """An output cannot be written: it would replace an input or another output, or the disk
     refused it (full, read-only, no permission)."""
+
+
+class ServiceBusyError(NextposeError, RuntimeError):
+    """The pose service cannot take a request now: its queue is full or it is shutting down."""
 
 
 class MissingExtraError(NextposeError, ImportError):

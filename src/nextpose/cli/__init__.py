@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import benchmark, convert, evaluate, export, predict, train
+from . import benchmark, convert, evaluate, export, predict, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     train.add_parsers(sub)
     convert.add_parser(sub)
+    serve.add_parser(sub)
     benchmark.add_parser(sub)
     return parser
 

@@ -60,8 +60,83 @@ def add_model(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument("--checkpoint", help="weights to use instead of the preset's: a path or URL")
 
 
-def add_runtime(p: argparse.ArgumentParser, read_help: str = "image decoding threads") -> None:
-    """How the pose network runs: --device, --backend, --precision, --batch-size, threads."""
+def add_detector(
+    p: argparse.ArgumentParser, where: argparse._ActionsContainer | None = None
+) -> None:
+    """--detector [NAME] (in ``where``, e.g. a mutually exclusive group) and its options."""
+    (where or p).add_argument(
+        "--detector",
+        nargs="?",
+        const=DEFAULT_DETECTOR,
+        choices=DETECTORS,
+        metavar="NAME",
+        help=f"find people with a torchvision detector (default {DEFAULT_DETECTOR}; "
+        f"choices: {', '.join(DETECTORS)}); its COCO weights are downloaded once",
+    )
+    p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
+    p.add_argument(
+        "--detector-score",
+        type=number,
+        default=0.5,
+        metavar="S",
+        help="keep detections scoring at least this (default 0.5)",
+    )
+    p.add_argument(
+        "--detector-min-size",
+        type=number,
+        default=32.0,
+        metavar="PX",
+        help="drop detections whose longer side is below this (default 32 pixels)",
+    )
+    p.add_argument(
+        "--max-people",
+        type=count(1),
+        metavar="N",
+        help="keep the N highest-scoring detections per image (default: all)",
+    )
+    p.add_argument(
+        "--detector-batch-size",
+        type=count(1),
+        metavar="N",
+        help="frames per detector pass (default: 4 on a GPU, 1 on a CPU)",
+    )
+
+
+def check_detector(args: argparse.Namespace) -> None:
+    """Refuse detector options without --detector, before any work."""
+    from ..errors import InputError
+
+    if args.detector_weights and not args.detector:
+        raise InputError("--detector-weights needs --detector")
+
+
+def load_detector_of(args: argparse.Namespace):
+    """The detector the --detector options ask for, or None."""
+    from ..detection import load_detector
+
+    check_detector(args)
+    if not args.detector:
+        return None
+    return load_detector(
+        args.detector,
+        weights=args.detector_weights or "default",
+        device=args.device,
+        score_threshold=args.detector_score,
+        min_size=args.detector_min_size,
+        max_people=args.max_people,
+        batch_size=args.detector_batch_size,
+    )
+
+
+def add_runtime(
+    p: argparse.ArgumentParser,
+    read_help: str = "image decoding threads",
+    batch_flags: tuple[str, ...] = ("--batch-size",),
+    batch_help: str = "crops per pose forward pass (default 32)",
+    threads: bool = True,
+) -> None:
+    """How the pose network runs: --device, --backend, --precision, --batch-size (under the
+    names ``batch_flags``), threads (unless not ``threads``), --device-crops, --no-flip."""
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument(
         "--backend",
@@ -87,17 +162,16 @@ def add_runtime(p: argparse.ArgumentParser, read_help: str = "image decoding thr
         help="with --precision bf16/fp16 (fast, compile): the layers kept in fp32: final (the "
         "1x1 heatmap layer; default), head (the deconvolution head, 25%% of the work), none",
     )
-    p.add_argument(
-        "--batch-size", type=count(1), default=32, help="crops per pose forward pass (default 32)"
-    )
-    p.add_argument(
-        "--read-threads",
-        "--workers",
-        dest="read_threads",
-        type=count(0),
-        default=2,
-        help=f"{read_help} (default 2; --workers is the old name)",
-    )
+    p.add_argument(*batch_flags, dest="batch_size", type=count(1), default=32, help=batch_help)
+    if threads:
+        p.add_argument(
+            "--read-threads",
+            "--workers",
+            dest="read_threads",
+            type=count(0),
+            default=2,
+            help=f"{read_help} (default 2; --workers is the old name)",
+        )
     p.add_argument(
         "--device-crops",
         action="store_true",
@@ -133,7 +207,7 @@ def run_options(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "keep_fp32": args.keep_fp32,
         "batch_size": args.batch_size,
-        "read_threads": args.read_threads,
+        "read_threads": getattr(args, "read_threads", 2),
         "device_crops": args.device_crops,
     }
 

@@ -5,14 +5,15 @@ import logging
 import sys
 
 from ._options import (
-    DEFAULT_DETECTOR,
-    DETECTORS,
+    add_detector,
     add_model,
     add_progress,
     add_runtime,
+    check_detector,
     check_device,
     check_extras,
     count,
+    load_detector_of,
     number,
     run_options,
 )
@@ -35,15 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="image files, folders (searched recursively), video files, or a camera index (0)",
     )
     source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--detector",
-        nargs="?",
-        const=DEFAULT_DETECTOR,
-        choices=DETECTORS,
-        metavar="NAME",
-        help=f"find people with a torchvision detector (default {DEFAULT_DETECTOR}; "
-        f"choices: {', '.join(DETECTORS)}); its COCO weights are downloaded once",
-    )
+    add_detector(p, source)
     source.add_argument(
         "--boxes",
         help='JSON {"<image file name>": [[x1, y1, x2, y2, score?], ...]}, image pixels, or COCO '
@@ -59,33 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="xyxy",
         help='how a {"<image>": [...]} --boxes file gives boxes: x1, y1, x2, y2 (default) or '
         "x, y, w, h (COCO detection results are always x, y, w, h)",
-    )
-    p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
-    p.add_argument(
-        "--detector-score",
-        type=number,
-        default=0.5,
-        metavar="S",
-        help="keep detections scoring at least this (default 0.5)",
-    )
-    p.add_argument(
-        "--detector-min-size",
-        type=number,
-        default=32.0,
-        metavar="PX",
-        help="drop detections whose longer side is below this (default 32 pixels)",
-    )
-    p.add_argument(
-        "--max-people",
-        type=count(1),
-        metavar="N",
-        help="keep the N highest-scoring detections per image (default: all)",
-    )
-    p.add_argument(
-        "--detector-batch-size",
-        type=count(1),
-        metavar="N",
-        help="frames per detector pass (default: 4 on a GPU, 1 on a CPU)",
     )
     p.add_argument("--out", help="write the poses here as JSON (default: standard output)")
     p.add_argument(
@@ -124,15 +90,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..boxes import BoxTable
-    from ..detection import load_detector
-    from ..errors import InputError, VideoError
+    from ..errors import VideoError
     from ..pipeline import PosePipeline
     from ..predictor import load
     from ..sources import input_groups
     from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
-    if args.detector_weights and not args.detector:
-        raise InputError("--detector-weights needs --detector")
+    check_detector(args)
     groups = input_groups(args.inputs)  # glob patterns expanded: the files they name are inputs
     guard = Guard(
         [p for kind, source in groups if kind != "camera"
@@ -148,17 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_extras(args)
     estimator = load(args.model, args.checkpoint, **run_options(args))
-    detector = None
-    if args.detector:
-        detector = load_detector(
-            args.detector,
-            weights=args.detector_weights or "default",
-            device=args.device,
-            score_threshold=args.detector_score,
-            min_size=args.detector_min_size,
-            max_people=args.max_people,
-            batch_size=args.detector_batch_size,
-        )
+    detector = load_detector_of(args)
     pipeline = PosePipeline(
         estimator, detector, boxes=table, flip=not args.no_flip, track=args.track,
         smooth=args.smooth,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ImageError, InputError, VideoError
+from ..errors import ImageError, ImageTooLargeError, InputError, VideoError
 from ..opencv import _OPENCV_LIMIT_SOURCE as _OPENCV_LIMIT_SOURCE
 from ..opencv import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
 from ..opencv import MAX_IMAGE_PIXELS as MAX_IMAGE_PIXELS
@@ -157,20 +157,24 @@ def _opencv_problem(e: Exception) -> str:
     return re.sub(r"^OpenCV\([^)]*\) \S+: error: ", "", text)
 
 
-def _too_large(path: Path, size: tuple[int, int] | None, limit: int, tail: str) -> ImageError:
+def _too_large(
+    path: str | Path, size: tuple[int, int] | None, limit: int, tail: str
+) -> ImageTooLargeError:
     what = f"is {size[0]} x {size[1]} pixels, more than" if size else "declares more pixels than"
-    return ImageError(
+    return ImageTooLargeError(
         f"{path}: the image {what} the limit of {limit} "
         f"(set NEXTPOSE_MAX_IMAGE_PIXELS to allow it, 0: no limit){tail}"
     )
 
 
-def _opencv_refusal(path: Path, data: np.ndarray, problem: str, limit: int) -> ImageError:
+def _opencv_refusal(
+    path: str | Path, data: np.ndarray, problem: str, limit: int
+) -> ImageTooLargeError:
     """OpenCV's own size guard refused the header: say which limit and how to raise it."""
     size = image_size(memoryview(data))
     if "MAX_IMAGE_WIDTH" in problem or "MAX_IMAGE_HEIGHT" in problem:
         side = f" ({size[0]} x {size[1]} pixels)" if size else ""
-        return ImageError(
+        return ImageTooLargeError(
             f"{path}: the image{side} declares a side longer than OpenCV's limit "
             "(OPENCV_IO_MAX_IMAGE_WIDTH / OPENCV_IO_MAX_IMAGE_HEIGHT, 1048576 by default); "
             "not decoded"
@@ -186,7 +190,7 @@ def _opencv_refusal(path: Path, data: np.ndarray, problem: str, limit: int) -> I
         "(or NEXTPOSE_MAX_IMAGE_PIXELS) before starting Python"
     )
     dims = f"is {size[0]} x {size[1]} pixels" if size else "declares more pixels than that"
-    return ImageError(
+    return ImageTooLargeError(
         f"{path}: the image {dims}, more than OpenCV's limit OPENCV_IO_MAX_IMAGE_PIXELS="
         f"{guard} ({how}); not decoded"
     )
@@ -210,8 +214,22 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
             decoded; the message starts with the path.
     """
     path = Path(path)
+    return decode_image(_read_file(path), path, max_pixels)
+
+
+def decode_image(
+    data: bytes | np.ndarray, name: str | Path = "the image", max_pixels: int | None = None
+) -> np.ndarray:
+    """Decode an encoded image (the bytes of a JPEG, PNG, WebP... file) to an (H, W, 3) uint8
+    RGB array, exactly as :func:`read_image` decodes a file, with the same pixel limits.
+
+    Raises:
+        ImageError: empty, too large, or not decodable; the message starts with ``name``.
+    """
+    path = name
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    data = _read_file(path)
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, dtype=np.uint8)
     if data.size == 0:
         raise ImageError(f"{path}: the image file is empty")
     size = image_size(memoryview(data))

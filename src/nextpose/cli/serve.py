@@ -1,0 +1,96 @@
+"""``nextpose serve``: the pose model behind an HTTP endpoint, with a web page."""
+
+import argparse
+
+from ._options import (
+    add_detector,
+    add_model,
+    add_runtime,
+    check_detector,
+    check_device,
+    check_extras,
+    count,
+    load_detector_of,
+    number,
+    run_options,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP (POST /v1/poses) with a web page, batching requests",
+        description="POST an image (multipart field 'image', or the raw body) to /v1/poses, "
+        "with optional boxes (JSON), flip, score_threshold, format: the records `nextpose "
+        "predict` writes. The crops of concurrent requests go through the network together. "
+        'Needs pip install "nextpose[serve]".',
+    )
+    add_model(p)
+    add_detector(p)
+    add_runtime(
+        p,
+        batch_flags=("--max-batch", "--batch-size"),
+        batch_help="crops per network batch, from all waiting requests, at most (default 32)",
+        threads=False,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=count(1), default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=number,
+        default=5.0,
+        metavar="T",
+        help="a batch that is not full runs when its first crop has waited this long (default 5)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=count(1),
+        default=256,
+        metavar="N",
+        help="requests waiting at most; more are answered 503 with Retry-After (default 256)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=number,
+        default=30.0,
+        metavar="S",
+        help="seconds a request may wait for its poses (then 504), and for the requests in "
+        "flight when the service stops (default 30)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=number,
+        default=32.0,
+        metavar="MB",
+        help="largest request body in MiB (then 413; default 32)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError, require
+    from ..predictor import load
+
+    for name in ("fastapi", "uvicorn", "multipart"):
+        require(name, "serve", "nextpose serve")
+    if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_body_mb <= 0:
+        raise InputError("--max-wait-ms must be >= 0, --timeout and --max-body-mb > 0")
+    check_detector(args)
+    check_device(args.device)
+    check_extras(args)
+    from ..serve import create_app, serve
+
+    estimator = load(args.model, args.checkpoint, **run_options(args))
+    detector = load_detector_of(args)
+    app = create_app(
+        estimator,
+        detector,
+        max_batch=args.batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+        max_body_mb=args.max_body_mb,
+        flip=not args.no_flip,
+    )
+    serve(app, args.host, args.port, args.timeout)
+    return 0

@@ -1,0 +1,338 @@
+"""The HTTP service: an ASGI app (FastAPI) in front of a :class:`~.batcher.Batcher`, and
+:func:`serve`, which runs it with uvicorn until SIGTERM or Ctrl-C.
+
+Endpoints:
+
+* ``POST /v1/poses``: an image (a multipart upload field ``image``, or the raw request body) and
+  optional fields or query parameters ``boxes`` (JSON ``[[x1, y1, x2, y2, score?], ...]``,
+  image pixels), ``bbox_format`` (xyxy, xywh), ``flip``, ``decode`` (msra, dark),
+  ``score_threshold``, ``format``
+  (nextpose, coco), ``name``, ``image_id`` -> the JSON records ``nextpose predict`` writes;
+* ``GET /healthz``, ``GET /v1/models`` (the model and how it runs), ``GET /v1/stats`` (batches);
+* ``GET /``: a web page that draws the poses of an image or the webcam.
+
+A bad request gets a 4xx answer ``{"error": message, "status": code}``; nothing a client sends
+raises out of a handler or stops the engine.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from importlib import resources
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+from ..boxes import BOX_FORMATS, as_boxes, outside_image
+from ..config import DECODINGS
+from ..data.images import decode_image
+from ..engine import Detector
+from ..errors import (
+    ImageError,
+    ImageTooLargeError,
+    InputError,
+    NextposeError,
+    NumericsError,
+    ServiceBusyError,
+    require,
+)
+from ..predictor import PoseEstimator
+from ..structures import Frame, Poses
+from .batcher import Batcher
+
+log = logging.getLogger("nextpose")
+
+FIELDS = (
+    "image", "boxes", "bbox_format", "flip", "decode", "score_threshold", "format", "name",
+    "image_id",
+)  # fmt: skip
+FORMATS = ("nextpose", "coco")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class RequestError(Exception):
+    """A bad request: answered with ``status`` and ``message``, never raised further."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _status(error: NextposeError) -> int:
+    """The HTTP status of a library error about a request's content."""
+    if isinstance(error, ImageTooLargeError):
+        return 413
+    if isinstance(error, ImageError):
+        return 415  # not an image OpenCV can decode
+    return 422  # boxes, options, non-finite heatmaps: understood but not processable
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise RequestError(422, f"{name} must be true or false, not {text!r}")
+
+
+def _number(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RequestError(422, f"{name} must be a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise RequestError(422, f"{name} must be a finite number, not {text!r}")
+    return value
+
+
+def parse_boxes(text: str, shape: tuple[int, ...], name: str, bbox_format: str) -> np.ndarray:
+    """(N, 5) xyxy + score boxes from the request's JSON ``boxes``; refuses bad JSON (400),
+    bad shapes or numbers (422) and boxes entirely outside the image (422)."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"boxes: not valid JSON ({e})") from None
+    if not isinstance(value, list):
+        raise RequestError(
+            422, "boxes must be a JSON list of boxes [[x1, y1, x2, y2, score?], ...]"
+        )
+    try:
+        boxes = as_boxes(value, shape, f"{name}: boxes", bbox_format)  # type: ignore[arg-type]
+    except NextposeError as e:
+        raise RequestError(422, str(e)) from None
+    outside = outside_image(boxes, shape)
+    if len(outside):
+        h, w = shape[:2]
+        i = int(outside[0])
+        raise RequestError(
+            422,
+            f"{name}: box {i} {boxes[i, :4].tolist()} lies entirely outside the {w} x {h} image",
+        )
+    return boxes
+
+
+def records(
+    poses: Poses,
+    image: np.ndarray,
+    name: str,
+    image_id: int,
+    coco: bool,
+    score_threshold: float | None,
+) -> list[dict[str, Any]]:
+    """What ``nextpose predict`` writes for this image (``--format coco`` when ``coco``); with
+    ``score_threshold`` each record also says which keypoints score above it (``visible``)."""
+    frame = Frame(0, name, image_id, poses, image)
+    out = frame.to_coco() if coco else frame.to_records()
+    if score_threshold is not None:
+        for record, scores in zip(out, poses.scores, strict=True):
+            record["visible"] = [bool(s > score_threshold) for s in scores]
+    return out
+
+
+def model_info(estimator: PoseEstimator, batcher: Batcher, detector: Detector | None) -> dict:
+    """What ``GET /v1/models`` lists for the model."""
+    o, kset = estimator.options, estimator.keypoint_set
+    w, h = estimator.input_size
+    return {
+        "name": estimator.name,
+        "input_size": {"width": w, "height": h},
+        "keypoints": list(kset.names),
+        "skeleton": [list(p) for p in kset.skeleton],
+        "flip_indices": list(kset.flip_indices),
+        "decode": estimator.config.inference.decode,
+        "backend": o.backend,
+        "precision": o.precision,
+        "device": o.device,
+        "detector": getattr(detector, "name", None) if detector is not None else None,
+        "max_batch": batcher.engine.options.batch_size,
+        "max_wait_ms": batcher.max_wait * 1000,
+    }
+
+
+def create_app(
+    estimator: PoseEstimator,
+    detector: Detector | None = None,
+    *,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 256,
+    timeout: float = 30.0,
+    max_body_mb: float = 32.0,
+    flip: bool = True,
+) -> Any:
+    """The FastAPI app serving ``estimator`` (see the module doc); its batcher starts with the
+    app and is closed, after the requests in flight, when the app shuts down.
+
+    Args:
+        max_batch, max_wait_ms, max_queue: the batcher's (crops, milliseconds, requests).
+        timeout: seconds a request may wait for its poses (then 504).
+        max_body_mb: largest request body, MiB (then 413).
+        flip: the flip test of requests that do not say.
+    """
+    fastapi = require("fastapi", "serve", "nextpose serve")
+    responses = require("fastapi.responses", "serve", "nextpose serve")
+    formparsers = require("starlette.formparsers", "serve", "nextpose serve")
+    require("multipart", "serve", "nextpose serve")  # python-multipart, for uploads
+    concurrency = require("starlette.concurrency", "serve", "nextpose serve")
+    exceptions = require("starlette.exceptions", "serve", "nextpose serve")
+    JSONResponse, Request = responses.JSONResponse, fastapi.Request
+
+    batcher = Batcher(estimator, detector, max_batch, max_wait_ms / 1000, max_queue)
+    max_body = int(max_body_mb * 2**20)
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close, timeout)
+
+    app = fastapi.FastAPI(
+        title="nextpose", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.batcher = batcher
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        return JSONResponse({"error": message, "status": status}, status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Any, e: RequestError) -> Any:
+        return error(e.status, e.message, e.headers)
+
+    @app.exception_handler(exceptions.HTTPException)  # 404, 405 in the same shape
+    async def http_error(request: Any, e: Any) -> Any:
+        return error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.get("/", response_class=responses.HTMLResponse)
+    async def index() -> Any:
+        return responses.HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "waiting": batcher.waiting}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"models": [model_info(estimator, batcher, detector)]}
+
+    @app.get("/v1/stats")
+    async def stats() -> dict:
+        return batcher.stats()
+
+    async def body_of(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
+                               f"limit of {max_body} bytes (--max-body-mb)")  # fmt: skip
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > max_body:
+                raise RequestError(
+                    413, f"the request body is larger than the limit of {max_body} bytes "
+                    "(--max-body-mb)"
+                )  # fmt: skip
+            parts.append(part)
+        return b"".join(parts)
+
+    async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
+        """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
+        fields: dict[str, str] = dict(request.query_params)
+        kind = request.headers.get("content-type", "")
+        if not kind.startswith("multipart/form-data"):
+            return body, fields, None
+
+        async def stream():
+            yield body
+
+        try:
+            form = await formparsers.MultiPartParser(
+                request.headers, stream(), max_files=1, max_fields=len(FIELDS),
+                max_part_size=2**20,
+            ).parse()  # fmt: skip
+        except Exception as e:  # starlette's MultiPartException, or a malformed body
+            raise RequestError(400, f"not a valid multipart/form-data body: {e}") from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise RequestError(422, "a multipart request needs the image as a file field 'image'")
+        for key, value in form.multi_items():
+            if key != "image":
+                if not isinstance(value, str):
+                    raise RequestError(422, f"field {key!r} must be text, not a file")
+                fields[key] = value
+        data = await upload.read()
+        return data, fields, upload.filename
+
+    @app.post("/v1/poses")
+    async def poses(request: Request) -> Any:
+        body = await body_of(request)
+        data, fields, filename = await fields_of(request, body)
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise RequestError(422, f"unknown fields {unknown}; choose from {list(FIELDS)}")
+        name = fields.get("name") or (PurePath(filename).name if filename else "image")
+        if not data:
+            raise RequestError(400, "no image: send it as the body or a multipart field 'image'")
+        bbox_format = fields.get("bbox_format", "xyxy")
+        if bbox_format not in BOX_FORMATS:
+            raise RequestError(422, f"bbox_format must be one of {list(BOX_FORMATS)}")
+        out_format = fields.get("format", "nextpose")
+        if out_format not in FORMATS:
+            raise RequestError(422, f"format must be one of {list(FORMATS)}, not {out_format!r}")
+        use_flip = _flag("flip", fields["flip"]) if "flip" in fields else flip
+        decode = fields.get("decode")
+        if decode is not None and decode not in DECODINGS:
+            raise RequestError(422, f"decode must be one of {list(DECODINGS)}, not {decode!r}")
+        threshold = (
+            _number("score_threshold", fields["score_threshold"])
+            if "score_threshold" in fields
+            else None
+        )
+        stem = PurePath(name).stem
+        image_id = int(stem) if stem.isdigit() else 0
+        if "image_id" in fields:
+            text = fields["image_id"].strip()
+            if not text.lstrip("-").isdigit():
+                raise RequestError(422, f"image_id must be an integer, not {text!r}")
+            image_id = int(text)
+        try:
+            image = await concurrency.run_in_threadpool(decode_image, data, name)
+        except NextposeError as e:
+            raise RequestError(_status(e), str(e)) from None
+        boxes = None
+        if "boxes" in fields:
+            boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format)
+        try:
+            future = batcher.submit(image, boxes, use_flip, name, decode)
+        except ServiceBusyError as e:
+            raise RequestError(503, str(e), {"Retry-After": "1"}) from None
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            raise RequestError(
+                504, f"no answer within {timeout:g} s (the service is overloaded; --timeout)"
+            ) from None
+        except (InputError, ImageError, NumericsError) as e:
+            raise RequestError(_status(e), str(e)) from None
+        return records(result, image, name, image_id, out_format == "coco", threshold)
+
+    return app
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0) -> None:
+    """Run ``app`` with uvicorn until SIGTERM or Ctrl-C; the requests in flight are answered
+    (for at most ``timeout`` seconds) before it stops."""
+    uvicorn = require("uvicorn", "serve", "nextpose serve")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=max(1, math.ceil(timeout)),
+    )
+    server = uvicorn.Server(config)
+    log.info(f"serving on http://{host}:{port}/ (the web page; POST /v1/poses); Ctrl-C stops")
+    server.run()

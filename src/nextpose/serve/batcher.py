@@ -1,0 +1,192 @@
+"""Requests' images through long-lived engine runs, so that the crops of concurrent requests
+share the network's batches.
+
+One :meth:`~nextpose.engine.Engine.run` per flip setting and decoding stays open for the life of
+the service, fed by a queue of tasks (decoded images with validated boxes). It runs a batch as
+soon as ``max_batch`` crops are waiting, or when the oldest waiting crop has waited ``max_wait``
+seconds. Each request gets a :class:`~concurrent.futures.Future` of its
+:class:`~nextpose.Poses`; a request whose image fails gets its own error and never affects the
+others.
+"""
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..config import check_decode
+from ..engine import Detector, Engine, Result, Task
+from ..errors import InputError, ServiceBusyError
+from ..predictor import PoseEstimator
+from ..structures import Poses
+
+log = logging.getLogger("nextpose")
+
+_CLOSE = None  # what a feed gets when the service closes
+How = tuple[bool, str]  # (flip test, decoding) of an engine run
+
+
+class Batcher:
+    """Dynamic batching of pose requests over one :class:`~nextpose.engine.Engine`.
+
+    Args:
+        estimator: the model and its run options (device, backend, precision).
+        detector: person boxes for requests that give none; None: the whole image.
+        max_batch: crops per network batch, at most.
+        max_wait: seconds the first crop of a partial batch waits for more before it runs.
+        max_queue: requests accepted and not yet answered, at most; more raise
+            :class:`~nextpose.errors.ServiceBusyError`.
+    """
+
+    def __init__(
+        self,
+        estimator: PoseEstimator,
+        detector: Detector | None = None,
+        max_batch: int = 32,
+        max_wait: float = 0.005,
+        max_queue: int = 256,
+    ):
+        if max_batch < 1 or max_queue < 1 or not max_wait >= 0:
+            raise InputError(
+                f"max_batch and max_queue must be >= 1 and max_wait >= 0, not {max_batch}, "
+                f"{max_queue}, {max_wait}"
+            )
+        options = replace(estimator.options, batch_size=max_batch)
+        self.engine = Engine(estimator.network, estimator.config, options, detector)
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.answered = 0  # requests finished (poses or error)
+        self._lock = threading.Lock()
+        self._waiting = 0  # accepted and not finished
+        self._closed = False
+        # One engine run per (flip test, decoding): its feed, thread, taken tasks, run count.
+        self._feeds: dict[How, queue.SimpleQueue] = {}
+        self._threads: dict[How, threading.Thread] = {}
+        self._running: dict[How, set[Future]] = {}  # taken by the engine, not finished
+        self._runs: dict[How, int] = {}
+
+    def submit(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None,
+        flip: bool,
+        name: str = "the image",
+        decode: str | None = None,
+    ) -> "Future[Poses]":
+        """Queue one image ((H, W, 3) uint8 RGB) with its (N, 5) xyxy + score boxes (None: the
+        detector's, or the whole image), flip test on or off, decoded by ``decode`` (``msra``,
+        ``dark``; None: the model's); the future gives its poses or its error."""
+        how = (flip, check_decode(decode or self.engine.config.inference.decode))
+        future: Future[Poses] = Future()
+        with self._lock:
+            if self._closed:
+                raise ServiceBusyError("the service is shutting down")
+            if self._waiting >= self.max_queue:
+                raise ServiceBusyError(
+                    f"{self._waiting} requests are waiting, as many as the service queues "
+                    f"(--max-queue {self.max_queue}); try again shortly"
+                )
+            self._waiting += 1
+            self._feed(how).put(Task(image, boxes, name=name, tag=future))
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """Requests accepted and not yet answered."""
+        return self._waiting
+
+    def stats(self) -> dict[str, Any]:
+        """Batches run so far: ``batches``, ``crops``, ``mean_batch`` (crops per batch),
+        ``batch_sizes`` ({crops: batches}), ``answered`` and ``waiting`` requests."""
+        sizes = dict(self.engine.batch_sizes)  # one C-level copy: safe beside the engine thread
+        batches = sum(sizes.values())
+        crops = sum(k * v for k, v in sizes.items())
+        return {
+            "answered": self.answered,
+            "waiting": self._waiting,
+            "batches": batches,
+            "crops": crops,
+            "mean_batch": crops / batches if batches else 0.0,
+            "batch_sizes": {str(k): sizes[k] for k in sorted(sizes)},
+        }
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no more requests, finish those accepted, and stop the engine runs."""
+        with self._lock:
+            self._closed = True
+            for feed in self._feeds.values():
+                feed.put(_CLOSE)
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    # -- the engine runs ----------------------------------------------------------------------
+
+    def _feed(self, how: How) -> queue.SimpleQueue:
+        """The queue of the run for ``how``, started on first use (under the lock)."""
+        if how not in self._feeds:
+            self._feeds[how] = queue.SimpleQueue()
+            self._running[how] = set()
+            self._runs[how] = 0
+            name = f"nextpose-serve-{'flip' if how[0] else 'noflip'}-{how[1]}"
+            thread = threading.Thread(target=self._serve, args=(how,), daemon=True, name=name)
+            self._threads[how] = thread
+            thread.start()
+        return self._feeds[how]
+
+    def _tasks(self, how: How, run: int) -> Iterator[Task]:
+        feed, running = self._feeds[how], self._running[how]
+        while True:
+            task = feed.get()
+            if run != self._runs[how]:  # the reader of a failed run: leave it to the new one
+                feed.put(task)
+                return
+            if task is _CLOSE:
+                return
+            running.add(task.tag)
+            yield task
+
+    def _serve(self, how: How) -> None:
+        flip, decode = how
+        while True:
+            run = self._runs[how]
+            try:
+                tasks = self._tasks(how, run)
+                for result in self.engine.run(tasks, flip, max_wait=self.max_wait, decode=decode):
+                    self._answer(how, result)
+                return  # closed, everything answered
+            except Exception as e:  # a bug: fail the requests in flight, keep serving
+                log.exception("the pose service's engine run failed; starting a new one")
+                self._runs[how] = run + 1
+                for future in list(self._running[how]):
+                    self._settle(how, future, error=e)
+
+    def _answer(self, how: How, result: Result) -> None:
+        if result.error is not None:
+            self._settle(how, result.task.tag, error=result.error)
+        else:
+            self._settle(how, result.task.tag, poses=result.poses)
+
+    def _settle(
+        self,
+        how: How,
+        future: "Future[Poses]",
+        poses: Poses | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            self._running[how].discard(future)
+            self._waiting -= 1
+            self.answered += 1
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(poses)  # type: ignore[arg-type]
+        except InvalidStateError:  # cancelled: its client stopped waiting (timeout)
+            pass

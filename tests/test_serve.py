@@ -1,0 +1,518 @@
+"""``nextpose serve`` against a real server process on 127.0.0.1 (tiny model): records as
+``nextpose predict`` writes them for the same images and boxes, with the crops of concurrent
+requests batched together; every kind of bad request answered 4xx with a JSON error, the
+server still serving; a full queue answered 503; SIGTERM finishing the requests in flight."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DET_FILE, IMAGES
+
+import nextpose
+from nextpose.cli import main
+
+requests = pytest.importorskip("requests")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+SRC = Path(nextpose.__file__).parent.parent
+STOPPED = -signal.SIGTERM  # uvicorn finishes, then re-raises the signal: the exit SIGTERM asks for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``nextpose serve`` in a child process, stopped with SIGTERM."""
+
+    def __init__(self, checkpoint: Path, *options: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        command = [sys.executable, "-m", "nextpose", "serve", str(checkpoint), "--port",
+                   str(self.port), *options]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the server exited: {self.process.stdout.read()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail("the server did not start within 120 s")
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-batch", "8", "--max-wait-ms", "300", "--max-body-mb", "1")
+    yield s
+    code, out = s.stop()
+    assert code == STOPPED, out
+
+
+def detections(per_image: int = 3) -> dict[str, list]:
+    """The sample's detector boxes, xyxy + score, the best few per image."""
+    by_id: dict[int, list] = {}
+    for det in json.loads(DET_FILE.read_text()):
+        x, y, w, h = det["bbox"]
+        by_id.setdefault(det["image_id"], []).append([x, y, x + w, y + h, det["score"]])
+    return {p.name: by_id[int(p.stem)][:per_image] for p in IMAGES}
+
+
+def post(server, path: Path, **fields):
+    files = {"image": (path.name, path.read_bytes(), "image/jpeg")}
+    data = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+    return requests.post(server.url + "/v1/poses", files=files, data=data, timeout=60)
+
+
+def assert_same_records(got: list[dict], want: list[dict]) -> None:
+    """Equal records; keypoint scores to 1e-7 (absolute; 1e-6 relative): the network's kernels
+    sum in another order for another batch size, which moves a heatmap maximum in its last
+    float32 bits (as between ``predict`` and ``predict_many``). Positions, boxes and names are
+    bit-identical."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert {k: v for k, v in g.items() if k != "keypoints"} == {
+            k: v for k, v in w.items() if k != "keypoints"
+        }
+        gk, wk = np.array(g["keypoints"]), np.array(w["keypoints"])
+        np.testing.assert_array_equal(gk[:, :2], wk[:, :2])
+        np.testing.assert_allclose(gk[:, 2], wk[:, 2], rtol=1e-6, atol=1e-7)
+
+
+def predicted(checkpoint: Path, tmp_path, boxes: dict | None, *options: str) -> list[dict]:
+    """What ``nextpose predict`` writes for the sample's four images."""
+    out = tmp_path / "predict.json"
+    args = ["predict", str(checkpoint), str(IMAGES[0].parent), "--out", str(out), *options]
+    if boxes is not None:
+        (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+        args += ["--boxes", str(tmp_path / "boxes.json")]
+    assert main([*args, "--no-progress"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_concurrent_requests_give_predicts_records_and_share_batches(
+    server, tiny_checkpoint, tmp_path
+):
+    boxes = detections()
+    want = predicted(tiny_checkpoint, tmp_path, boxes)
+    before = requests.get(server.url + "/v1/stats").json()
+    start = threading.Barrier(len(IMAGES))
+
+    def ask(path: Path):
+        start.wait()  # all at once: their crops wait together for a batch
+        return post(server, path, boxes=boxes[path.name])
+
+    with ThreadPoolExecutor(len(IMAGES)) as pool:
+        answers = list(pool.map(ask, IMAGES))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    got = [record for a in answers for record in a.json()]
+    assert_same_records(got, want)
+    after = requests.get(server.url + "/v1/stats").json()
+    batches = after["batches"] - before["batches"]
+    crops = after["crops"] - before["crops"]
+    assert crops == sum(len(b) for b in boxes.values())
+    assert crops / batches > 1  # requests' crops went through the network together
+
+
+def test_a_small_load_none_lost_none_failed_batched(server):
+    """8 clients x 3 requests each (a bounded version of benchmarks/bench_serve.py): every one
+    answered 200 with its person, and the crops shared batches."""
+    boxes = detections(per_image=1)
+    before = requests.get(server.url + "/v1/stats").json()
+    start = threading.Barrier(8)
+
+    def client(c: int) -> list:
+        start.wait()
+        paths = [IMAGES[(c + r) % len(IMAGES)] for r in range(3)]
+        return [(p, post(server, p, boxes=boxes[p.name])) for p in paths]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for per_client in pool.map(client, range(8)) for a in per_client]
+    after = requests.get(server.url + "/v1/stats").json()
+    assert len(answers) == 24 and all(a.status_code == 200 for _, a in answers)
+    for p, a in answers:  # each answer is its own image's person (boxes are float32 inside)
+        (record,) = a.json()
+        np.testing.assert_array_equal(np.float32(record["bbox"]), np.float32(boxes[p.name][0][:4]))
+    assert after["answered"] - before["answered"] == 24
+    assert after["crops"] - before["crops"] == 24
+    assert (after["crops"] - before["crops"]) / (after["batches"] - before["batches"]) > 1
+
+
+def test_whole_image_coco_format_no_flip_and_raw_body(server, tiny_checkpoint, tmp_path):
+    want = predicted(tiny_checkpoint, tmp_path, None, "--format", "coco", "--no-flip")
+    got = []
+    for path in IMAGES:
+        answer = requests.post(
+            server.url + "/v1/poses",
+            data=path.read_bytes(),
+            params={"format": "coco", "flip": "false", "name": path.name},
+            headers={"Content-Type": "image/jpeg"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        got += answer.json()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g["image_id"] == w["image_id"] and g["file_name"] == w["file_name"]
+        assert g["bbox"] == w["bbox"]
+        gk, wk = np.array(g["keypoints"]).reshape(-1, 3), np.array(w["keypoints"]).reshape(-1, 3)
+        np.testing.assert_array_equal(gk[:, :2], wk[:, :2])
+        np.testing.assert_allclose(gk[:, 2], wk[:, 2], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(g["score"], w["score"], rtol=1e-6)
+
+
+def test_decode_dark_per_request_gives_predicts_dark_records(server, tiny_checkpoint, tmp_path):
+    boxes = detections(per_image=2)
+    want = predicted(tiny_checkpoint, tmp_path, boxes, "--decode", "dark")
+    got = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name], decode="dark").json()]
+    assert_same_records(got, want)
+    msra = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name]).json()]
+    assert [r["keypoints"] for r in msra] != [r["keypoints"] for r in got]  # another decoding
+
+
+def test_score_threshold_marks_the_visible_keypoints(server):
+    answer = post(server, IMAGES[0], score_threshold="0.05")
+    assert answer.status_code == 200, answer.text
+    (record,) = answer.json()
+    assert record["visible"] == [k[2] > 0.05 for k in record["keypoints"]]
+    assert any(record["visible"]) and not all(record["visible"])  # the sample splits
+
+
+def test_health_models_and_page(server):
+    assert requests.get(server.url + "/healthz").json()["status"] == "ok"
+    (model,) = requests.get(server.url + "/v1/models").json()["models"]
+    assert model["input_size"] == {"width": 64, "height": 96}
+    assert model["keypoints"] == list(nextpose.COCO_KEYPOINTS.names)
+    assert (model["backend"], model["precision"], model["device"]) == ("fast", "fp32", "cpu")
+    assert model["max_batch"] == 8 and model["max_wait_ms"] == 300
+    page = requests.get(server.url + "/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The start of a PNG declaring ``width`` x ``height`` pixels (a decompression bomb's
+    header: refused from it, so no pixel data is needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+
+
+BAD_REQUESTS = {
+    "not an image": (dict(data=b"GIF89a? not really"), 415, "not a readable image"),
+    "empty body": (dict(data=b""), 400, "no image"),
+    "body too large": (dict(data=b"\xff" * (2**20 + 10)), 413, "larger than the limit"),
+    "bad boxes JSON": (dict(params={"boxes": "[[1, 2"}), 400, "not valid JSON"),
+    "boxes not a list": (dict(params={"boxes": '{"a": 1}'}), 422, "JSON list"),
+    "boxes of the wrong shape": (dict(params={"boxes": "[[1, 2, 3]]"}), 422, r"\(N, 4\)"),
+    "inverted box": (dict(params={"boxes": "[[50, 50, 10, 10]]"}), 422, "x2 < x1"),
+    "box outside the image": (
+        dict(params={"boxes": "[[700, 10, 800, 90]]"}), 422, "entirely outside the 640 x 425"
+    ),
+    "non-finite box": (dict(params={"boxes": "[[0, 0, NaN, 5]]"}), 422, "finite"),
+    "bad flip": (dict(params={"flip": "maybe"}), 422, "flip must be true or false"),
+    "bad decode": (dict(params={"decode": "udp"}), 422, "decode must be one of"),
+    "bad threshold": (dict(params={"score_threshold": "inf"}), 422, "finite number"),
+    "unknown format": (dict(params={"format": "yaml"}), 422, "format must be one of"),
+    "unknown field": (dict(params={"boxs": "[]"}), 422, "unknown fields"),
+    "bad multipart": (
+        dict(data=b"--x\r\nnonsense", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        422,
+        "file field 'image'",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_json_error(server, kind):
+    import re
+
+    request, status, message = BAD_REQUESTS[kind]
+    request = dict(request)
+    if "data" not in request:
+        request["data"] = IMAGES[0].read_bytes()
+    answer = requests.post(server.url + "/v1/poses", timeout=60, **request)
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["status"] == status and re.search(message, body["error"]), body
+    assert requests.get(server.url + "/healthz").ok  # the server lives on
+
+
+def test_too_many_pixels_is_refused_with_the_clis_limit(server):
+    answer = requests.post(server.url + "/v1/poses", data=_png_header(20000, 15000), timeout=60)
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"] == (
+        "image: the image is 20000 x 15000 pixels, more than the limit of 268435456 "
+        "(set NEXTPOSE_MAX_IMAGE_PIXELS to allow it, 0: no limit); not decoded"
+    )
+
+
+def test_bad_requests_beside_good_ones_do_not_affect_them(server):
+    good = post(server, IMAGES[1]).json()
+    start = threading.Barrier(6)
+
+    def ask(i: int):
+        start.wait()
+        if i % 2:
+            return requests.post(server.url + "/v1/poses", data=b"junk", timeout=60)
+        return post(server, IMAGES[1])
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(ask, range(6)))
+    assert [a.status_code for a in answers] == [200, 415] * 3
+    for a in answers[::2]:
+        assert_same_records(a.json(), good)
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-queue", "1", "--max-wait-ms", "3000", "--max-batch", "64")
+    try:
+        first: list = []
+        waiting = threading.Thread(target=lambda: first.append(post(s, IMAGES[0])))
+        waiting.start()  # held for 3 s: its batch waits for more crops
+        deadline = time.monotonic() + 30
+        while requests.get(s.url + "/healthz").json()["waiting"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = post(s, IMAGES[1])
+        waiting.join()
+    finally:
+        code, out = s.stop()
+    assert second.status_code == 503 and second.headers["Retry-After"] == "1", second.text
+    assert "--max-queue 1" in second.json()["error"]
+    assert first[0].status_code == 200  # the waiting request was answered
+    assert code == STOPPED, out
+
+
+def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--timeout", "1", "--max-wait-ms", "3000", "--max-batch", "64")
+    try:
+        late = post(s, IMAGES[0])  # its batch waits 3 s for more crops
+        deadline = time.monotonic() + 30
+        while requests.get(s.url + "/v1/stats").json()["answered"] < 1:  # the engine finishes it
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        health = requests.get(s.url + "/healthz").json()
+    finally:
+        code, out = s.stop()
+    assert late.status_code == 504 and "no answer within 1 s" in late.json()["error"], late.text
+    assert health == {"status": "ok", "waiting": 0}
+    assert code == STOPPED, out
+
+
+def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--max-wait-ms", "2000", "--max-batch", "64")
+    answers: list = []
+    clients = [threading.Thread(target=lambda p=p: answers.append(post(s, p))) for p in IMAGES]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 30
+    while requests.get(s.url + "/healthz").json()["waiting"] < len(IMAGES):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    code, out = s.stop()  # SIGTERM while all four wait for their batch
+    for c in clients:
+        c.join()
+    assert code == STOPPED, out
+    assert [a.status_code for a in answers] == [200] * len(IMAGES)
+    assert all(len(a.json()) == 1 for a in answers)
+
+
+def test_serve_without_the_extra_names_it(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert main(["serve", str(tiny_checkpoint)]) == 2
+    assert "needs the 'serve' extra: pip install \"nextpose[serve]\"" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+def width_of(page) -> int:
+    return page.evaluate("document.getElementById('canvas').width")
+
+
+def height_of(page) -> int:
+    return page.evaluate("document.getElementById('canvas').height")
+
+
+def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
+    """Headless Chromium (Debian's, driven by Playwright: no browser download) uploads a
+    sample image on the page: the canvas shows the image with the keypoints drawn in the
+    skeleton's colours, the table lists the API's keypoints, the slider hides low scores and
+    hovering a keypoint shows its score."""
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    want = post(server, IMAGES[0]).json()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url + "/")
+            page.wait_for_function("window.nextpose.model !== null")
+            page.set_input_files("#file", str(IMAGES[0]))
+            page.wait_for_function("window.nextpose.records.length > 0", timeout=60_000)
+            assert page.evaluate("window.nextpose.records") == want
+            rows = page.eval_on_selector_all(
+                "#keypoints tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.innerText))"
+            )
+            names = list(nextpose.COCO_KEYPOINTS.names)
+            listed = [(int(r[0]), r[1], float(r[2]), float(r[3]), float(r[4])) for r in rows]
+            expected = [(n, names[i], x, y, s) for n, record in enumerate(want)
+                        for i, (x, y, s) in enumerate(record["keypoints"])]  # fmt: skip
+            assert [r[:2] for r in listed] == [e[:2] for e in expected]
+            np.testing.assert_allclose(
+                [r[2:] for r in listed], [e[2:] for e in expected], atol=0.0051
+            )  # fmt: skip  (shown to 2 and 3 decimals)
+            # The drawing: the image, and a dot of its side's colour on each shown keypoint.
+            threshold = 0.05
+            page.fill("#threshold", str(threshold))  # a range input: fill sets its value
+            page.dispatch_event("#threshold", "input")
+            pixels = page.evaluate(
+                """() => { const c = document.getElementById('canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+                return [c.width, c.height, Array.from(d.data)]; }"""
+            )
+            hidden = page.eval_on_selector_all("#keypoints tbody tr.hidden", "rows => rows.length")
+            # Hovering a keypoint shows its name and score.
+            box = page.locator("#canvas").bounding_box()
+            best = max(range(len(names)), key=lambda i: want[0]["keypoints"][i][2])
+            x, y, score = want[0]["keypoints"][best]
+            page.mouse.move(box["x"] + x * box["width"] / width_of(page),
+                            box["y"] + y * box["height"] / height_of(page))  # fmt: skip
+            tip = page.inner_text("#tip")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert tip == f"person 0, {names[best]}: score {score:.3f}"
+    width, height, data = pixels
+    rgba = np.array(data, np.uint8).reshape(height, width, 4)
+    image = nextpose.read_image(IMAGES[0])
+    assert (width, height) == (image.shape[1], image.shape[0])
+    assert len(np.unique(rgba[..., :3].reshape(-1, 3), axis=0)) > 1000  # not blank: the photo
+    colours = {(0, 200, 0), (255, 128, 0), (51, 153, 255)}
+    shown = [(x, y) for r in want for x, y, s in r["keypoints"] if s > threshold]
+    assert shown and hidden == sum(s <= threshold for r in want for _, _, s in r["keypoints"])
+    on_colour = [tuple(rgba[round(y), round(x), :3]) in colours for x, y in shown
+                 if 0 <= round(x) < width and 0 <= round(y) < height]  # fmt: skip
+    assert on_colour and all(on_colour)
+
+
+def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(tiny_checkpoint):
+    """A bug inside the engine (here an image source that raises) fails the requests it had
+    taken, with that error; the batcher starts a new run and the next request is answered."""
+    from nextpose.serve import Batcher
+
+    estimator = nextpose.load(str(tiny_checkpoint))
+    batcher = Batcher(estimator, max_wait=0.01)
+
+    def broken():
+        raise ZeroDivisionError("a bug in a source")
+
+    try:
+        with pytest.raises(ZeroDivisionError, match="a bug in a source"):
+            batcher.submit(broken, None, True).result(60)
+        image = nextpose.read_image(IMAGES[0])
+        poses = batcher.submit(image, None, True).result(60)
+    finally:
+        batcher.close(60)
+    np.testing.assert_array_equal(poses.keypoints, estimator.predict(image).keypoints)
+    assert batcher.waiting == 0 and batcher.answered == 2
+
+
+def test_the_page_shows_the_webcam_poses(server):
+    """The webcam button: Chromium's fake camera (a test pattern) through getUserMedia, each
+    frame posted and drawn."""
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", *fake])
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_function("window.nextpose.model !== null")
+            page.click("#camera")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('webcam: 1 person')",
+                timeout=60_000,
+            )
+            shown = page.evaluate("[window.nextpose.records.length, canvas.width, canvas.height]")
+            page.click("#camera")  # stops it
+            label = page.inner_text("#camera")
+        finally:
+            browser.close()
+    assert shown[0] == 1 and shown[1] > 0 and shown[2] > 0
+    assert label == "Use the webcam"
+
+
+def test_without_boxes_the_servers_detector_finds_predicts_people(tiny_checkpoint, tmp_path):
+    """``--detector NAME``: requests without boxes get the detector's people, as ``nextpose
+    predict --detector`` finds them (a small torchvision detector with random weights whose
+    person logit is raised, so that it finds people)."""
+    import torch
+
+    from nextpose.detection import build_detector_model
+
+    small = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    model = build_detector_model(small, weights=None)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 8.0
+    weights = tmp_path / "person.pth"
+    torch.save(model.state_dict(), weights)
+    options = ["--detector", small, "--detector-weights", str(weights), "--max-people", "3"]
+    want = predicted(tiny_checkpoint, tmp_path, None, *options)
+    s = Server(tiny_checkpoint, *options)
+    try:
+        (model_info,) = requests.get(s.url + "/v1/models").json()["models"]
+        got = [record for path in IMAGES for record in post(s, path).json()]
+    finally:
+        s.stop()
+    assert model_info["detector"] == small
+    assert len(want) == 3 * len(IMAGES)
+    assert_same_records(got, want)
