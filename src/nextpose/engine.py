@@ -60,6 +60,9 @@ class Task:
             None: the detector's, or one whole-image box without a detector.
         name: how messages name the image (default: the path).
         tag: anything the caller wants back with the result.
+        ends_block: no batch (of the detector or the network) joins this task's crops to the
+            next task's: the results up to here do not depend on what follows (the unit of
+            work of a sharded or resumed run, :mod:`nextpose.sharded`).
     """
 
     image: ImageSource
@@ -67,6 +70,7 @@ class Task:
     name: str = ""
     tag: Any = None
     bbox_format: BoxFormat = "xyxy"
+    ends_block: bool = False
 
     def label(self) -> str:
         if self.name:
@@ -113,6 +117,10 @@ class _Item:
 
 
 _END = object()
+
+
+class _BlockEnd:
+    """After the chunks of a task that ends a block: run the partial batch now."""
 
 
 class _Raised:
@@ -242,7 +250,7 @@ class Engine:
         flip = self.config.inference.flip if flip is None else flip
         threads = self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
-        chunks: Iterator[_Item | _Chunk] = self._cut(decoded, live)
+        chunks: Iterator[_Item | _Chunk | _BlockEnd] = self._cut(decoded, live)
         background = None
         if threads > 0:
             background = _Background(chunks, maxsize=2 * threads + 2)
@@ -274,7 +282,7 @@ class Engine:
 
     def _cut(
         self, decoded: Iterator[tuple[Task, np.ndarray | None, NextposeError | None]], live: bool
-    ) -> Iterator["_Item | _Chunk"]:
+    ) -> Iterator["_Item | _Chunk | _BlockEnd"]:
         """Boxes for each image (the detector's in batches), then its crops chunk by chunk."""
         pending: list[tuple[Task, np.ndarray]] = []
         batch = 1 if live or self.detector is None else max(1, self.detector.batch_size)
@@ -282,15 +290,19 @@ class Engine:
             if error is not None:
                 yield from self._flush(pending)
                 yield self._failed(task, error)
+                if task.ends_block:
+                    yield _BlockEnd()
                 continue
             assert image is not None
             if task.boxes is None and self.detector is not None:
                 pending.append((task, image))
-                if len(pending) >= batch:
+                if len(pending) >= batch or task.ends_block:
                     yield from self._flush(pending)
-                continue
-            yield from self._flush(pending)
-            yield from self._chunks(task, image, task.boxes)
+            else:
+                yield from self._flush(pending)
+                yield from self._chunks(task, image, task.boxes)
+            if task.ends_block:
+                yield _BlockEnd()
         yield from self._flush(pending)
 
     def _flush(self, pending: list[tuple[Task, np.ndarray]]) -> Iterator["_Item | _Chunk"]:
@@ -358,12 +370,17 @@ class Engine:
     # -- stage 3 ---------------------------------------------------------------------------
 
     def _estimate(
-        self, chunks: Iterator["_Item | _Chunk"], flip: bool, live: _Background | None
+        self, chunks: Iterator["_Item | _Chunk | _BlockEnd"], flip: bool, live: _Background | None
     ) -> Iterator[Result]:
         order: deque[_Item] = deque()
         pending: list[_Chunk] = []
         count = 0
         for entry in chunks:
+            if isinstance(entry, _BlockEnd):
+                if count:
+                    pending, count = self._run_batch(pending, flip, count)
+                yield from self._done(order)
+                continue
             if isinstance(entry, _Item):
                 if not entry.queued:  # its first appearance (its last marks its end)
                     entry.queued = True
