@@ -172,9 +172,7 @@ def predict_instances_sharded(
     if parts is None:
         return None
     n = len(instances)
-    out = InstancePredictions(
-        *(np.zeros((n, *a.shape[1:]), a.dtype) for a in vars(pred).values())
-    )
+    out = InstancePredictions(*(np.zeros((n, *a.shape[1:]), a.dtype) for a in vars(pred).values()))
     for where, part, _ in parts:
         for name, array in vars(part).items():
             getattr(out, name)[where] = array
