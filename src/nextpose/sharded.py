@@ -61,11 +61,13 @@ class Unit:
 
 @dataclass
 class JobSummary:
-    """What a job did: images or frames written, people, inputs that could not be read,
-    seconds of this run, the frames and people this run computed, and its processes."""
+    """What a job did: images or frames written, people, inputs (images and videos) and those
+    that could not be read, seconds of this run, the frames and people this run computed, and
+    its processes."""
 
     frames: int = 0
     people: int = 0
+    inputs: int = 0
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     new_frames: int = 0
@@ -304,8 +306,6 @@ def predict_job(
     part = _PartWriter(folder / f"part-{attempt:03d}-{env.rank:05d}.jsonl")
     bar = JobProgress(known, "predict", "image", enabled=progress, initial=finished)
     frames = people = 0
-    failed: list[str] = []  # images of blocks: their skip lines are in the parts
-    lost: list[str] = []  # videos that could not be read, images of tracked sequences
     try:
         for g, (kind, source) in enumerate(groups):
             here = [u for u in mine if u.group == g]
@@ -313,21 +313,22 @@ def predict_job(
                 continue
             if here[0].stop is None:
                 n, p = _run_sequence(pipeline, g, kind, source, part, drawer, coco, max_frames,
-                                     bar, lost)  # fmt: skip
+                                     bar)  # fmt: skip
             else:
                 n, p = _run_blocks(pipeline, g, source, here, state.images.get(g, set()), part,
-                                   drawer, coco, max_frames, block, bar, failed)  # fmt: skip
+                                   drawer, coco, max_frames, block, bar)  # fmt: skip
             frames, people = frames + n, people + p
     finally:
         part.close()
         bar.close()
-    counts = distributed.gather_objects((frames, people, lost))
+    counts = distributed.gather_objects((frames, people))
     summary = JobSummary(world_size=env.world_size)
     summary.new_frames = sum(c[0] for c in counts)
     summary.new_people = sum(c[1] for c in counts)
     if env.is_main:  # the other ranks' parts are complete: gather_objects waited for them
-        summary.frames, summary.people, failed, summary.outputs = _merge(folder, out, jsonl)
-        summary.failed = failed + [name for c in counts for name in c[2]]
+        kinds = [kind for kind, _ in groups]
+        merged = _merge(folder, out, jsonl, kinds)
+        summary.frames, summary.people, summary.inputs, summary.failed, summary.outputs = merged
         shutil.rmtree(folder)
     summary.seconds = time.perf_counter() - start
     result = distributed.broadcast_object(summary)
@@ -351,7 +352,6 @@ def _run_blocks(
     max_frames: int | None,
     block: int,
     bar: JobProgress,
-    failed: list[str],
 ) -> tuple[int, int]:
     """This rank's blocks of an image group: every image of each block runs (so the batches are
     an unbroken run's), the ones an earlier run completed are not written again."""
@@ -367,7 +367,6 @@ def _run_blocks(
         if index not in done:
             print(f"warning: skipped {error}", flush=True, file=sys.stderr)
             part.write({"g": g, "i": index, "skipped": name})
-            failed.append(name)
             bar.update(1)
 
     stream = pipeline.run(source, on_error=skipped, max_frames=max_frames,
@@ -394,17 +393,19 @@ def _run_sequence(
     coco: bool,
     max_frames: int | None,
     bar: JobProgress,
-    failed: list[str],
 ) -> tuple[int, int]:
     """A whole video (or tracked image sequence), ended by its end line."""
-    frames = people = 0
+    frames = people = seen = 0  # seen: frames and unreadable images, in order
 
     def skipped(name: str, error: Exception) -> None:
+        nonlocal seen
         print(f"warning: skipped {error}", flush=True, file=sys.stderr)
-        failed.append(name)
+        part.write({"g": g, "i": seen, "skipped": name})
+        seen += 1
 
     try:
         for frame in pipeline.run(source, on_error=skipped, max_frames=max_frames):
+            seen += 1
             part.write(_line_record(g, frame, coco))
             if drawer is not None:
                 drawer.image(frame) if kind == "images" else drawer.video_frame(frame)
@@ -423,13 +424,18 @@ def _run_sequence(
 def write_partial(out: str | Path | None, jsonl: str | Path | None) -> list[Path]:
     """After a stop (Ctrl-C) in one process: the outputs from what the parts hold, under their
     names when new, else beside them as ``NAME.partial.EXT``; the parts stay for ``resume``."""
-    return _merge(parts_folder(out, jsonl), out, jsonl, partial=True)[3]
+    return _merge(parts_folder(out, jsonl), out, jsonl, None, partial=True)[4]
 
 
 def _merge(
-    folder: Path, out: str | Path | None, jsonl: str | Path | None, partial: bool = False
-) -> tuple[int, int, list[str], list[Path]]:
-    """Write the outputs from the parts, in input order; (frames, people, failed, paths)."""
+    folder: Path,
+    out: str | Path | None,
+    jsonl: str | Path | None,
+    kinds: list[str] | None,
+    partial: bool = False,
+) -> tuple[int, int, int, list[str], list[Path]]:
+    """Write the outputs from the parts, in input order; (frames, people, inputs, failed,
+    paths), inputs counting the images and videos (``kinds``: each group's)."""
     state = _scan(folder)
 
     def records(path: Path) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
@@ -445,6 +451,8 @@ def _merge(
     writers = [w for w in (results, lines) if w is not None]
     frames = people = 0
     failed: list[str] = []
+    videos: set[int] = set()
+    images = 0
     last = None
     try:
         for key, record in heapq.merge(*streams, key=lambda item: item[0]):
@@ -456,6 +464,10 @@ def _merge(
                 continue
             line = record["line"]
             frames, people = frames + 1, people + len(line["poses"])
+            if kinds is not None and kinds[key[0]] != "images":
+                videos.add(key[0])
+            else:
+                images += 1
             if results is not None:
                 for pose in line["poses"]:
                     results.write(pose)
@@ -467,4 +479,4 @@ def _merge(
         raise
     done = (w.keep_partial() if partial else w.close() for w in writers)
     paths = [p for p in done if p is not None]
-    return frames, people, failed, paths
+    return frames, people, images + len(videos) + len(failed), failed, paths

@@ -336,8 +336,7 @@ def _run_job(args: argparse.Namespace, pipeline, table, main: bool) -> int:
         print(f"wrote {path}", file=sys.stderr)
     if summary.failed:
         what = "inputs" if videos else "images"
-        total = summary.frames + len(summary.failed)
-        print(f"warning: {len(summary.failed)} of {total} {what} could not be read",
+        print(f"warning: {len(summary.failed)} of {summary.inputs} {what} could not be read",
               file=sys.stderr)  # fmt: skip
     if table is not None and table.misses:
         print(
