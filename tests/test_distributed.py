@@ -175,14 +175,27 @@ def test_predict_on_two_processes_equals_one(tiny_checkpoint, predict_one, tmp_p
     assert not (tmp_path / "poses.json.parts").exists()  # merged and removed
 
 
-def test_more_processes_than_images(tiny_checkpoint, tmp_path):
-    images = [str(p) for p in sorted(COCO.glob("*.jpg"))[:2]]
-    args = ["predict", str(tiny_checkpoint), *images, "--no-progress", "--format", "coco"]
-    one, three = tmp_path / "one.json", tmp_path / "three.json"
-    _nextpose([*args, "--out", str(one)])
-    _nextpose([*args, "--out", str(three), "--batch-size", "1"], 3)  # 2 blocks, 3 processes
-    assert three.read_bytes() == one.read_bytes()
-    assert [r["image_id"] for r in json.loads(three.read_text())] == [785, 40083]
+def test_more_processes_than_images_and_drawn_names(tiny_checkpoint, tmp_path):
+    """Two images of the same name, three processes: one has no work, and the drawn files get
+    the names one process gives them (the second ``-2``)."""
+    images = []
+    for folder, source in (("a", "000000000785.jpg"), ("b", "000000040083.jpg")):
+        (tmp_path / folder).mkdir()
+        images.append(tmp_path / folder / "person.jpg")
+        images[-1].write_bytes((COCO / source).read_bytes())
+    args = ["predict", str(tiny_checkpoint), *map(str, images), "--no-progress", "--format",
+            "coco", "--batch-size", "1"]  # fmt: skip  # 2 blocks of 1 image
+    one, three = tmp_path / "one", tmp_path / "three"
+    _nextpose([*args, "--out", str(one / "poses.json"), "--draw", str(one / "drawn")])
+    _nextpose([*args, "--out", str(three / "poses.json"), "--draw", str(three / "drawn")], 3)
+    assert (three / "poses.json").read_bytes() == (one / "poses.json").read_bytes()
+    records = json.loads((three / "poses.json").read_text())
+    assert [r["image_id"] for r in records] == [0, 1]
+    names = sorted(p.name for p in (one / "drawn").iterdir())
+    assert names == ["person-2.jpg", "person.jpg"]
+    assert sorted(p.name for p in (three / "drawn").iterdir()) == names
+    for name in names:  # the same image under the same name (JPEG of the same drawing)
+        assert (three / "drawn" / name).read_bytes() == (one / "drawn" / name).read_bytes()
 
 
 LAUNCHER = """

@@ -31,7 +31,7 @@ from .errors import InputError, NextposeError, VideoError
 from .fileio import atomic_write_text
 from .pipeline import PosePipeline
 from .sources import input_groups, open_stream
-from .writers import DrawingWriter, JsonLinesWriter, JsonListWriter
+from .writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
 log = logging.getLogger("nextpose")
 
@@ -226,6 +226,10 @@ def predict_job(
                 f"{source}: a camera or stream cannot be shared among processes or resumed; "
                 "run it in one process without --resume"
             )
+    guard = Guard(p for kind, source in groups for p in (source if kind == "images" else [source]))
+    for path, option in ((out, "--out"), (jsonl, "--jsonl")):
+        if path is not None:
+            guard.claim(path, option)
     block = block_size or pipeline.estimator.options.batch_size
     sequence = pipeline.track
     totals: list[int | None] = []
@@ -302,7 +306,16 @@ def predict_job(
     finished = sum(len(v) for v in state.images.values())
     finished += sum(totals[g] or 0 for g in state.sequences)
     known = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
-    drawer = DrawingWriter(draw, score_threshold) if draw is not None else None
+    drawer, targets = None, {}
+    if draw is not None:
+        drawer = DrawingWriter(draw, score_threshold, guard)
+        # Names are given out in input order on every rank, as one process would meet them.
+        for g, (kind, source) in enumerate(groups):
+            if kind == "images":
+                for entry, _ in open_stream(source, max_frames).entries:
+                    targets[g, entry.index] = drawer.target(entry.name)
+            else:
+                targets[g, -1] = drawer.target(Path(source).name, video=True)
     part = _PartWriter(folder / f"part-{attempt:03d}-{env.rank:05d}.jsonl")
     bar = JobProgress(known, "predict", "image", enabled=progress, initial=finished)
     frames = people = 0
@@ -312,11 +325,11 @@ def predict_job(
             if not here:
                 continue
             if here[0].stop is None:
-                n, p = _run_sequence(pipeline, g, kind, source, part, drawer, coco, max_frames,
-                                     bar)  # fmt: skip
+                n, p = _run_sequence(pipeline, g, kind, source, part, drawer, targets, coco,
+                                     max_frames, bar)  # fmt: skip
             else:
                 n, p = _run_blocks(pipeline, g, source, here, state.images.get(g, set()), part,
-                                   drawer, coco, max_frames, block, bar)  # fmt: skip
+                                   drawer, targets, coco, max_frames, block, bar)  # fmt: skip
             frames, people = frames + n, people + p
     finally:
         part.close()
@@ -348,6 +361,7 @@ def _run_blocks(
     done: set[int],
     part: _PartWriter,
     drawer: DrawingWriter | None,
+    targets: dict[tuple[int, int], Path],
     coco: bool,
     max_frames: int | None,
     block: int,
@@ -377,7 +391,7 @@ def _run_blocks(
             continue
         part.write(_line_record(g, frame, coco))
         if drawer is not None:
-            drawer.image(frame)
+            drawer.image(frame, targets[g, frame.index])
         frames, people = frames + 1, people + len(frame)
         bar.update(1)
     return frames, people
@@ -390,6 +404,7 @@ def _run_sequence(
     source: Any,
     part: _PartWriter,
     drawer: DrawingWriter | None,
+    targets: dict[tuple[int, int], Path],
     coco: bool,
     max_frames: int | None,
     bar: JobProgress,
@@ -408,7 +423,10 @@ def _run_sequence(
             seen += 1
             part.write(_line_record(g, frame, coco))
             if drawer is not None:
-                drawer.image(frame) if kind == "images" else drawer.video_frame(frame)
+                if kind == "images":
+                    drawer.image(frame, targets[g, frame.index])
+                else:
+                    drawer.video_frame(frame, targets[g, -1])
             frames, people = frames + 1, people + len(frame)
             bar.update(1)
         if drawer is not None:

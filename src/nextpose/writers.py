@@ -201,8 +201,14 @@ class DrawingWriter:
         self.guard.check_target(target, "--draw")
         return target
 
-    def image(self, frame: Frame) -> None:
-        target = self._unique(self.dir / Path(frame.name).with_suffix(".jpg"))
+    def target(self, name: str, video: bool = False) -> Path:
+        """The file the next image (or video) called ``name`` is drawn to: ``DIR/<name>.jpg``
+        (``.mp4``), ``-2``, ``-3``, ... added when an earlier one took that name."""
+        return self._unique(self.dir / Path(name).with_suffix(".mp4" if video else ".jpg"))
+
+    def image(self, frame: Frame, target: Path | None = None) -> None:
+        """Draw ``frame`` to ``target`` (default: :meth:`target` of its name)."""
+        target = target if target is not None else self.target(frame.name)
         drawn = frame.draw(self.score_threshold)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -214,9 +220,11 @@ class DrawingWriter:
             raise _open_error(target, "--draw", e) from None
         self.written.append(target)
 
-    def video_frame(self, frame: Frame) -> None:
+    def video_frame(self, frame: Frame, target: Path | None = None) -> None:
+        """Add ``frame`` to the current video, started at ``target`` (default: :meth:`target`
+        of its name) on its first frame."""
         if self._video is None:
-            target = self._unique(self.dir / Path(frame.name).with_suffix(".mp4"))
+            target = target if target is not None else self.target(frame.name, video=True)
             h, w = frame.image.shape[:2]
             # Written under a hidden name (with the .mp4 suffix OpenCV needs) and renamed.
             tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.mp4")
