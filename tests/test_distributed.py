@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import ANN_FILE, COCO, DET_FILE, ORACLE_RUNS, refused
 
-from nextpose import distributed, sharded
+from nextpose import distributed
 from nextpose.cli import main
 from nextpose.data.coco import CocoKeypoints
 from nextpose.evaluation.evaluate import engine_order, shard_instances
@@ -111,10 +111,16 @@ def eval_one(tiny_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("procs", [2, 3])
 def test_eval_on_several_processes_equals_one(tiny_checkpoint, eval_one, tmp_path, procs):
-    done = _nextpose(["eval", str(tiny_checkpoint), *EVAL, "--out", str(tmp_path)], procs)
+    args = ["eval", str(tiny_checkpoint), *EVAL[:-1], "--out", str(tmp_path)]  # with progress
+    done = _nextpose(args, procs)
     for name in ("keypoints.json", "metrics.json"):
         assert (tmp_path / name).read_bytes() == (eval_one / name).read_bytes()
     assert done.stdout.count("AP50") == 1  # rank 0 alone prints the table
+    # One progress report (rank 0's, not a terminal: a line) counting every rank's boxes, and
+    # the closing line with the world size.
+    assert done.stderr.count("pose: 118/118") == 1, done.stderr
+    assert done.stderr.count("4 images, 118 boxes in") == 1
+    assert f"boxes/s), {procs} processes" in done.stderr
 
 
 @pytest.mark.slow
@@ -289,9 +295,9 @@ def test_the_python_api_runs_the_same_job(tiny_checkpoint, predict_one, tmp_path
     import nextpose
 
     estimator = nextpose.load(tiny_checkpoint, batch_size=2)
-    table = nextpose.boxes.BoxTable.read(DET_FILE)
+    table = nextpose.BoxTable.read(DET_FILE)
     pipeline = nextpose.PosePipeline(estimator, boxes=table)
-    summary = sharded.predict_job(
+    summary = nextpose.predict_job(
         pipeline, [str(COCO)], out=tmp_path / "poses.json", jsonl=tmp_path / "poses.jsonl",
         progress=False,
     )  # fmt: skip
