@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ANN_FILE, COCO, DET_FILE, ORACLE_RUNS, refused
 
-from nextpose import distributed
+from nextpose import distributed, sharded
 from nextpose.cli import main
 from nextpose.data.coco import CocoKeypoints
 from nextpose.evaluation.evaluate import engine_order, shard_instances
@@ -38,17 +39,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _nextpose(args: list[str], procs: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The command in one process, or under torchrun with ``procs`` Gloo processes."""
-    if procs == 1:
-        cmd = [sys.executable, "-m", "nextpose", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "nextpose", *args]  # fmt: skip
+def _nextpose(args: list[str], procs: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The command under torchrun with ``procs`` Gloo processes."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "nextpose", *args]  # fmt: skip
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def _one_process(args: list[str]) -> None:
+    """The command in this process, with the thread count of torchrun's processes
+    (OMP_NUM_THREADS=1): convolutions summed by another number of threads can differ in the
+    last bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- sharding rules ----------------------------------------------------------------------
@@ -98,14 +108,15 @@ def test_a_torn_last_line_ends_the_part(tmp_path):
 # -- evaluation --------------------------------------------------------------------------
 
 
-EVAL = ["--ann-file", str(ANN_FILE), "--images", str(COCO), "--bbox-file", str(DET_FILE),
-        "--batch-size", "8", "--no-progress"]  # fmt: skip
+# The ground-truth boxes (1, 3, 5, 5 per image) in batches of 2: batches join images.
+EVAL = ["--ann-file", str(ANN_FILE), "--images", str(COCO), "--batch-size", "2", "--no-progress"]
+BOXES = len(CocoKeypoints(ANN_FILE).ground_truth_instances())
 
 
 @pytest.fixture(scope="module")
 def eval_one(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval1")
-    _nextpose(["eval", str(tiny_checkpoint), *EVAL, "--out", str(out)])
+    _one_process(["eval", str(tiny_checkpoint), *EVAL, "--out", str(out)])
     return out
 
 
@@ -118,8 +129,8 @@ def test_eval_on_several_processes_equals_one(tiny_checkpoint, eval_one, tmp_pat
     assert done.stdout.count("AP50") == 1  # rank 0 alone prints the table
     # One progress report (rank 0's, not a terminal: a line) counting every rank's boxes, and
     # the closing line with the world size.
-    assert done.stderr.count("pose: 118/118") == 1, done.stderr
-    assert done.stderr.count("4 images, 118 boxes in") == 1
+    assert done.stderr.count(f"pose: {BOXES}/{BOXES}") == 1, done.stderr
+    assert done.stderr.count(f"4 images, {BOXES} boxes in") == 1
     assert f"boxes/s), {procs} processes" in done.stderr
 
 
@@ -152,14 +163,32 @@ def test_oracle_equality_holds_for_a_two_process_eval(oracle_weights, tmp_path):
 # -- prediction --------------------------------------------------------------------------
 
 
-# Detector boxes (about 30 per image) in batches of 2: batches would join images if the blocks
-# did not keep them apart.
-PREDICT = [str(COCO), "--boxes", str(DET_FILE), "--batch-size", "2", "--no-progress"]
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory) -> Path:
+    """3, 2, 3 and 2 of the detector's boxes of the four images, COCO results: in batches of 2
+    they would join images if the blocks did not keep them apart."""
+    detections = json.loads(DET_FILE.read_text())
+    keep, seen = [], {}
+    for d in detections:
+        n = seen.setdefault(d["image_id"], 0)
+        if n < (3 if len(seen) % 2 else 2):
+            keep.append(d)
+            seen[d["image_id"]] += 1
+    path = tmp_path_factory.mktemp("boxes") / "boxes.json"
+    path.write_text(json.dumps(keep))
+    return path
 
 
-def _predict_args(model: Path, folder: Path, *extra: str) -> list[str]:
-    return ["predict", str(model), *PREDICT, "--out", str(folder / "poses.json"),
-            "--jsonl", str(folder / "poses.jsonl"), *extra]  # fmt: skip
+@pytest.fixture(scope="module")
+def predict_args(tiny_checkpoint, boxes):
+    """The predict command line writing ``FOLDER/poses.json`` and ``FOLDER/poses.jsonl``."""
+
+    def args(folder: Path, *extra: str) -> list[str]:
+        return ["predict", str(tiny_checkpoint), str(COCO), "--boxes", str(boxes),
+                "--batch-size", "2", "--no-progress", "--out", str(folder / "poses.json"),
+                "--jsonl", str(folder / "poses.jsonl"), *extra]  # fmt: skip
+
+    return args
 
 
 def _outputs(folder: Path) -> tuple[bytes, bytes]:
@@ -167,17 +196,17 @@ def _outputs(folder: Path) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture(scope="module")
-def predict_one(tiny_checkpoint, tmp_path_factory) -> Path:
+def predict_one(predict_args, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("predict1")
-    _nextpose(_predict_args(tiny_checkpoint, out))
+    _one_process(predict_args(out))
     return out
 
 
-def test_predict_on_two_processes_equals_one(tiny_checkpoint, predict_one, tmp_path):
-    done = _nextpose(_predict_args(tiny_checkpoint, tmp_path), 2)
+def test_predict_on_two_processes_equals_one(predict_args, predict_one, tmp_path):
+    done = _nextpose(predict_args(tmp_path), 2)
     assert _outputs(tmp_path) == _outputs(predict_one)
-    assert len(json.loads((tmp_path / "poses.json").read_text())) == 118
-    assert "4 images, 118 people" in done.stderr and "2 processes" in done.stderr
+    assert len(json.loads((tmp_path / "poses.json").read_text())) == 10
+    assert "4 images, 10 people" in done.stderr and "2 processes" in done.stderr
     assert not (tmp_path / "poses.json.parts").exists()  # merged and removed
 
 
@@ -192,7 +221,7 @@ def test_more_processes_than_images_and_drawn_names(tiny_checkpoint, tmp_path):
     args = ["predict", str(tiny_checkpoint), *map(str, images), "--no-progress", "--format",
             "coco", "--batch-size", "1"]  # fmt: skip  # 2 blocks of 1 image
     one, three = tmp_path / "one", tmp_path / "three"
-    _nextpose([*args, "--out", str(one / "poses.json"), "--draw", str(one / "drawn")])
+    _one_process([*args, "--out", str(one / "poses.json"), "--draw", str(one / "drawn")])
     _nextpose([*args, "--out", str(three / "poses.json"), "--draw", str(three / "drawn")], 3)
     assert (three / "poses.json").read_bytes() == (one / "poses.json").read_bytes()
     records = json.loads((three / "poses.json").read_text())
@@ -227,11 +256,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_predict_killed_and_resumed_equals_an_unbroken_run(tiny_checkpoint, predict_one, tmp_path):
+def test_predict_killed_and_resumed_equals_an_unbroken_run(predict_args, predict_one, tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     progress = tmp_path / "progress.txt"
-    args = _predict_args(tiny_checkpoint, tmp_path)
+    args = predict_args(tmp_path)
     env = {**_env(), "KILL_TEST_PROGRESS": str(progress)}
     proc = subprocess.Popen([sys.executable, str(launcher), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -257,22 +286,19 @@ def test_predict_killed_and_resumed_equals_an_unbroken_run(tiny_checkpoint, pred
     assert not parts.exists()
 
 
-def test_resume_of_another_job_is_refused(tiny_checkpoint, tmp_path, capsys):
+def test_resume_of_another_job_is_refused(predict_args, tmp_path, capsys):
     parts = tmp_path / "poses.json.parts"
     parts.mkdir()
     (parts / "job.json").write_text(json.dumps({"inputs": ["elsewhere/"], "coco": False}))
-    code = main(_predict_args(tiny_checkpoint, tmp_path, "--resume"))
+    code = main(predict_args(tmp_path, "--resume"))
     refused(code, r"--resume: .*poses\.json\.parts is the run of another job \(.*inputs", capsys)
-    code = main(_predict_args(tiny_checkpoint, tmp_path))
+    code = main(predict_args(tmp_path))
     refused(code, r"holds the parts of a stopped run: pass --resume", capsys)
 
 
 @pytest.fixture
 def one_thread():
-    """In this process, the thread count of the subprocesses (OMP_NUM_THREADS=1): convolutions
-    summed by another number of threads can differ in the last bits."""
-    import torch
-
+    """In this process, the thread count of torchrun's processes (see _one_process)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -280,9 +306,9 @@ def one_thread():
 
 
 def test_resume_without_a_stopped_run_is_a_plain_run(
-    tiny_checkpoint, predict_one, tmp_path, one_thread
+    predict_args, predict_one, tmp_path, one_thread
 ):
-    assert main(_predict_args(tiny_checkpoint, tmp_path, "--resume")) == 0
+    assert main(predict_args(tmp_path, "--resume")) == 0
     assert _outputs(tmp_path) == _outputs(predict_one)
 
 
@@ -291,15 +317,67 @@ def test_resume_needs_files_out(tiny_checkpoint, capsys):
     refused(code, r"--resume needs --out FILE or --jsonl FILE", capsys)
 
 
-def test_the_python_api_runs_the_same_job(tiny_checkpoint, predict_one, tmp_path, one_thread):
+def test_the_python_api_runs_the_same_job(
+    tiny_checkpoint, boxes, predict_one, tmp_path, one_thread
+):
     import nextpose
 
     estimator = nextpose.load(tiny_checkpoint, batch_size=2)
-    table = nextpose.BoxTable.read(DET_FILE)
+    table = nextpose.BoxTable.read(boxes)
     pipeline = nextpose.PosePipeline(estimator, boxes=table)
     summary = nextpose.predict_job(
         pipeline, [str(COCO)], out=tmp_path / "poses.json", jsonl=tmp_path / "poses.jsonl",
         progress=False,
     )  # fmt: skip
-    assert (summary.frames, summary.people, summary.world_size) == (4, 118, 1)
+    assert (summary.frames, summary.people, summary.world_size) == (4, 10, 1)
+    assert _outputs(tmp_path) == _outputs(predict_one)
+
+
+def _line(g: int, i: int, people: int, tag: str = "") -> dict:
+    poses = [{"image": f"{g}-{i}{tag}", "bbox": [0, 0, 1, 1]} for _ in range(people)]
+    return {"g": g, "i": i, "line": {"image": f"{g}-{i}{tag}", "poses": poses}}
+
+
+def test_merge_takes_each_image_once_and_a_video_from_the_run_that_finished_it(tmp_path):
+    """Group 0: images in blocks, done by two runs (image 1 in both); group 1: a video that a
+    killed run left half done and a later run did again."""
+    parts = tmp_path / "poses.json.parts"
+    parts.mkdir()
+    old = [_line(0, 0, 1), _line(0, 1, 2), {"g": 0, "i": 2, "skipped": "bad.jpg"},
+           _line(1, 0, 1, " (killed run)"), _line(1, 1, 1, " (killed run)")]  # fmt: skip
+    new = [_line(0, 1, 2), _line(0, 3, 0), _line(1, 0, 1), _line(1, 1, 1), _line(1, 2, 3),
+           {"g": 1, "end": 3}]  # fmt: skip
+    for name, records in (("part-001-00000.jsonl", old), ("part-002-00001.jsonl", new)):
+        (parts / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    out, lines = tmp_path / "poses.json", tmp_path / "poses.jsonl"
+    frames, people, inputs, failed, paths = sharded._merge(parts, out, lines, ["images", "video"])
+    assert (frames, people, inputs, failed) == (6, 8, 3 + 1 + 1, ["bad.jpg"])
+    assert paths == [out, lines]
+    got = [json.loads(x)["image"] for x in lines.read_text().splitlines()]
+    assert got == ["0-0", "0-1", "0-3", "1-0", "1-1", "1-2"]
+    assert [r["image"] for r in json.loads(out.read_text())] == [
+        "0-0", "0-1", "0-1", "1-0", "1-1", "1-2", "1-2", "1-2"
+    ]  # fmt: skip
+
+
+def test_ctrl_c_keeps_what_is_done_and_resume_finishes(
+    predict_args, predict_one, tmp_path, monkeypatch, one_thread, capsys
+):
+    write, calls = sharded._PartWriter.write, []
+
+    def interrupted(self, record):
+        calls.append(record)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(self, record)
+
+    monkeypatch.setattr(sharded._PartWriter, "write", interrupted)
+    args = predict_args(tmp_path)
+    assert main(args) == 130
+    assert "--resume continues from" in capsys.readouterr().err
+    kept = json.loads((tmp_path / "poses.json").read_text())  # valid JSON: the first 2 images
+    assert {r["image"] for r in kept} == {"000000000785.jpg", "000000040083.jpg"}
+    assert len((tmp_path / "poses.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(sharded._PartWriter, "write", write)
+    assert main([*args, "--resume"]) == 0
     assert _outputs(tmp_path) == _outputs(predict_one)

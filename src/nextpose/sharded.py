@@ -255,7 +255,7 @@ def predict_job(
     folder = parts_folder(out, jsonl)
     manifest = {
         "inputs": list(inputs),
-        "groups": [[kind, str(source) if kind != "images" else source, total]
+        "listing": [[kind, str(source) if kind != "images" else source, total]
                    for (kind, source), total in zip(groups, totals, strict=True)],
         "coco": coco, "max_frames": max_frames, "block_size": block, "track": pipeline.track,
         "flip": pipeline.flip, "out": str(out) if out else None,
