@@ -381,3 +381,45 @@ def test_ctrl_c_keeps_what_is_done_and_resume_finishes(
     monkeypatch.setattr(sharded._PartWriter, "write", write)
     assert main([*args, "--resume"]) == 0
     assert _outputs(tmp_path) == _outputs(predict_one)
+
+
+API_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+import nextpose
+from nextpose.evaluation import evaluate
+
+checkpoint, ann_file, images, boxes, out = sys.argv[1:]
+out = Path(out)
+dist.init_process_group("gloo")  # the caller's own process group (torchrun's environment)
+estimator = nextpose.load(checkpoint, batch_size=2)
+metrics = evaluate(estimator, ann_file, images, out_dir=out / "eval", progress=False)
+(out / f"metrics-{dist.get_rank()}.json").write_text(json.dumps(metrics))
+pipeline = nextpose.PosePipeline(estimator, boxes=nextpose.BoxTable.read(boxes))
+summary = nextpose.predict_job(
+    pipeline, [images], out=out / "poses.json", jsonl=out / "poses.jsonl", progress=False
+)
+assert (summary.frames, summary.people, summary.world_size) == (4, 10, 2), summary
+dist.destroy_process_group()
+"""
+
+
+def test_the_python_api_inside_a_process_group(
+    tiny_checkpoint, boxes, eval_one, predict_one, tmp_path
+):
+    script = tmp_path / "api.py"
+    script.write_text(API_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(script),
+           str(tiny_checkpoint), str(ANN_FILE), str(COCO), str(boxes), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("keypoints.json", "metrics.json"):
+        assert (tmp_path / "eval" / name).read_bytes() == (eval_one / name).read_bytes()
+    expected = json.loads((eval_one / "metrics.json").read_text())
+    for rank in (0, 1):  # every rank returns the metrics
+        assert json.loads((tmp_path / f"metrics-{rank}.json").read_text()) == expected
+    assert _outputs(tmp_path) == _outputs(predict_one)

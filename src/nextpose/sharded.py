@@ -217,6 +217,7 @@ def predict_job(
     """
     env = distributed.current()
     start = time.perf_counter()
+    inputs = [str(x) for x in inputs]
     if out is None and jsonl is None:
         raise InputError("a sharded or resumable run needs --out FILE or --jsonl FILE")
     groups = input_groups(inputs)
@@ -254,7 +255,7 @@ def predict_job(
             units.append(Unit(g))
     folder = parts_folder(out, jsonl)
     manifest = {
-        "inputs": list(inputs),
+        "inputs": inputs,
         "listing": [[kind, str(source) if kind != "images" else source, total]
                    for (kind, source), total in zip(groups, totals, strict=True)],
         "coco": coco, "max_frames": max_frames, "block_size": block, "track": pipeline.track,

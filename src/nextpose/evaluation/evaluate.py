@@ -259,6 +259,10 @@ def evaluate(
         evaluator: COCOeval backend (``auto``, ``faster_coco_eval``, ``pycocotools``); all give
             the same numbers.
 
+    Inside an initialised process group (``torchrun``), every rank predicts its share of the
+    boxes (:func:`shard_instances`: whole batches of a single process's run, so the numbers are
+    the same bits), rank 0 scores and writes ``out_dir``, and every rank returns the metrics.
+
     Returns:
         ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``. Boxes of
         images that cannot be read are left out (with a warning naming each image and a count).
