@@ -74,6 +74,9 @@ class JobSummary:
     new_people: int = 0
     world_size: int = 1
     outputs: list[Path] = field(default_factory=list)
+    drawn: int = 0  # files written by ``draw`` in this run
+    box_misses: int = 0  # images of this run without an entry in the pipeline's boxes table
+    box_lookups: int = 0
 
 
 class _State:
@@ -335,10 +338,16 @@ def predict_job(
     finally:
         part.close()
         bar.close()
-    counts = distributed.gather_objects((frames, people))
+    drawn = len(drawer.written) if drawer is not None else 0
+    table = pipeline.boxes
+    misses, lookups = (table.misses, table.lookups) if table is not None else (0, 0)
+    counts = distributed.gather_objects((frames, people, drawn, misses, lookups))
     summary = JobSummary(world_size=env.world_size)
     summary.new_frames = sum(c[0] for c in counts)
     summary.new_people = sum(c[1] for c in counts)
+    summary.drawn = sum(c[2] for c in counts)
+    summary.box_misses = sum(c[3] for c in counts)
+    summary.box_lookups = sum(c[4] for c in counts)
     if env.is_main:  # the other ranks' parts are complete: gather_objects waited for them
         kinds = [kind for kind, _ in groups]
         merged = _merge(folder, out, jsonl, kinds)

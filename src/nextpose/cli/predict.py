@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     )  # fmt: skip
     coco = args.format == "coco"
     if device is not None:
-        return _run_job(args, pipeline, table, main)
+        return _run_job(args, pipeline, main)
     failed: list[str] = []
     frames = people = inputs = 0
 
@@ -284,7 +284,7 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     return 1 if failed and frames == 0 else 0
 
 
-def _run_job(args: argparse.Namespace, pipeline, table, main: bool) -> int:
+def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     """Files and videos through :func:`nextpose.sharded.predict_job` (under torchrun: this
     process's share)."""
     import torch
@@ -334,14 +334,16 @@ def _run_job(args: argparse.Namespace, pipeline, table, main: bool) -> int:
     )
     for path in summary.outputs:
         print(f"wrote {path}", file=sys.stderr)
+    if summary.drawn:
+        print(f"drew {summary.drawn} files in {args.draw}", file=sys.stderr)
     if summary.failed:
         what = "inputs" if videos else "images"
         print(f"warning: {len(summary.failed)} of {summary.inputs} {what} could not be read",
               file=sys.stderr)  # fmt: skip
-    if table is not None and table.misses:
+    if summary.box_misses:
         print(
-            f"warning: {table.misses} of {table.lookups} images had no entry in {args.boxes}; "
-            "each got one whole-image box (check the file names or image ids)",
+            f"warning: {summary.box_misses} of {summary.box_lookups} images had no entry in "
+            f"{args.boxes}; each got one whole-image box (check the file names or image ids)",
             file=sys.stderr,
         )
     if summary.frames == 0:
