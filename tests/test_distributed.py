@@ -97,11 +97,16 @@ def test_units_are_shared_by_weight_deterministically():
 
 def test_a_torn_last_line_ends_the_part(tmp_path):
     path = tmp_path / "part-001-00000.jsonl"
-    good = [{"g": 0, "i": 0, "line": {"poses": []}}, {"g": 0, "i": 1, "skipped": "x.jpg"}]
+    good = [{"g": 0, "i": 0, "people": 0, "out": [], "jsonl": '{"poses": []}'},
+            {"g": 0, "i": 1, "skipped": "x.jpg"}]  # fmt: skip
     text = "".join(json.dumps(r) + "\n" for r in good)
-    path.write_text(text + '{"g": 0, "i": 2, "line": {"po')  # killed while writing
+    path.write_text(text + '{"g": 0, "i": 2, "people": 1, "out": ["{\\"im')  # killed here
     assert list(read_part(path)) == good
     path.write_text(text + '{"g": 0, "i": 2}\n')  # complete JSON, but not a record
+    assert list(read_part(path)) == good
+    path.write_text(text + json.dumps(good[0])[:-1])  # all but the newline... and the brace
+    assert list(read_part(path)) == good
+    path.write_text(text + json.dumps(good[0]))  # all but the newline
     assert list(read_part(path)) == good
 
 
@@ -275,7 +280,7 @@ def test_predict_killed_and_resumed_equals_an_unbroken_run(predict_args, predict
     (part,) = parts.glob("part-*.jsonl")
     assert len(list(read_part(part))) == 2
     with part.open("a") as f:  # as if killed in the middle of the third record
-        f.write('{"g": 0, "i": 2, "line": {"image": "000000196')
+        f.write('{"g": 0, "i": 2, "people": 3, "out": ["{\\"image\\": \\"000000196')
     assert not (tmp_path / "poses.json").exists()
 
     code = main(args)  # parts of a stopped run: refused without --resume
@@ -335,7 +340,9 @@ def test_the_python_api_runs_the_same_job(
 
 def _line(g: int, i: int, people: int, tag: str = "") -> dict:
     poses = [{"image": f"{g}-{i}{tag}", "bbox": [0, 0, 1, 1]} for _ in range(people)]
-    return {"g": g, "i": i, "line": {"image": f"{g}-{i}{tag}", "poses": poses}}
+    line = {"image": f"{g}-{i}{tag}", "poses": poses}
+    out = [json.dumps(p) for p in poses]
+    return {"g": g, "i": i, "people": people, "out": out, "jsonl": json.dumps(line)}
 
 
 def test_merge_takes_each_image_once_and_a_video_from_the_run_that_finished_it(tmp_path):

@@ -94,8 +94,16 @@ def _valid(record: Any) -> bool:
         return False
     if "end" in record:
         return isinstance(record["end"], int)
-    return isinstance(record.get("i"), int) and (
-        isinstance(record.get("line"), dict) or isinstance(record.get("skipped"), str)
+    if not isinstance(record.get("i"), int):
+        return False
+    if "skipped" in record:
+        return isinstance(record["skipped"], str)
+    out, line = record.get("out", []), record.get("jsonl", "")
+    return (
+        isinstance(record.get("people"), int)
+        and isinstance(out, list)
+        and all(isinstance(x, str) for x in out)
+        and isinstance(line, str)
     )
 
 
@@ -322,6 +330,7 @@ def predict_job(
                 targets[g, -1] = drawer.target(Path(source).name, video=True)
     part = _PartWriter(folder / f"part-{attempt:03d}-{env.rank:05d}.jsonl")
     bar = JobProgress(known, "predict", "image", enabled=progress, initial=finished)
+    fmt = (coco, out is not None, jsonl is not None)
     frames = people = 0
     try:
         for g, (kind, source) in enumerate(groups):
@@ -329,11 +338,11 @@ def predict_job(
             if not here:
                 continue
             if here[0].stop is None:
-                n, p = _run_sequence(pipeline, g, kind, source, part, drawer, targets, coco,
+                n, p = _run_sequence(pipeline, g, kind, source, part, drawer, targets, fmt,
                                      max_frames, bar)  # fmt: skip
             else:
                 n, p = _run_blocks(pipeline, g, source, here, state.images.get(g, set()), part,
-                                   drawer, targets, coco, max_frames, block, bar)  # fmt: skip
+                                   drawer, targets, fmt, max_frames, block, bar)  # fmt: skip
             frames, people = frames + n, people + p
     finally:
         part.close()
@@ -359,8 +368,16 @@ def predict_job(
     return result
 
 
-def _line_record(g: int, frame: Any, coco: bool) -> dict[str, Any]:
-    return {"g": g, "i": frame.index, "line": frame.to_line(coco)}
+def _frame_record(g: int, frame: Any, coco: bool, out: bool, jsonl: bool) -> dict[str, Any]:
+    """A frame's line in a part: its output records and JSON Lines line, already serialised
+    as the writers serialise them (the merge copies the text: the same bytes, and fast)."""
+    records = frame.to_coco() if coco else frame.to_records()
+    record: dict[str, Any] = {"g": g, "i": frame.index, "people": len(records)}
+    if out:
+        record["out"] = [json.dumps(r, allow_nan=False) for r in records]
+    if jsonl:
+        record["jsonl"] = json.dumps(frame.to_line(coco), allow_nan=False)
+    return record
 
 
 def _run_blocks(
@@ -372,7 +389,7 @@ def _run_blocks(
     part: _PartWriter,
     drawer: DrawingWriter | None,
     targets: dict[tuple[int, int], Path],
-    coco: bool,
+    fmt: tuple[bool, bool, bool],  # COCO records?, for --out?, for --jsonl?
     max_frames: int | None,
     block: int,
     bar: JobProgress,
@@ -399,7 +416,7 @@ def _run_blocks(
         position = wanted.index(frame.index, position) + 1
         if frame.index in done:
             continue
-        part.write(_line_record(g, frame, coco))
+        part.write(_frame_record(g, frame, *fmt))
         if drawer is not None:
             drawer.image(frame, targets[g, frame.index])
         frames, people = frames + 1, people + len(frame)
@@ -415,7 +432,7 @@ def _run_sequence(
     part: _PartWriter,
     drawer: DrawingWriter | None,
     targets: dict[tuple[int, int], Path],
-    coco: bool,
+    fmt: tuple[bool, bool, bool],  # COCO records?, for --out?, for --jsonl?
     max_frames: int | None,
     bar: JobProgress,
 ) -> tuple[int, int]:
@@ -431,7 +448,7 @@ def _run_sequence(
     try:
         for frame in pipeline.run(source, on_error=skipped, max_frames=max_frames):
             seen += 1
-            part.write(_line_record(g, frame, coco))
+            part.write(_frame_record(g, frame, *fmt))
             if drawer is not None:
                 if kind == "images":
                     drawer.image(frame, targets[g, frame.index])
@@ -490,17 +507,16 @@ def _merge(
             if "skipped" in record:
                 failed.append(record["skipped"])
                 continue
-            line = record["line"]
-            frames, people = frames + 1, people + len(line["poses"])
+            frames, people = frames + 1, people + record["people"]
             if kinds is not None and kinds[key[0]] != "images":
                 videos.add(key[0])
             else:
                 images += 1
             if results is not None:
-                for pose in line["poses"]:
-                    results.write(pose)
+                for text in record["out"]:
+                    results.write_json(text)
             if lines is not None:
-                lines.write(line)
+                lines.write_json(record["jsonl"])
     except BaseException:
         for w in writers:
             w.abort()

@@ -157,7 +157,11 @@ class JsonListWriter(_Output):
         self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._write(("[\n" if self.count == 0 else ",\n") + json.dumps(record, allow_nan=False))
+        self.write_json(json.dumps(record, allow_nan=False))
+
+    def write_json(self, text: str) -> None:
+        """Add a record already serialised (strict JSON, one line)."""
+        self._write(("[\n" if self.count == 0 else ",\n") + text)
         self.count += 1
 
     def _finish(self) -> None:
@@ -168,7 +172,11 @@ class JsonLinesWriter(_Output):
     """One JSON object per line (strict JSON)."""
 
     def write(self, record: dict[str, Any]) -> None:
-        self._write(json.dumps(record, allow_nan=False) + "\n")
+        self.write_json(json.dumps(record, allow_nan=False))
+
+    def write_json(self, text: str) -> None:
+        """Add a line already serialised (strict JSON, no newline in it)."""
+        self._write(text + "\n")
 
 
 class DrawingWriter:
