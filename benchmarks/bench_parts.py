@@ -16,6 +16,7 @@ Usage::
 """
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -67,8 +68,11 @@ def main() -> None:
         writers = [
             sharded._PartWriter(parts / f"part-001-{r:05d}.jsonl") for r in range(args.ranks)
         ]
-        for i, line in enumerate(records):
-            writers[i % args.ranks].write({"g": 0, "i": i, "line": line})
+        for i, line in enumerate(records):  # as sharded._frame_record serialises a frame
+            record = {"g": 0, "i": i, "people": len(line["poses"]),
+                      "out": [json.dumps(p, allow_nan=False) for p in line["poses"]],
+                      "jsonl": json.dumps(line, allow_nan=False)}  # fmt: skip
+            writers[i % args.ranks].write(record)
         for w in writers:
             w.close()
         written = time.perf_counter() - start
