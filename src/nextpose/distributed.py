@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import InputError
 from .progress import Progress
 
 
@@ -46,6 +47,9 @@ def init(device: str | None = None) -> tuple[DistInfo, torch.device]:
 
     Without torchrun this is a single process. The backend is NCCL on CUDA, Gloo on CPU; a
     ``cuda`` device without an index becomes the local rank's GPU.
+
+    Raises:
+        InputError: more processes on this machine than GPUs.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -54,6 +58,12 @@ def init(device: str | None = None) -> tuple[DistInfo, torch.device]:
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", info.local_rank)
+        if info.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"--device cuda: process {info.local_rank} of this machine has no GPU of its "
+                f"own ({torch.cuda.device_count()} here): start at most that many processes "
+                "per machine (torchrun --nproc-per-node)"
+            )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if info.enabled and not dist.is_initialized():
