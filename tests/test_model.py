@@ -9,8 +9,16 @@ from conftest import ORACLE
 from nextpose import PRESETS, PoseNet
 
 PUBLISHED = [name for name, p in PRESETS.items() if p.weights_url]
-# Parameter counts of the reference models (§5.3).
-PARAMS = {50: 33_471_569, 101: 52_620_369, 152: 68_394_065}
+RESNEXT = [name for name in PUBLISHED if name.startswith("resnext")]
+# Parameter counts of the reference models (§5.3; ResNet: summed from the manifests).
+PARAMS = {
+    "resnext": {50: 33_471_569, 101: 52_620_369, 152: 68_394_065},
+    "resnet": {50: 33_999_697, 101: 52_991_825, 152: 68_635_473},
+}
+
+
+def _family(name: str) -> str:
+    return "resnext" if name.startswith("resnext") else "resnet"
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -18,20 +26,58 @@ def test_state_dict_equals_manifest(name):
     config = PRESETS[name].config.model
     with torch.device("meta"):
         model = PoseNet(config)
-    manifest = json.loads((ORACLE / f"manifest_resnext{config.depth}.json").read_text())
+    family = _family(name)
+    manifest = json.loads((ORACLE / f"manifest_{family}{config.depth}.json").read_text())
     ours = [
         [k, list(v.shape), str(v.dtype).removeprefix("torch.")]
         for k, v in model.state_dict().items()
     ]
     assert ours == manifest
-    assert sum(p.numel() for p in model.parameters()) == PARAMS[config.depth]
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[family][config.depth]
+    shapes = dict(model.state_dict())
+    groups = 32 if family == "resnext" else 1
+    assert model.backbone.layer1[0].conv2.groups == groups
+    assert list(shapes["backbone.layer1.0.conv2.weight"].shape) == (
+        [128, 4, 3, 3] if family == "resnext" else [64, 64, 3, 3]
+    )
 
 
-def test_six_published_presets():
-    assert sorted(PUBLISHED) == sorted(
+def test_twelve_resnet_presets():
+    names = sorted(n for n in PUBLISHED if _family(n) == "resnet")
+    assert names == sorted(
+        f"resnet{d}{dark}_coco_{s}"
+        for d in (50, 101, 152)
+        for s in ("256x192", "384x288")
+        for dark in ("", "_dark")
+    )
+    for name in names:
+        preset = PRESETS[name]
+        h, w = (int(v) for v in name.rsplit("_", 1)[1].split("x"))
+        dark = "_dark" in name
+        assert preset.config.model.input_size == (w, h)
+        assert preset.config.codec.sigma == (2.0 if h == 256 else 3.0)
+        assert preset.config.codec.unbiased is dark
+        assert preset.config.inference.decode == ("dark" if dark else "msra")
+        assert set(preset.published) == {"AP", "AP50", "AP75", "AR", "AR50"}
+        # The checkpoint is the one for this depth, input size and target kind.
+        depth = name.split("_")[0].removeprefix("resnet")
+        file = preset.weights_url.rsplit("/", 1)[1]
+        assert file.startswith((f"td-hm_res{depth}{'_dark-' if dark else '_'}8xb",
+                                f"res{depth}_coco_"))  # fmt: skip
+        assert f"{h}x{w}" in file
+    # ResNet-152 384x288 DARK's config sets a 17-pixel blur; the others keep OpenCV's 11.
+    kernels = {n: PRESETS[n].config.codec.blur_kernel_size for n in names if "_dark" in n}
+    assert kernels.pop("resnet152_dark_coco_384x288") == 17
+    assert set(kernels.values()) == {11}
+    assert PRESETS["resnet152_coco_384x288"].published["AP"] == 0.750
+    assert PRESETS["resnet152_dark_coco_384x288"].published["AP"] == 0.755
+
+
+def test_six_resnext_presets():
+    assert sorted(RESNEXT) == sorted(
         f"resnext{d}_coco_{s}" for d in (50, 101, 152) for s in ("256x192", "384x288")
     )
-    for name in PUBLISHED:
+    for name in RESNEXT:
         preset = PRESETS[name]
         h, w = (int(v) for v in name.rsplit("_", 1)[1].split("x"))
         assert preset.config.model.input_size == (w, h)

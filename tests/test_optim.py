@@ -81,3 +81,15 @@ def test_named_sources():
     with pytest.raises(ValueError, match="custom"):
         resolve_source("imagenet", tiny)
     assert resolve_source("none", tiny) is None
+
+
+def test_resnet_presets_start_from_torchvision_resnets():
+    for depth in (50, 101, 152):
+        model = get_preset(f"resnet{depth}_dark_coco_256x192").config.model
+        for source in ("imagenet", "torchvision"):
+            url = resolve_source(source, model)
+            assert url.rsplit("/", 1)[1].startswith(f"resnet{depth}-"), url
+    r50 = get_preset("resnet50_coco_256x192").config.model
+    assert resolve_source("torchvision", r50).endswith("resnet50-0676ba61.pth")  # V1
+    with pytest.raises(ValueError, match="ResNeXt-50/101/152 32x4d only"):
+        resolve_source("imagenet-2021", r50)

@@ -1,10 +1,15 @@
-"""Keypoints <-> heatmaps (MSRA): Gaussian training targets, and argmax plus the quarter-pixel
-step toward the higher neighbour for decoding."""
+"""Keypoints <-> heatmaps: Gaussian training targets (MSRA, or DARK's sub-pixel ones), and
+decoding by argmax plus either the quarter-pixel step toward the higher neighbour (``msra``) or
+DARK's Taylor step on the blurred log-heatmap (``dark``, Zhang et al., CVPR 2020; §10.1)."""
 
 from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from .config import check_decode
+from .opencv import cv2
 
 
 @lru_cache(maxsize=8)
@@ -25,8 +30,10 @@ def encode_heatmaps(
     input_size: tuple[int, int],
     heatmap_size: tuple[int, int],
     sigma: float,
+    unbiased: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian target heatmaps and keypoint weights, made exactly as the reference (§8.3).
+    """Gaussian target heatmaps and keypoint weights, made exactly as the reference (§8.3;
+    ``unbiased``: §10.1).
 
     Each labelled keypoint gets an unnormalised float32 Gaussian (peak 1, no sub-pixel offset)
     centred on the heatmap pixel ``mu = trunc(kp / stride + 0.5)`` (toward zero, so any point in
@@ -40,10 +47,15 @@ def encode_heatmaps(
         visible: (K,) float32; keypoints below 0.5 are unlabelled (empty channel, weight = visible).
         input_size: (w, h) of the crop; heatmap_size: (w, h) of the heatmaps.
         sigma: Gaussian standard deviation, heatmap pixels (2 at 256x192, 3 at 384x288).
+        unbiased: DARK targets: the Gaussian is centred on the keypoint's exact sub-pixel
+            position ``kp / stride`` and covers the whole map; the rejection test uses the
+            real-valued window ``[p - 3 sigma, p + 3 sigma + 1]``.
 
     Returns:
         heatmaps (K, Hh, Wh) float32 and weights (K,) float32.
     """
+    if unbiased:
+        return _encode_unbiased(keypoints, visible, input_size, heatmap_size, sigma)
     keypoints = np.asarray(keypoints, dtype=np.float32).reshape(-1, 2)
     visible = np.asarray(visible, dtype=np.float32).reshape(-1)
     w, h = heatmap_size
@@ -77,26 +89,60 @@ def encode_heatmaps(
     return heatmaps, weights
 
 
-def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoint locations and scores from heatmaps, exactly as the reference decodes (§6.2-6.4).
+def _encode_unbiased(
+    keypoints: np.ndarray,
+    visible: np.ndarray,
+    input_size: tuple[int, int],
+    heatmap_size: tuple[int, int],
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`encode_heatmaps` with ``unbiased=True`` (§10.1), all in float32."""
+    keypoints = np.asarray(keypoints, dtype=np.float32).reshape(-1, 2)
+    visible = np.asarray(visible, dtype=np.float32).reshape(-1)
+    w, h = heatmap_size
+    heatmaps = np.zeros((len(keypoints), h, w), np.float32)
+    weights = visible.copy()
+    stride = (np.asarray(input_size, np.float32) / np.asarray(heatmap_size, np.float32)).astype(
+        np.float32
+    )
+    centres = keypoints / stride  # float32, sub-pixel
+    sigma = float(sigma)  # Python floats keep the arithmetic in float32 (NumPy 1 and 2 alike)
+    radius = 3 * sigma
+    x = np.arange(w, dtype=np.float32)
+    y = np.arange(h, dtype=np.float32)[:, None]
+    for i, p in enumerate(centres):
+        if visible[i] < 0.5:
+            continue
+        left, top = p - radius
+        right, bottom = p + radius + 1
+        if left >= w or top >= h or right < 0 or bottom < 0:
+            weights[i] = 0
+            continue
+        gaussian = np.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2) / (2 * sigma**2))
+        np.maximum(gaussian, heatmaps[i], out=heatmaps[i])
+    return heatmaps, weights
+
+
+def decode_heatmaps(
+    heatmaps: np.ndarray, decode: str = "msra", blur_kernel_size: int = 11
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoint locations and scores from heatmaps, exactly as the reference decodes (§6.2-6.4;
+    ``decode="dark"``: §10.1, the reference's own OpenCV blur and NumPy 1.x arithmetic).
 
     Args:
         heatmaps: (N, K, Hh, Wh) float32.
+        decode: ``msra`` (argmax + quarter-pixel step) or ``dark`` (argmax + Taylor step).
+        blur_kernel_size: DARK's Gaussian modulation kernel (odd), heatmap pixels.
 
     Returns:
         locations (N, K, 2) float32 in heatmap pixels, and scores (N, K) float32 = the maxima.
         A map whose maximum is <= 0 gives location (-1, -1); its score is kept as it is.
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    if check_decode(decode) == "dark":
+        return _decode_dark(heatmaps, blur_kernel_size)
     n, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(n, k, h * w)
-    index = flat.argmax(axis=2)  # first maximum in row-major order
-    scores = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
-    x = (index % w).astype(np.int64)
-    y = (index // w).astype(np.int64)
-    invalid = scores <= 0
-    x[invalid] = -1
-    y[invalid] = -1
+    x, y, scores = _argmax(heatmaps)
 
     # Quarter-pixel refinement, with the reference's exact (asymmetric) bounds.
     nn_, kk = np.meshgrid(np.arange(n), np.arange(k), indexing="ij")
@@ -113,17 +159,117 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return locations, scores
 
 
-def decode_heatmaps_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _argmax(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer x, y (N, K) of each map's first maximum, (-1, -1) where it is <= 0, and the
+    maxima (N, K) float32 (§6.2)."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    index = flat.argmax(axis=2)  # the first maximum in row-major order
+    scores = np.take_along_axis(flat, index[..., None], axis=2)[..., 0]
+    x = (index % w).astype(np.int64)
+    y = (index // w).astype(np.int64)
+    x[scores <= 0] = -1
+    y[scores <= 0] = -1
+    return x, y, scores
+
+
+@lru_cache(maxsize=8)
+def blur_kernel(size: int) -> np.ndarray:
+    """(size,) float32: the 1-D kernel ``cv2.GaussianBlur`` uses for float32 images with
+    sigma 0 (OpenCV's rule ``sigma = 0.3 ((size - 1) / 2 - 1) + 0.8``; 2.0 for 11)."""
+    kernel = cv2.getGaussianKernel(size, 0, ktype=cv2.CV_32F).reshape(-1)
+    kernel.flags.writeable = False
+    return kernel
+
+
+def modulate(heatmaps: np.ndarray, blur_kernel_size: int = 11) -> np.ndarray:
+    """DARK's modulated log-heatmaps (N, K, Hh, Wh) float32 (§10.1 steps 1-2): each map
+    zero-padded by ``(size - 1) / 2``, blurred by ``cv2.GaussianBlur`` (size x size, sigma from
+    OpenCV's rule), cropped back, rescaled to its original maximum, then ``log(max(h, 1e-10))``.
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    n, k, h, w = heatmaps.shape
+    b = (blur_kernel_size - 1) // 2
+    padded = np.zeros((h + 2 * b, w + 2 * b), np.float32)
+    out = np.empty_like(heatmaps)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a flat zero map: 0 / 0, as there
+        for i in range(n):
+            for j in range(k):
+                padded[b : b + h, b : b + w] = heatmaps[i, j]
+                size = (blur_kernel_size, blur_kernel_size)
+                blurred = cv2.GaussianBlur(padded, size, 0)[b : b + h, b : b + w]
+                out[i, j] = blurred * (heatmaps[i, j].max() / blurred.max())
+        np.maximum(out, np.float32(1e-10), out=out)
+        np.log(out, out=out)
+    return out
+
+
+def _decode_dark(heatmaps: np.ndarray, blur_kernel_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """DARK decoding as the reference runs it under NumPy 1.x (§10.1): the scalar expressions
+    ``0.5 * (a - b)`` and ``a - 2 * b + c`` there promote float32 heatmap values to float64, so
+    the first differences are float32, the rest of the Taylor step float64, and the keypoint
+    float32 again at the end."""
+    x, y, scores = _argmax(heatmaps)
+    locations = np.stack([x, y], axis=-1).astype(np.float32)
+    h, w = heatmaps.shape[2:]
+    ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2)
+    if not ok.any():
+        return locations, scores
+    logs = modulate(heatmaps, blur_kernel_size)
+    ni, ki = np.nonzero(ok)
+    xi, yi = x[ok], y[ok]
+
+    def at(dx: int, dy: int) -> np.ndarray:  # float32 values dx, dy away
+        return logs[ni, ki, yi + dy, xi + dx]
+
+    f64 = np.float64
+    centre = at(0, 0).astype(f64)
+    gx = 0.5 * (at(1, 0) - at(-1, 0)).astype(f64)
+    gy = 0.5 * (at(0, 1) - at(0, -1)).astype(f64)
+    hxx = 0.25 * (at(2, 0).astype(f64) - 2 * centre + at(-2, 0).astype(f64))
+    hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)).astype(f64)
+    hyy = 0.25 * (at(0, 2).astype(f64) - 2 * centre + at(0, -2).astype(f64))
+    step = hxx * hyy - hxy**2 != 0
+    hessian = np.stack([hxx, hxy, hxy, hyy], axis=-1).reshape(-1, 2, 2)[step]
+    gradient = np.stack([gx, gy], axis=-1).reshape(-1, 2, 1)[step]
+    try:
+        inverse = np.linalg.inv(hessian)
+    except np.linalg.LinAlgError:  # an exactly singular LU pivot: no step there
+        inverse = np.stack([_inverse_or_zero(m) for m in hessian]) if len(hessian) else hessian
+    offset = (-inverse @ gradient)[..., 0]
+    rows, cols = ni[step], ki[step]
+    locations[rows, cols] = (locations[rows, cols].astype(f64) + offset).astype(np.float32)
+    return locations, scores
+
+
+def _inverse_or_zero(matrix: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.inv(matrix)
+    except np.linalg.LinAlgError:
+        return np.zeros_like(matrix)
+
+
+def decode_heatmaps_torch(
+    heatmaps: torch.Tensor, decode: str = "msra", blur_kernel_size: int = 11
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_heatmaps` in tensor operations: the same result on any device, and exportable
-    to ONNX (argmax, comparisons and gathers only), so decoding runs where the heatmaps are.
+    to ONNX (argmax, comparisons, gathers; for ``dark`` also two convolutions and float64
+    arithmetic), so decoding runs where the heatmaps are.
+
+    ``msra`` gives :func:`decode_heatmaps`' numbers bit for bit. ``dark`` follows the same
+    steps, but its blur sums in another order than OpenCV's (float32 last-bit differences), and
+    so does the log; near-flat peaks, where the Taylor step is ill-conditioned, amplify those.
 
     Args:
         heatmaps: (N, K, Hh, Wh) float32.
+        decode, blur_kernel_size: as for :func:`decode_heatmaps`.
 
     Returns:
         locations (N, K, 2) float32 heatmap pixels and scores (N, K) float32, as
         :func:`decode_heatmaps` gives them (first maximum; (-1, -1) where the maximum is <= 0).
     """
+    if check_decode(decode) == "dark":
+        return _decode_dark_torch(heatmaps, blur_kernel_size)
     h, w = heatmaps.shape[-2:]
     flat = heatmaps.flatten(2)  # (N, K, Hh * Wh), row-major
     index = flat.argmax(dim=2, keepdim=True)  # the first maximum
@@ -146,3 +292,51 @@ def decode_heatmaps_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.T
     locations = torch.cat([x, y], dim=2).to(heatmaps.dtype)
     locations = locations + 0.25 * torch.sign(torch.cat([dx, dy], dim=2))
     return locations, scores.squeeze(2)
+
+
+def modulate_torch(heatmaps: torch.Tensor, blur_kernel_size: int = 11) -> torch.Tensor:
+    """:func:`modulate` in tensor operations: a separable zero-padded convolution with OpenCV's
+    kernel (rows, then columns, as OpenCV filters), the rescale, and the log."""
+    n, k, h, w = heatmaps.shape
+    b = (blur_kernel_size - 1) // 2
+    kernel = torch.from_numpy(blur_kernel(blur_kernel_size).copy()).to(heatmaps)
+    maps = heatmaps.reshape(n * k, 1, h, w)
+    blurred = F.conv2d(maps, kernel.view(1, 1, 1, -1), padding=(0, b))
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1), padding=(b, 0)).reshape(n, k, h, w)
+    peak = heatmaps.amax(dim=(2, 3), keepdim=True)
+    blurred = blurred * (peak / blurred.amax(dim=(2, 3), keepdim=True))
+    return torch.log(torch.clamp(blurred, min=1e-10))
+
+
+def _decode_dark_torch(
+    heatmaps: torch.Tensor, blur_kernel_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_decode_dark` in tensor operations (float64 where the reference is)."""
+    h, w = heatmaps.shape[-2:]
+    flat = heatmaps.flatten(2)
+    index = flat.argmax(dim=2, keepdim=True)
+    scores = flat.gather(2, index)
+    x = torch.remainder(index, w)
+    y = torch.div(index, w, rounding_mode="floor")
+    valid = scores > 0
+    x = torch.where(valid, x, torch.full_like(x, -1))
+    y = torch.where(valid, y, torch.full_like(y, -1))
+    logs = modulate_torch(heatmaps, blur_kernel_size).flatten(2)
+
+    def at(dx: int, dy: int) -> torch.Tensor:  # float32, dx, dy away (clamped; masked below)
+        return logs.gather(2, (index + dy * w + dx).clamp(0, h * w - 1))
+
+    centre = at(0, 0).double()
+    gx = 0.5 * (at(1, 0) - at(-1, 0)).double()
+    gy = 0.5 * (at(0, 1) - at(0, -1)).double()
+    hxx = 0.25 * (at(2, 0).double() - 2 * centre + at(-2, 0).double())
+    hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1)).double()
+    hyy = 0.25 * (at(0, 2).double() - 2 * centre + at(0, -2).double())
+    det = hxx * hyy - hxy * hxy
+    ok = (x > 1) & (x < w - 2) & (y > 1) & (y < h - 2) & (det != 0)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    zero = torch.zeros_like(det)
+    ox = torch.where(ok, -(hyy * gx - hxy * gy) / safe, zero)
+    oy = torch.where(ok, -(hxx * gy - hxy * gx) / safe, zero)
+    locations = torch.cat([x, y], dim=2).double() + torch.cat([ox, oy], dim=2)
+    return locations.to(heatmaps.dtype), scores.squeeze(2)

@@ -15,12 +15,16 @@ from typing import Any
 from .errors import ConfigError
 from .keypoints import COCO_KEYPOINTS, KeypointSet
 
-# Bottleneck blocks per stage of the ResNeXt trunks (the same counts as ResNet-50/101/152).
+# Bottleneck blocks per stage of the ResNeXt and ResNet trunks (the same counts for both).
 RESNEXT_BLOCKS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
 }
+
+# How heatmaps become keypoints: "msra" (argmax + quarter-pixel step, §6.3) or "dark"
+# (distribution-aware Taylor step on the blurred log-heatmap, §10.1).
+DECODINGS: tuple[str, ...] = ("msra", "dark")
 
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
@@ -69,7 +73,8 @@ def _check_number(
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: a ResNeXt trunk and a SimpleBaseline deconvolution head."""
+    """The network: a ResNeXt trunk (``groups=1, width_per_group=64``: ResNet) and a
+    SimpleBaseline deconvolution head."""
 
     blocks: tuple[int, int, int, int] = RESNEXT_BLOCKS[50]  # bottlenecks per stage
     groups: int = 32  # cardinality of the grouped 3x3 convolutions
@@ -123,12 +128,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """Keypoints <-> heatmaps (MSRA Gaussian targets, argmax + quarter-pixel decoding)."""
+    """Keypoints <-> heatmaps: MSRA Gaussian training targets (``unbiased``: DARK's sub-pixel
+    centres, §10.1) and the blur of DARK decoding."""
 
     sigma: float = 2.0  # Gaussian std of training targets, heatmap pixels (3 at 384x288)
+    unbiased: bool = False  # targets centred at the sub-pixel keypoint (DARK), not rounded
+    blur_kernel_size: int = 11  # DARK decoding's Gaussian modulation, odd, heatmap pixels
 
     def __post_init__(self) -> None:
         _check_number("codec.sigma", self.sigma, 0, low_open=True)
+        if not isinstance(self.unbiased, bool):
+            raise ConfigError(f"codec.unbiased={_short(self.unbiased)} must be true or false")
+        _check_number("codec.blur_kernel_size", self.blur_kernel_size, 1, 255, integer=True)
+        if self.blur_kernel_size % 2 == 0:
+            raise ConfigError(f"codec.blur_kernel_size={self.blur_kernel_size} must be odd")
 
 
 @dataclass(frozen=True)
@@ -138,9 +151,18 @@ class InferenceConfig:
 
     flip: bool = True  # average with the heatmaps of the mirrored crop
     padding: float = 1.25  # box -> crop enlargement
+    decode: str = "msra"  # "msra" (argmax + quarter pixel) or "dark" (Taylor step, §10.1)
 
     def __post_init__(self) -> None:
         _check_number("inference.padding", self.padding, 0, 100, low_open=True)
+        check_decode(self.decode, "inference.decode")
+
+
+def check_decode(decode: object, name: str = "decode") -> str:
+    """``decode`` if it is one of :data:`DECODINGS`; a :class:`ConfigError` naming ``name``."""
+    if decode not in DECODINGS:
+        raise ConfigError(f"{name}={_short(decode)} must be one of {', '.join(DECODINGS)}")
+    return decode  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

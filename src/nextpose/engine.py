@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .boxes import BoxFormat, as_boxes
-from .config import Config
+from .config import Config, check_decode
 from .data.images import as_rgb_image, read_image
 from .errors import ImageError, NextposeError, NumericsError
 from .geometry import crop_region, crop_to_image, cut_crops, warp_crops
@@ -238,7 +238,11 @@ class Engine:
         self._compute = threading.Lock() if cpu else contextlib.nullcontext()
 
     def run(
-        self, tasks: Iterable[Task], flip: bool | None = None, live: bool = False
+        self,
+        tasks: Iterable[Task],
+        flip: bool | None = None,
+        live: bool = False,
+        decode: str | None = None,
     ) -> Iterator[Result]:
         """A :class:`Result` per task, in order. An unreadable image gives a result with its
         ``error`` (the run goes on); a network problem (non-finite heatmaps) raises.
@@ -246,8 +250,10 @@ class Engine:
         Args:
             flip: flip test on/off; None uses the model config's (on).
             live: a camera: run what has arrived instead of waiting for full batches.
+            decode: ``msra`` or ``dark``; None uses the model config's.
         """
         flip = self.config.inference.flip if flip is None else flip
+        decode = check_decode(self.config.inference.decode if decode is None else decode)
         threads = self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
         chunks: Iterator[_Item | _Chunk | _BlockEnd] = self._cut(decoded, live)
@@ -256,7 +262,7 @@ class Engine:
             background = _Background(chunks, maxsize=2 * threads + 2)
             chunks = background
         try:
-            yield from self._estimate(chunks, flip, background if live else None)
+            yield from self._estimate(chunks, (flip, decode), background if live else None)
         finally:
             if background is not None:
                 background.close()
@@ -370,7 +376,10 @@ class Engine:
     # -- stage 3 ---------------------------------------------------------------------------
 
     def _estimate(
-        self, chunks: Iterator["_Item | _Chunk | _BlockEnd"], flip: bool, live: _Background | None
+        self,
+        chunks: Iterator["_Item | _Chunk | _BlockEnd"],
+        how: tuple[bool, str],
+        live: _Background | None,
     ) -> Iterator[Result]:
         order: deque[_Item] = deque()
         pending: list[_Chunk] = []
@@ -378,7 +387,7 @@ class Engine:
         for entry in chunks:
             if isinstance(entry, _BlockEnd):
                 if count:
-                    pending, count = self._run_batch(pending, flip, count)
+                    pending, count = self._run_batch(pending, how, count)
                 yield from self._done(order)
                 continue
             if isinstance(entry, _Item):
@@ -389,16 +398,19 @@ class Engine:
                 pending.append(entry)
                 count += len(entry.centers)
             while count >= self.options.batch_size:
-                pending, count = self._run_batch(pending, flip, self.options.batch_size)
+                pending, count = self._run_batch(pending, how, self.options.batch_size)
             if live is not None and count and live.idle():
-                pending, count = self._run_batch(pending, flip, count)
+                pending, count = self._run_batch(pending, how, count)
             yield from self._done(order)
         if count:
-            self._run_batch(pending, flip, count)
+            self._run_batch(pending, how, count)
         yield from self._done(order)
 
-    def _run_batch(self, pending: list[_Chunk], flip: bool, size: int) -> tuple[list[_Chunk], int]:
-        """Run the first ``size`` crops of ``pending``; returns what is left and its count."""
+    def _run_batch(
+        self, pending: list[_Chunk], how: tuple[bool, str], size: int
+    ) -> tuple[list[_Chunk], int]:
+        """Run the first ``size`` crops of ``pending`` with ``how`` = (flip test, decoding);
+        returns what is left and its count."""
         taken: list[_Chunk] = []
         left, rest = size, []
         for i, chunk in enumerate(pending):
@@ -437,7 +449,7 @@ class Engine:
             else np.concatenate(crops)
         )
         with self._compute:
-            keypoints, scores = self.network.keypoints(joined, flip)
+            keypoints, scores = self.network.keypoints(joined, *how)
         if isinstance(keypoints, torch.Tensor):
             keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
         self._check_finite(scores)

@@ -1,5 +1,6 @@
 """ONNX graphs of a pose model with the whole test-time pipeline inside: normalisation, the flip
-test (mirrored batch, left/right swap, one-column shift), argmax + quarter-pixel decoding and,
+test (mirrored batch, left/right swap, one-column shift), decoding (argmax + quarter-pixel step,
+or DARK's blur and Taylor step) and,
 with image input, the affine crop and the map back to image pixels.
 
 Two graphs (see :func:`export_onnx`):
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from .codec import decode_heatmaps_torch
-from .config import Config
+from .config import Config, check_decode
 from .errors import InputError, require
 from .fileio import atomic_write_bytes
 from .geometry import WarpMethod, crop_region_torch, crop_to_image_torch, warp_crops
@@ -36,11 +37,21 @@ OPSET_MAX = 20  # the newest opset the TorchScript exporter writes
 
 class CropsGraph(nn.Module):
     """uint8 RGB crops (N, h, w, 3) -> keypoints (N, K, 2) crop pixels and scores (N, K), with
-    the flip test and decoding inside (``heatmaps``: also the averaged heatmaps)."""
+    the flip test and decoding (``msra`` or ``dark``) inside (``heatmaps``: also the averaged
+    heatmaps)."""
 
-    def __init__(self, net: nn.Module, config: Config, flip: bool = True, heatmaps: bool = False):
+    def __init__(
+        self,
+        net: nn.Module,
+        config: Config,
+        flip: bool = True,
+        heatmaps: bool = False,
+        decode: str = "msra",
+    ):
         super().__init__()
         self.net = net
+        self.decode = check_decode(decode)
+        self.blur_kernel_size = config.codec.blur_kernel_size
         self.flip_indices = list(config.keypoints.flip_indices) if flip else None
         self.with_heatmaps = heatmaps
         self.pixel_mean, self.pixel_std = config.model.pixel_mean, config.model.pixel_std
@@ -54,7 +65,7 @@ class CropsGraph(nn.Module):
             heatmaps = self.net(x)
         else:  # one batch of 2N: original and mirrored crops
             heatmaps = flip_test(self.net, x, self.flip_indices, joint=True)
-        locations, scores = decode_heatmaps_torch(heatmaps)
+        locations, scores = decode_heatmaps_torch(heatmaps, self.decode, self.blur_kernel_size)
         stride = torch.tensor(self.stride, dtype=torch.float32, device=locations.device)
         keypoints = locations * stride
         return (keypoints, scores, heatmaps) if self.with_heatmaps else (keypoints, scores)
@@ -66,10 +77,15 @@ class ImageGraph(nn.Module):
     graph, and the reference's map back to the image, all inside."""
 
     def __init__(
-        self, net: nn.Module, config: Config, flip: bool = True, warp: WarpMethod = "fixed"
+        self,
+        net: nn.Module,
+        config: Config,
+        flip: bool = True,
+        warp: WarpMethod = "fixed",
+        decode: str = "msra",
     ):
         super().__init__()
-        self.crops = CropsGraph(net, config, flip)
+        self.crops = CropsGraph(net, config, flip, decode=decode)
         self.input_size = config.model.input_size
         self.padding = config.inference.padding
         self.warp = warp
@@ -90,6 +106,7 @@ def export_onnx(
     warp: WarpMethod = "fixed",
     heatmaps: bool = False,
     opset: int = OPSET,
+    decode: str | None = None,
 ) -> Path | bytes:
     """Write the ONNX graph of ``model`` (a :class:`~nextpose.model.PoseNet`) to ``path``, or
     return it as bytes when ``path`` is None.
@@ -102,16 +119,19 @@ def export_onnx(
             ``grid_sample`` (ONNX GridSample; ~0.001 grey levels mean difference).
         heatmaps: the crops graph also returns the averaged heatmaps (N, K, h/4, w/4).
         opset: ONNX opset (>= 16).
+        decode: ``msra`` or ``dark`` (the blur, log and Taylor step inside the graph, partly in
+            float64); None: the config's ``inference.decode``.
 
     BatchNorm is folded into the convolutions first; the graph runs in float32.
     """
     require("onnx", "onnx", "ONNX export")
     if not 16 <= opset <= OPSET_MAX:
         raise InputError(f"opset {opset}: ONNX export needs an opset from 16 to {OPSET_MAX}")
+    decode = check_decode(config.inference.decode if decode is None else decode)
     net = prepare_for_inference(model, "cpu", fold=True, channels_last=False)
     w, h = config.model.input_size
     if input == "crops":
-        graph: nn.Module = CropsGraph(net, config, flip, heatmaps)
+        graph: nn.Module = CropsGraph(net, config, flip, heatmaps, decode)
         args: tuple[torch.Tensor, ...] = (torch.zeros(2, h, w, 3, dtype=torch.uint8),)
         names = ["crops"]
         outputs = ["keypoints", "scores"] + (["heatmaps"] if heatmaps else [])
@@ -119,7 +139,7 @@ def export_onnx(
     elif input == "image":
         if heatmaps:
             raise InputError("heatmaps=True needs input='crops'")
-        graph = ImageGraph(net, config, flip, warp)
+        graph = ImageGraph(net, config, flip, warp, decode)
         image = torch.zeros(2 * h, 2 * w, 3, dtype=torch.uint8)
         boxes = torch.tensor([[10.0, 10.0, w, h], [0.0, 0.0, 2 * w - 1, 2 * h - 1]])
         args, names, outputs = (image, boxes), ["image", "boxes"], ["keypoints", "scores"]
@@ -141,7 +161,7 @@ def export_onnx(
             dynamic_axes=axes,
             do_constant_folding=True,
         )
-    data = _with_metadata(buffer.getvalue(), config, input, flip, warp)
+    data = _with_metadata(buffer.getvalue(), config, input, flip, warp, decode)
     if path is None:
         return data
     path = Path(path)
@@ -150,7 +170,9 @@ def export_onnx(
     return path
 
 
-def _with_metadata(data: bytes, config: Config, input: str, flip: bool, warp: str) -> bytes:
+def _with_metadata(
+    data: bytes, config: Config, input: str, flip: bool, warp: str, decode: str
+) -> bytes:
     """The serialised graph with what a user needs to feed it, as ONNX metadata properties."""
     import onnx
 
@@ -166,6 +188,7 @@ def _with_metadata(data: bytes, config: Config, input: str, flip: bool, warp: st
         "nextpose.input_size": f"{w}x{h} (w x h)",
         "nextpose.padding": str(config.inference.padding),
         "nextpose.flip_test": str(flip).lower(),
+        "nextpose.decode": decode,
         "nextpose.warp": warp if input == "image" else "",
         "nextpose.keypoints": ",".join(config.keypoints.names),
     }

@@ -19,7 +19,7 @@ import torch
 from . import checkpoint as weights
 from .boxes import BoxFormat
 from .codec import decode_heatmaps
-from .config import Config
+from .config import Config, check_decode
 from .engine import Detector, Engine, ImageSource, Task
 from .errors import CheckpointError, InputError
 from .geometry import crop_to_image
@@ -140,10 +140,17 @@ class PoseEstimator:
         return self.network.heatmaps(inputs, self.config.inference.flip if flip is None else flip)
 
     def decode(
-        self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray
+        self,
+        heatmaps: np.ndarray,
+        centers: np.ndarray,
+        scales: np.ndarray,
+        decode: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Heatmaps (N, K, h/4, w/4) -> keypoints (N, K, 2) in image pixels and scores (N, K)."""
-        locations, scores = decode_heatmaps(heatmaps)
+        """Heatmaps (N, K, h/4, w/4) -> keypoints (N, K, 2) in image pixels and scores (N, K),
+        decoded by ``decode`` (``msra`` or ``dark``; None: the config's)."""
+        decode = self.config.inference.decode if decode is None else decode
+        kernel = self.config.codec.blur_kernel_size
+        locations, scores = decode_heatmaps(heatmaps, decode, kernel)
         w, h = self.input_size
         stride = np.array([w / heatmaps.shape[3], h / heatmaps.shape[2]], np.float32)
         return crop_to_image(locations * stride, centers, scales, self.input_size), scores
@@ -154,6 +161,7 @@ class PoseEstimator:
         boxes: Sequence | np.ndarray | None = None,
         flip: bool | None = None,
         bbox_format: BoxFormat = "xyxy",
+        decode: str | None = None,
     ) -> Poses:
         """Poses of the people in ``boxes`` of one image, in box order.
 
@@ -163,9 +171,12 @@ class PoseEstimator:
                 covering the whole image, as the reference does.
             flip: flip test on/off; None uses the config (on).
             bbox_format: ``xyxy`` (x1, y1, x2, y2) or ``xywh`` (COCO's x, y, w, h).
+            decode: ``msra`` (argmax + quarter pixel) or ``dark`` (DARK's Taylor step); None
+                uses the config's (the preset's own).
         """
         engine = Engine(self.network, self.config, replace(self.options, read_threads=0))
-        (result,) = engine.run([Task(image, boxes, bbox_format=bbox_format)], flip)
+        task = Task(image, boxes, bbox_format=bbox_format)
+        (result,) = engine.run([task], flip, decode=decode)
         if result.error is not None:
             raise result.error
         assert result.poses is not None
@@ -177,6 +188,7 @@ class PoseEstimator:
         boxes: Iterable[Sequence | np.ndarray | None] | None = None,
         flip: bool | None = None,
         bbox_format: BoxFormat = "xyxy",
+        decode: str | None = None,
     ) -> list[Poses]:
         """:meth:`predict` for many images, the crops of all of them batched together; the next
         images are read and cropped while a batch is in the network. ``boxes``: one entry per
@@ -187,7 +199,7 @@ class PoseEstimator:
             raise InputError(f"predict_many: {len(images)} images but {len(boxes)} box lists")
         tasks = [Task(i, b, bbox_format=bbox_format) for i, b in zip(images, boxes, strict=True)]
         out = []
-        for result in self.engine().run(tasks, flip):
+        for result in self.engine().run(tasks, flip, decode=decode):
             if result.error is not None:
                 raise result.error
             assert result.poses is not None
@@ -205,6 +217,7 @@ def load(
     device_crops: bool = False,
     batch_size: int = 32,
     read_threads: int = 2,
+    decode: str | None = None,
     **deprecated: Any,
 ) -> PoseEstimator:
     """A ready-to-use estimator (eval mode) from a preset name or a nextpose checkpoint file.
@@ -217,6 +230,9 @@ def load(
         progress: show a progress bar while downloading.
         backend, precision, device_crops, batch_size, read_threads: how the network runs, see
             :class:`~nextpose.runtime.RunOptions`.
+        decode: ``msra`` or ``dark``, instead of the model's own decoding (its config's
+            ``inference.decode``: ``msra`` for the ResNeXt and ResNet presets, ``dark`` for the
+            DARK ones).
     """
     renamed = {"checkpoint_source": "checkpoint", "workers": "read_threads"}
     for old, value in deprecated.items():
@@ -229,6 +245,8 @@ def load(
             read_threads = value
     options = RunOptions(str(device), backend, precision, device_crops, batch_size, read_threads)
     options = options.resolve()  # a bad option fails before any download
+    if decode is not None:
+        check_decode(decode)
     model = str(model)
     if model in PRESETS:
         preset = get_preset(model)
@@ -255,6 +273,8 @@ def load(
             config, name = Config.from_dict(own["config"]), Path(model).stem
         except ValueError as e:
             raise CheckpointError(f"{model}: the config it carries is invalid: {e}") from None
+    if decode is not None:
+        config = replace(config, inference=replace(config.inference, decode=decode))
     net = PoseNet(config.model)
     weights.load_into(net, obj, str(path), name)
     return PoseEstimator(net, config, name=name, options=options)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .codec import decode_heatmaps_torch
+from .codec import decode_heatmaps, decode_heatmaps_torch
 from .config import Config
 from .errors import InputError, require
 from .export import export_onnx
@@ -111,10 +111,13 @@ class Network(Protocol):
 
     device: torch.device
 
-    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
+    ) -> tuple[Any, Any]:
         """Keypoints (N, K, 2) in crop pixels and scores (N, K) of uint8 RGB crops
-        (N, h, w, 3), averaged with the mirrored crops' when ``flip``; tensors left on the device
-        (a GPU is not waited for) or NumPy arrays."""
+        (N, h, w, 3), averaged with the mirrored crops' when ``flip``, decoded by ``decode``
+        (``msra`` or ``dark``); tensors left on the device (a GPU is not waited for) or NumPy
+        arrays."""
         ...
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -275,11 +278,19 @@ class TorchNetwork:
             return flip_test(self._forward, inputs, self.constants[2], self.joint_flip)
 
     def keypoints(
-        self, crops: np.ndarray | torch.Tensor, flip: bool
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        kernel = self._config.codec.blur_kernel_size
         with torch.inference_mode():
             heatmaps = self.heatmaps(self.normalize(crops), flip)
-            locations, scores = decode_heatmaps_torch(heatmaps)
+            if decode == "dark" and self.device.type == "cpu":
+                # The reference's own DARK arithmetic (OpenCV's blur, float64 Taylor step):
+                # the tensor version's blur differs in the last bits, which near-flat peaks
+                # amplify. MSRA's tensor decoding is bit-identical, and stays on the device.
+                found = decode_heatmaps(heatmaps.numpy(), decode, kernel)
+                locations, scores = (torch.from_numpy(a) for a in found)
+            else:
+                locations, scores = decode_heatmaps_torch(heatmaps, decode, kernel)
             w, h = self.input_size  # the stride as Python scalars: no copy to the device
             sx = float(np.float32(w / heatmaps.shape[3]))
             sy = float(np.float32(h / heatmaps.shape[2]))
@@ -289,7 +300,8 @@ class TorchNetwork:
 
 class OnnxNetwork:
     """ONNX Runtime sessions of the exported crops graph (uint8 crops in, crop-pixel keypoints and
-    scores out, flip test and decoding inside), one per flip setting, made on first use.
+    scores out, flip test and decoding inside), one per flip setting and decoding, made on first
+    use.
     ``heatmaps`` runs the plain PyTorch model (the graph takes uint8 crops, not inputs)."""
 
     def __init__(self, model: nn.Module, config: Config, options: RunOptions):
@@ -299,22 +311,24 @@ class OnnxNetwork:
         self.config = config
         self.device = options.torch_device
         self.plain = TorchNetwork(model, config, options)
-        self._sessions: dict[bool, Any] = {}
+        self._sessions: dict[tuple[bool, str], Any] = {}
         self._lock = threading.Lock()
 
-    def session(self, flip: bool) -> Any:
+    def session(self, flip: bool, decode: str = "msra") -> Any:
         with self._lock:
-            if flip not in self._sessions:
+            if (flip, decode) not in self._sessions:
                 ort = self.onnxruntime
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = torch.get_num_threads()
                 # Idle threads sleep instead of spinning: the image-reading threads need the cores.
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                graph = export_onnx(self.model, self.config, None, flip=flip, heatmaps=True)
-                self._sessions[flip] = ort.InferenceSession(
+                graph = export_onnx(
+                    self.model, self.config, None, flip=flip, heatmaps=True, decode=decode
+                )
+                self._sessions[flip, decode] = ort.InferenceSession(
                     graph, options, providers=["CPUExecutionProvider"]
                 )
-            return self._sessions[flip]
+            return self._sessions[flip, decode]
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.plain.to_device(array)
@@ -325,11 +339,13 @@ class OnnxNetwork:
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
         return self.plain.heatmaps(inputs, flip)
 
-    def keypoints(self, crops: np.ndarray | torch.Tensor, flip: bool) -> tuple[Any, Any]:
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
+    ) -> tuple[Any, Any]:
         if isinstance(crops, torch.Tensor):
             crops = crops.cpu().numpy()
         crops = np.ascontiguousarray(crops, dtype=np.uint8)
-        keypoints, scores, _ = self.session(flip).run(None, {"crops": crops})
+        keypoints, scores, _ = self.session(flip, decode).run(None, {"crops": crops})
         return keypoints, scores
 
 

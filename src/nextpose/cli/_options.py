@@ -4,6 +4,7 @@
 import argparse
 from collections.abc import Callable
 
+from ..config import DECODINGS
 from ..presets import PRESETS
 
 BACKENDS = ("auto", "eager", "fast", "compile", "onnxruntime")  # = runtime.BACKENDS
@@ -92,6 +93,18 @@ def add_runtime(p: argparse.ArgumentParser, read_help: str = "image decoding thr
         help="cut the crops on the device (GPU), with OpenCV's arithmetic",
     )
     p.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster)")
+    add_decode(p)
+
+
+def add_decode(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--decode",
+        choices=DECODINGS,
+        default=None,
+        help="heatmaps -> keypoints: msra (argmax + quarter-pixel step) or dark (DARK's "
+        "Taylor step on the blurred log-heatmap); default: the model's own (dark for the "
+        "*_dark presets, msra otherwise)",
+    )
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:
@@ -101,8 +114,9 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    """The runtime options as :func:`nextpose.load` keywords."""
+    """The runtime options (and the decoding) as :func:`nextpose.load` keywords."""
     return {
+        "decode": args.decode,
         "device": args.device,
         "backend": args.backend,
         "precision": args.precision,

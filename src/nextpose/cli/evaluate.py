@@ -141,7 +141,8 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         )
         if not env.is_main:
             return 0
-        if args.model in PRESETS and args.checkpoint is None:
+        own = PRESETS[args.model].config.inference.decode if args.model in PRESETS else None
+        if args.model in PRESETS and args.checkpoint is None and args.decode in (None, own):
             published = PRESETS[args.model].published
     if published:
         print(f"{'metric':<8} {'measured':>9} {'published':>10}")
@@ -154,7 +155,8 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         print(line)
     if not published and args.model in PRESETS:
         print(
-            "(published numbers not shown: they are for the preset's own weights on COCO val2017)",
+            "(published numbers not shown: they are for the preset's own weights and decoding "
+            "on COCO val2017)",
             file=sys.stderr,
         )
     print(f"wrote {out / 'metrics.json'}", file=sys.stderr)

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._options import add_model
+from ._options import add_decode, add_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or with the ONNX GridSample op (grid_sample)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (16-20; default 17)")
+    add_decode(p)
     p.set_defaults(func=run)
 
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.out}: is the model's own file; name another output")
     if not 16 <= args.opset <= OPSET_MAX:
         raise InputError(f"--opset {args.opset}: choose an opset from 16 to {OPSET_MAX}")
-    estimator = load(args.model, args.checkpoint, backend="eager")
+    estimator = load(args.model, args.checkpoint, backend="eager", decode=args.decode)
     path = export_onnx(
         estimator.model,
         estimator.config,
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         warp=args.warp,
         opset=args.opset,
     )
+    decode = estimator.config.inference.decode
     w, h = estimator.input_size
     if args.input == "crops":
         inputs = f"crops (N, {h}, {w}, 3) uint8 RGB"
@@ -68,5 +70,8 @@ def run(args: argparse.Namespace) -> int:
         inputs = "image (H, W, 3) uint8 RGB, boxes (N, 4) float32 xyxy"
         outputs = "keypoints (N, K, 2) image pixels"
     flip = "without" if args.no_flip else "with"
-    print(f"wrote {path}: {inputs} -> {outputs}, scores (N, K); {flip} flip test", file=sys.stderr)
+    print(
+        f"wrote {path}: {inputs} -> {outputs}, scores (N, K); {flip} flip test, {decode} decoding",
+        file=sys.stderr,
+    )
     return 0

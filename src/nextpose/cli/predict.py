@@ -293,7 +293,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
 
     described = ("model", "checkpoint", "boxes", "bbox_format", "detector", "detector_weights",
                  "detector_score", "detector_min_size", "max_people", "smooth", "draw",
-                 "score_threshold", "backend", "precision", "batch_size",
+                 "score_threshold", "backend", "precision", "batch_size", "decode",
                  "device_crops")  # fmt: skip
     options = {name: getattr(args, name) for name in described}
     options["device"] = torch.device(args.device).type

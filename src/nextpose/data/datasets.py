@@ -80,9 +80,14 @@ class TrainDataset(Dataset):
             out = self.transform(sample, self.rng(index), inst.image_file)
         except ImageError as e:  # e.g. a crop of a huge image OpenCV's warp cannot make
             return self._unreadable(index, center[0], scale[0], str(e))
-        model, sigma = self.config.model, self.config.codec.sigma
+        model, codec = self.config.model, self.config.codec
         heatmaps, weights = encode_heatmaps(
-            out.keypoints, out.visible, model.input_size, model.heatmap_size, sigma
+            out.keypoints,
+            out.visible,
+            model.input_size,
+            model.heatmap_size,
+            codec.sigma,
+            unbiased=codec.unbiased,
         )
         return {
             "image": out.image,

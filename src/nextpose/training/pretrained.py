@@ -1,4 +1,5 @@
-"""ImageNet initialisation of the ResNeXt trunk from OpenMMLab, torchvision or local files."""
+"""ImageNet initialisation of the ResNeXt or ResNet trunk from OpenMMLab, torchvision or local
+files."""
 
 from collections import OrderedDict
 
@@ -41,10 +42,26 @@ def backbone_state(obj: dict) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((k.removeprefix("module."), v) for k, v in items if torch.is_tensor(v))
 
 
+def _torchvision_resnet(depth: int) -> str:
+    """torchvision's original (V1) ImageNet ResNet weights, what the reference's ResNet configs
+    name ``torchvision://resnet{depth}``."""
+    from torchvision.models import ResNet50_Weights, ResNet101_Weights, ResNet152_Weights
+
+    weights = {50: ResNet50_Weights, 101: ResNet101_Weights, 152: ResNet152_Weights}[depth]
+    return weights.IMAGENET1K_V1.url
+
+
 def resolve_source(source: str, model: ModelConfig) -> str | None:
-    """A path/URL for ``source`` (see :data:`SOURCES`), or None for no initialisation."""
+    """A path/URL for ``source`` (see :data:`SOURCES`), or None for no initialisation.
+
+    ResNet trunks (groups 1, width 64) start from torchvision's ImageNet ResNets for both
+    ``imagenet`` and ``torchvision``, as the reference's ResNet configs do."""
     if source == "none":
         return None
+    resnet = (model.groups, model.width_per_group) == (1, 64) and model.depth is not None
+    if resnet and source in ("imagenet", "torchvision"):
+        assert model.depth is not None
+        return _torchvision_resnet(model.depth)
     if source in ("imagenet", "imagenet-2021"):
         table = IMAGENET_2020 if source == "imagenet" else IMAGENET_2021
         if model.depth not in table or (model.groups, model.width_per_group) != (32, 4):
@@ -75,6 +92,7 @@ def load_pretrained_backbone(backbone: nn.Module, source: str, model: ModelConfi
         return None
     path = checkpoint.resolve(location)
     state = backbone_state(checkpoint.read(path))
-    name = f"ResNeXt trunk {model.blocks}"
+    kind = "ResNet" if (model.groups, model.width_per_group) == (1, 64) else "ResNeXt"
+    name = f"{kind} trunk {model.blocks}"
     checkpoint.load_into(backbone, {"state_dict": state}, str(path), name)
     return str(location)
