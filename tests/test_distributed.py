@@ -430,3 +430,49 @@ def test_the_python_api_inside_a_process_group(
     for rank in (0, 1):  # every rank returns the metrics
         assert json.loads((tmp_path / f"metrics-{rank}.json").read_text()) == expected
     assert _outputs(tmp_path) == _outputs(predict_one)
+
+
+def test_a_video_stopped_midway_is_done_again_on_resume(
+    tiny_checkpoint, tmp_path, monkeypatch, one_thread
+):
+    """A video is one unit (tracking runs across its frames): the frames a stopped run wrote
+    are not used; the resumed run does the whole video and the outputs are an unbroken run's."""
+    import cv2
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 120))
+    for path in sorted(COCO.glob("*.jpg")):
+        writer.write(cv2.resize(cv2.imread(str(path)), (160, 120)))
+    writer.release()
+
+    def args(folder: Path, *extra: str) -> list[str]:
+        return ["predict", str(tiny_checkpoint), str(video), str(COCO / "000000000785.jpg"),
+                "--track", "--no-progress", "--out", str(folder / "poses.json"),
+                "--jsonl", str(folder / "poses.jsonl"), *extra]  # fmt: skip
+
+    unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
+    assert main(args(unbroken)) == 0
+    write, calls = sharded._PartWriter.write, []
+
+    def interrupted(self, record):
+        calls.append(record)
+        if len(calls) == 3:  # two frames of the video written
+            raise KeyboardInterrupt
+        write(self, record)
+
+    monkeypatch.setattr(sharded._PartWriter, "write", interrupted)
+    assert main(args(stopped)) == 130
+    assert len((stopped / "poses.jsonl").read_text().splitlines()) == 2  # what was done
+    again = []
+
+    def counted(self, record):
+        again.append(record)
+        write(self, record)
+
+    monkeypatch.setattr(sharded._PartWriter, "write", counted)
+    assert main(args(stopped, "--resume")) == 0
+    assert _outputs(stopped) == _outputs(unbroken)
+    # the whole video again, then the image (with --track, a sequence of its own)
+    assert [r.get("i", "end") for r in again] == [0, 1, 2, 3, "end", 0, "end"]
+    frames = [json.loads(x) for x in (stopped / "poses.jsonl").read_text().splitlines()]
+    assert [f.get("frame") for f in frames] == [0, 1, 2, 3, None]
