@@ -15,7 +15,7 @@ SRC = Path(nextpose.__file__).parent
 # Lowest first. A module may import modules of its own layer or of layers above it in this
 # list (lower layers), never of a later one.
 LAYERS = [
-    ["_version", "errors", "fileio", "opencv", "progress"],
+    ["_version", "errors", "fileio", "opencv", "progress", "distributed"],
     ["keypoints"],
     ["config", "presets", "visualize"],
     ["structures", "geometry", "codec", "data.images", "data.coco"],
@@ -28,6 +28,7 @@ LAYERS = [
     ["benchmark", "sources", "detection", "tracking", "writers", "evaluation.oks_nms",
      "evaluation.coco_eval", "evaluation.evaluate", "evaluation"],
     ["pipeline", "serve.batcher", "serve.app", "serve"],
+    ["sharded"],
     ["training.distributed", "training.loss", "training.optim", "training.pretrained",
      "training.state", "training.run_folder",
      "training.loop", "training"],

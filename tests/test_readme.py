@@ -39,7 +39,8 @@ README = (ROOT / "README.md").read_text()
 NOT_RUN = {
     "pip install": "installs the project (what CI does before the tests)",
     "python -m pytest": "runs this very suite",
-    "torchrun": "starts several processes; tests/test_training.py runs DDP with 2 gloo processes",
+    "torchrun": "starts several processes; tests/test_training.py (DDP) and "
+    "tests/test_distributed.py (eval, predict, resume) run them with 2 and 3 gloo processes",
     " 0 --detector": "needs a camera",
 }
 SMALL_DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"

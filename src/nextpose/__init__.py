@@ -58,6 +58,7 @@ _EXPORTS = {
     "PersonDetector": "detection",
     "load_detector": "detection",
     "PosePipeline": "pipeline",
+    "predict_job": "sharded",
     "OneEuro": "tracking",
     "PoseTracker": "tracking",
     "draw_poses": "visualize",

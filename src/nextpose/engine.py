@@ -66,6 +66,9 @@ class Task:
             None: the detector's, or one whole-image box without a detector.
         name: how messages name the image (default: the path).
         tag: anything the caller wants back with the result.
+        ends_block: no batch (of the detector or the network) joins this task's crops to the
+            next task's: the results up to here do not depend on what follows (the unit of
+            work of a sharded or resumed run, :mod:`nextpose.sharded`).
     """
 
     image: ImageSource
@@ -73,6 +76,7 @@ class Task:
     name: str = ""
     tag: Any = None
     bbox_format: BoxFormat = "xyxy"
+    ends_block: bool = False
 
     def label(self) -> str:
         if self.name:
@@ -120,6 +124,10 @@ class _Item:
 
 _END = object()
 _WAITED = object()  # nothing arrived in time
+
+
+class _BlockEnd:
+    """After the chunks of a task that ends a block: run the partial batch now."""
 
 
 class _Raised:
@@ -270,7 +278,7 @@ class Engine:
         service = max_wait is not None
         threads = 0 if service else self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
-        chunks: Iterator[_Item | _Chunk] = self._cut(decoded, live or service)
+        chunks: Iterator[_Item | _Chunk | _BlockEnd] = self._cut(decoded, live or service)
         background = None
         if threads > 0 or service:
             # A service holds a batch's worth of requests ahead (an image, its crops, its end
@@ -308,7 +316,7 @@ class Engine:
 
     def _cut(
         self, decoded: Iterator[tuple[Task, np.ndarray | None, NextposeError | None]], live: bool
-    ) -> Iterator["_Item | _Chunk"]:
+    ) -> Iterator["_Item | _Chunk | _BlockEnd"]:
         """Boxes for each image (the detector's in batches), then its crops chunk by chunk."""
         pending: list[tuple[Task, np.ndarray]] = []
         batch = 1 if live or self.detector is None else max(1, self.detector.batch_size)
@@ -316,15 +324,19 @@ class Engine:
             if error is not None:
                 yield from self._flush(pending)
                 yield self._failed(task, error)
+                if task.ends_block:
+                    yield _BlockEnd()
                 continue
             assert image is not None
             if task.boxes is None and self.detector is not None:
                 pending.append((task, image))
-                if len(pending) >= batch:
+                if len(pending) >= batch or task.ends_block:
                     yield from self._flush(pending)
-                continue
-            yield from self._flush(pending)
-            yield from self._chunks(task, image, task.boxes)
+            else:
+                yield from self._flush(pending)
+                yield from self._chunks(task, image, task.boxes)
+            if task.ends_block:
+                yield _BlockEnd()
         yield from self._flush(pending)
 
     def _flush(self, pending: list[tuple[Task, np.ndarray]]) -> Iterator["_Item | _Chunk"]:
@@ -393,7 +405,7 @@ class Engine:
 
     def _estimate(
         self,
-        chunks: Iterator["_Item | _Chunk"],
+        chunks: Iterator["_Item | _Chunk | _BlockEnd"],
         how: tuple[bool, str],
         live: _Background | None,
     ) -> Iterator[Result]:
@@ -401,6 +413,11 @@ class Engine:
         pending: list[_Chunk] = []
         count = 0
         for entry in chunks:
+            if isinstance(entry, _BlockEnd):
+                if count:
+                    pending, count = self._run_batch(pending, how, count)
+                yield from self._done(order)
+                continue
             if isinstance(entry, _Item):
                 if not entry.queued:  # its first appearance (its last marks its end)
                     entry.queued = True

@@ -128,13 +128,14 @@ class PosePipeline:
             )
         return cls(estimator, found, **options)
 
-    def _task(self, entry: Entry, image: Any) -> Task:
+    def _task(self, entry: Entry, image: Any, block_size: int | None = None) -> Task:
         """The engine's task for an entry: boxes from the table (an image without an entry, or
         no table and no detector: None, one whole-image box), else the detector's."""
         boxes = None
         if self.detector is None and self.boxes is not None:
             boxes = self.boxes.get(entry.keys, entry.image_id)
-        return Task(image, boxes, entry.name, entry)
+        ends = block_size is not None and (entry.index + 1) % block_size == 0
+        return Task(image, boxes, entry.name, entry, ends_block=ends)
 
     def __call__(self, image: ImageLike, boxes: Sequence | np.ndarray | None = None) -> Poses:
         """The poses of one image (a file or an (H, W, 3) uint8 RGB array); ``boxes`` given here
@@ -160,6 +161,8 @@ class PosePipeline:
         on_error: ErrorHandler | None = None,
         progress: bool | None = False,
         max_frames: int | None = None,
+        select: Callable[[Entry], bool] | None = None,
+        block_size: int | None = None,
     ) -> Iterator[Frame]:
         """Yield a :class:`~nextpose.structures.Frame` for every image or video frame of
         ``source``, in order.
@@ -172,6 +175,13 @@ class PosePipeline:
                 By default a warning is logged, and the count of skipped images at the end.
             progress: show a progress bar with frames per second (None: only on a terminal).
             max_frames: stop after this many frames.
+            select: only the entries (images or frames, by :class:`~nextpose.sources.Entry`:
+                index, name, ...) for which it is true are read and yielded; the others keep
+                their place (indices, image ids) but are skipped without being decoded.
+            block_size: the images ``block_size * k`` to ``block_size * (k + 1) - 1`` form a
+                block whose batches never join another block's, so the keypoints of an image
+                do not depend on which other blocks run (a sharded or resumed run,
+                :mod:`nextpose.sharded`).
 
         Raises:
             VideoError: a video file or camera cannot be opened.
@@ -182,7 +192,10 @@ class PosePipeline:
         tracker = (
             PoseTracker(self.iou_threshold, self.max_missed, self.smoothing) if self.track else None
         )
-        tasks = (self._task(entry, image) for entry, image in stream.entries)
+        entries = stream.entries
+        if select is not None:
+            entries = ((entry, image) for entry, image in entries if select(entry))
+        tasks = (self._task(entry, image, block_size) for entry, image in entries)
         results = self.estimator.engine(self.detector).run(tasks, self.flip, live=stream.live)
         bar = Progress(stream.total, stream.name, "frame", enabled=progress)
         seen = skipped = 0

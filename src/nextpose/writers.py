@@ -157,7 +157,11 @@ class JsonListWriter(_Output):
         self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._write(("[\n" if self.count == 0 else ",\n") + json.dumps(record, allow_nan=False))
+        self.write_json(json.dumps(record, allow_nan=False))
+
+    def write_json(self, text: str) -> None:
+        """Add a record already serialised (strict JSON, one line)."""
+        self._write(("[\n" if self.count == 0 else ",\n") + text)
         self.count += 1
 
     def _finish(self) -> None:
@@ -168,7 +172,11 @@ class JsonLinesWriter(_Output):
     """One JSON object per line (strict JSON)."""
 
     def write(self, record: dict[str, Any]) -> None:
-        self._write(json.dumps(record, allow_nan=False) + "\n")
+        self.write_json(json.dumps(record, allow_nan=False))
+
+    def write_json(self, text: str) -> None:
+        """Add a line already serialised (strict JSON, no newline in it)."""
+        self._write(text + "\n")
 
 
 class DrawingWriter:
@@ -201,8 +209,14 @@ class DrawingWriter:
         self.guard.check_target(target, "--draw")
         return target
 
-    def image(self, frame: Frame) -> None:
-        target = self._unique(self.dir / Path(frame.name).with_suffix(".jpg"))
+    def target(self, name: str, video: bool = False) -> Path:
+        """The file the next image (or video) called ``name`` is drawn to: ``DIR/<name>.jpg``
+        (``.mp4``), ``-2``, ``-3``, ... added when an earlier one took that name."""
+        return self._unique(self.dir / Path(name).with_suffix(".mp4" if video else ".jpg"))
+
+    def image(self, frame: Frame, target: Path | None = None) -> None:
+        """Draw ``frame`` to ``target`` (default: :meth:`target` of its name)."""
+        target = target if target is not None else self.target(frame.name)
         drawn = frame.draw(self.score_threshold)
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -214,9 +228,11 @@ class DrawingWriter:
             raise _open_error(target, "--draw", e) from None
         self.written.append(target)
 
-    def video_frame(self, frame: Frame) -> None:
+    def video_frame(self, frame: Frame, target: Path | None = None) -> None:
+        """Add ``frame`` to the current video, started at ``target`` (default: :meth:`target`
+        of its name) on its first frame."""
         if self._video is None:
-            target = self._unique(self.dir / Path(frame.name).with_suffix(".mp4"))
+            target = target if target is not None else self.target(frame.name, video=True)
             h, w = frame.image.shape[:2]
             # Written under a hidden name (with the .mp4 suffix OpenCV needs) and renamed.
             tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.mp4")

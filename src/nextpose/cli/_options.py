@@ -110,8 +110,8 @@ def check_detector(args: argparse.Namespace) -> None:
         raise InputError("--detector-weights needs --detector")
 
 
-def load_detector_of(args: argparse.Namespace):
-    """The detector the --detector options ask for, or None."""
+def load_detector_of(args: argparse.Namespace, device: str | None = None):
+    """The detector the --detector options ask for (on ``device``, else --device), or None."""
     from ..detection import load_detector
 
     check_detector(args)
@@ -120,7 +120,7 @@ def load_detector_of(args: argparse.Namespace):
     return load_detector(
         args.detector,
         weights=args.detector_weights or "default",
-        device=args.device,
+        device=device or args.device,
         score_threshold=args.detector_score,
         min_size=args.detector_min_size,
         max_people=args.max_people,

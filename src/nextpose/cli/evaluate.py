@@ -60,6 +60,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    # Under torchrun every process runs this verb on its own device (a "cuda" device becomes
+    # the local rank's GPU); rank 0 scores and writes, the others only predict.
+    check_device(args.device)
+    env, device = distributed.init(args.device)
+    try:
+        return _run(args, env, str(device))
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, env, device: str) -> int:
+    from .. import distributed
     from ..data.coco import CocoKeypoints
     from ..errors import InputError
     from ..evaluation import METRIC_NAMES, evaluate, score_results_file
@@ -80,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.results:
         if args.model:
             raise InputError("--results scores an existing file; give no MODEL with it")
+        if not env.is_main:
+            return 0
         metrics = score_results_file(args.results, ann_file, evaluator=args.evaluator)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     else:
@@ -95,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
             bbox_file = root / COCO_VAL_DETECTIONS
         if bbox_file is not None and not bbox_file.is_file():
             raise InputError(f"{bbox_file}: no such detection file (or use --gt-boxes)")
-        check_device(args.device)
         check_extras(args)
         # The annotation and detection files are read once before the model is loaded (or
         # downloaded): a malformed file is reported before any heavy work.
@@ -105,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
         if args.model in PRESETS:  # the metric's own checks of the ground truth, up front too
             k = PRESETS[args.model].config.model.num_keypoints
             read_ground_truth(ann_file, k)
-        estimator = load(args.model, args.checkpoint, **run_options(args))
+        # Rank 0 first: a download lands in the cache once, the other ranks read it there.
+        if not env.is_main:
+            distributed.barrier()
+        estimator = load(args.model, args.checkpoint, **{**run_options(args), "device": device})
+        if env.is_main:
+            distributed.barrier()
         metrics = evaluate(
             estimator,
             ann_file,
@@ -119,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             tie_order=args.tie_order,
             evaluator=args.evaluator,
         )
+        if not env.is_main:
+            return 0
         own = PRESETS[args.model].config.inference.decode if args.model in PRESETS else None
         if args.model in PRESETS and args.checkpoint is None and args.decode in (None, own):
             published = PRESETS[args.model].published

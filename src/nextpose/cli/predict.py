@@ -83,21 +83,59 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-frames", type=count(1), metavar="N", help="stop each input after N frames"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run of the same command from the parts it left in "
+        "OUT.parts/ (its complete images and videos are skipped)",
+    )
     add_runtime(p)
     add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .. import distributed
+    from ..errors import InputError
+    from ..sources import input_groups
+
+    groups = input_groups(args.inputs)
+    # Files and videos go through a job (sharded under torchrun, resumable): its parts are
+    # written as it goes and merged into the outputs at the end. Standard output, cameras
+    # and streams are written as they come, in one process.
+    shareable = all(
+        kind == "images" or (kind == "video" and Path(source).is_file()) for kind, source in groups
+    )
+    job = bool(args.out or args.jsonl) and shareable
+    if not job and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        what = "--resume" if args.resume else "predict under torchrun"
+        raise InputError(
+            f"{what} needs --out FILE or --jsonl FILE, and files or videos as inputs (no "
+            "camera or stream)"
+        )
+    if not job:
+        return _run(args, groups, None)
+    check_device(args.device)
+    env, device = distributed.init(args.device)
+    try:
+        return _run(args, groups, str(device), env.is_main)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool = True) -> int:
+    from .. import distributed
     from ..boxes import BoxTable
     from ..errors import VideoError
     from ..pipeline import PosePipeline
     from ..predictor import load
-    from ..sources import input_groups
     from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
     check_detector(args)
-    groups = input_groups(args.inputs)  # glob patterns expanded: the files they name are inputs
+    # glob patterns are expanded: the files they name are inputs
     guard = Guard(
         [p for kind, source in groups if kind != "camera"
          for p in (source if kind == "images" else [source])]
@@ -111,13 +149,21 @@ def run(args: argparse.Namespace) -> int:
     table = BoxTable.read(args.boxes, args.bbox_format) if args.boxes else None
     check_device(args.device)
     check_extras(args)
-    estimator = load(args.model, args.checkpoint, **run_options(args))
-    detector = load_detector_of(args)
+    # Rank 0 first: a download lands in the cache once, the other ranks read it there.
+    if not main:
+        distributed.barrier()
+    options = {**run_options(args), "device": device or args.device}
+    estimator = load(args.model, args.checkpoint, **options)
+    detector = load_detector_of(args, device or args.device)
+    if main and device is not None:
+        distributed.barrier()
     pipeline = PosePipeline(
         estimator, detector, boxes=table, flip=not args.no_flip, track=args.track,
         smooth=args.smooth,
     )  # fmt: skip
     coco = args.format == "coco"
+    if device is not None:
+        return _run_job(args, pipeline, main)
     failed: list[str] = []
     frames = people = inputs = 0
 
@@ -190,3 +236,72 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
     return 1 if failed and frames == 0 else 0
+
+
+def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
+    """Files and videos through :func:`nextpose.sharded.predict_job` (under torchrun: this
+    process's share)."""
+    import torch
+
+    from .. import distributed, sharded
+
+    described = ("model", "checkpoint", "boxes", "bbox_format", "detector", "detector_weights",
+                 "detector_score", "detector_min_size", "max_people", "smooth", "draw",
+                 "score_threshold", "backend", "precision", "batch_size", "decode",
+                 "device_crops")  # fmt: skip
+    options = {name: getattr(args, name) for name in described}
+    options["device"] = torch.device(args.device).type
+    try:
+        summary = sharded.predict_job(
+            pipeline,
+            args.inputs,
+            out=args.out,
+            jsonl=args.jsonl,
+            coco=args.format == "coco",
+            draw=args.draw,
+            score_threshold=args.score_threshold,
+            resume=args.resume,
+            max_frames=args.max_frames,
+            options=options,
+            progress=False if args.no_progress else None,
+        )
+    except KeyboardInterrupt:
+        if main and distributed.current().world_size == 1:
+            kept = sharded.write_partial(args.out, args.jsonl)
+            where = ", ".join(str(k) for k in kept)
+            print(f"\ninterrupted; {where} hold what was done", file=sys.stderr)
+        folder = sharded.parts_folder(args.out, args.jsonl)
+        print(f"--resume continues from {folder}", file=sys.stderr)
+        return 130
+    if not main:
+        return 0
+    videos = any(kind != "images" for kind, _ in sharded.input_groups(args.inputs))
+    unit = "frames" if videos else "images"
+    earlier = summary.frames - summary.new_frames
+    note = f" ({earlier} from the stopped run)" if args.resume and earlier > 0 else ""
+    rate = summary.new_people / max(summary.seconds, 1e-9)
+    world = summary.world_size
+    print(
+        f"{summary.frames} {unit}{note}, {summary.people} people in {summary.seconds:.1f} s "
+        f"({rate:.1f} people/s), {world} {'process' if world == 1 else 'processes'}",
+        file=sys.stderr,
+    )
+    for path in summary.outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    if summary.drawn:
+        print(f"drew {summary.drawn} files in {args.draw}", file=sys.stderr)
+    if summary.failed:
+        what = "inputs" if videos else "images"
+        print(f"warning: {len(summary.failed)} of {summary.inputs} {what} could not be read",
+              file=sys.stderr)  # fmt: skip
+    if summary.box_misses:
+        print(
+            f"warning: {summary.box_misses} of {summary.box_lookups} images had no entry in "
+            f"{args.boxes}; each got one whole-image box (check the file names or image ids)",
+            file=sys.stderr,
+        )
+    if summary.frames == 0:
+        if not summary.failed:
+            print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 1
+    return 0

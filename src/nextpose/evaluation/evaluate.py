@@ -2,13 +2,16 @@
 
 import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..data.coco import CocoKeypoints, PersonInstance
+from ..distributed import JobProgress
 from ..engine import Task
 from ..fileio import atomic_write_text
 from ..predictor import PoseEstimator
@@ -53,8 +56,35 @@ def predict_instances(
             "predict_instances(workers=...) is now read_threads=...", DeprecationWarning, 2
         )
         read_threads = workers
+    estimator = _with(estimator, batch_size, read_threads)
+    bar = Progress(len(instances), "pose", "box", enabled=progress)
+    out, bad_images = _predict(estimator, instances, image_dir, flip, bar)
+    bar.close()
+    _report_failures(bad_images, int(out.failed.sum()), len(instances))
+    return out
+
+
+def _with(estimator: PoseEstimator, batch_size: int | None, read_threads: int | None):
     changes = {"batch_size": batch_size, "read_threads": read_threads}
-    estimator = estimator.with_options(**{k: v for k, v in changes.items() if v is not None})
+    return estimator.with_options(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _report_failures(bad_images: int, boxes: int, n: int) -> None:
+    if bad_images:
+        log.warning(
+            "%d images could not be read; their %d of %d person boxes were skipped",
+            bad_images, boxes, n,
+        )  # fmt: skip
+
+
+def _predict(
+    estimator: PoseEstimator,
+    instances: list[PersonInstance],
+    image_dir: str | Path,
+    flip: bool | None,
+    bar: Progress | JobProgress,
+) -> tuple[InstancePredictions, int]:
+    """The predictions for ``instances`` and the number of unreadable images."""
     by_image: dict[str, list[int]] = {}
     for i, inst in enumerate(instances):
         by_image.setdefault(inst.image_file, []).append(i)
@@ -72,7 +102,6 @@ def predict_instances(
         np.zeros(n, bool),
     )
     bad_images = 0
-    bar = Progress(n, "pose", "box", enabled=progress)
     for result in estimator.engine().run(tasks, flip):
         index = result.task.tag
         if result.poses is None:
@@ -84,11 +113,77 @@ def predict_instances(
             out.keypoints[index], out.scores[index] = poses.keypoints, poses.scores
             out.centers[index], out.scales[index] = poses.centers, poses.scales
         bar.update(len(index))
+    return out, bad_images
+
+
+def engine_order(instances: list[PersonInstance]) -> np.ndarray:
+    """The order in which the engine crops ``instances`` (N,) int: grouped by image, images in
+    order of first appearance, as :func:`predict_instances` hands them to it."""
+    by_image: dict[str, list[int]] = {}
+    for i, inst in enumerate(instances):
+        by_image.setdefault(inst.image_file, []).append(i)
+    return np.array([i for index in by_image.values() for i in index], np.int64)
+
+
+def shard_instances(
+    instances: list[PersonInstance], batch_size: int, rank: int, world_size: int
+) -> np.ndarray:
+    """The indices of ``instances`` that ``rank`` of ``world_size`` predicts, in engine order.
+
+    The engine's crop sequence (:func:`engine_order`) is cut into the batches of ``batch_size``
+    crops a single process would run, and each rank takes a contiguous run of whole batches
+    (balanced by box count: the runs differ by at most one batch). Every crop therefore goes
+    through the network in the same batch as in one process: the results are the same bits
+    for any number of ranks (batches of other sizes can differ in the last bits of scores). An
+    image whose boxes straddle two runs is read by both ranks.
+    """
+    order = engine_order(instances)
+    batches = -(-len(order) // batch_size)
+    start, stop = distributed.split_evenly(batches, world_size)[rank]
+    return order[start * batch_size : stop * batch_size]
+
+
+def predict_instances_sharded(
+    estimator: PoseEstimator,
+    instances: list[PersonInstance],
+    image_dir: str | Path,
+    flip: bool | None = None,
+    batch_size: int | None = None,
+    read_threads: int | None = None,
+    progress: bool = True,
+) -> InstancePredictions | None:
+    """:func:`predict_instances` shared by the ranks of the initialised process group: each
+    predicts its share (:func:`shard_instances`) on its device, rank 0 gets every prediction in
+    the order of ``instances`` (the same as one process's, bit for bit), the others None.
+    Without a process group it is :func:`predict_instances`.
+
+    With ``progress``, rank 0 shows one bar for the whole job and logs a line at the end
+    (images, boxes, boxes per second, processes).
+    """
+    env = distributed.current()
+    estimator = _with(estimator, batch_size, read_threads)
+    start = time.perf_counter()
+    index = shard_instances(instances, estimator.options.batch_size, env.rank, env.world_size)
+    share = [instances[i] for i in index]
+    bar = JobProgress(len(instances), "pose", "box", enabled=progress)
+    pred, bad_images = _predict(estimator, share, image_dir, flip, bar)
     bar.close()
-    if bad_images:
-        log.warning(
-            "%d images could not be read; their %d of %d person boxes were skipped",
-            bad_images, int(out.failed.sum()), n,
+    parts = distributed.gather_to_main((index, pred, bad_images))
+    if parts is None:
+        return None
+    n = len(instances)
+    out = InstancePredictions(*(np.zeros((n, *a.shape[1:]), a.dtype) for a in vars(pred).values()))
+    for where, part, _ in parts:
+        for name, array in vars(part).items():
+            getattr(out, name)[where] = array
+    _report_failures(sum(p[2] for p in parts), int(out.failed.sum()), n)
+    if progress:
+        seconds = time.perf_counter() - start
+        images = len({inst.image_file for inst in instances})
+        log.info(
+            "%d images, %d boxes in %.1f s (%.1f boxes/s), %d %s",
+            images, n, seconds, n / max(seconds, 1e-9), env.world_size,
+            "process" if env.world_size == 1 else "processes",
         )  # fmt: skip
     return out
 
@@ -164,6 +259,10 @@ def evaluate(
         evaluator: COCOeval backend (``auto``, ``faster_coco_eval``, ``pycocotools``); all give
             the same numbers.
 
+    Inside an initialised process group (``torchrun``), every rank predicts its share of the
+    boxes (:func:`shard_instances`: whole batches of a single process's run, so the numbers are
+    the same bits), rank 0 scores and writes ``out_dir``, and every rank returns the metrics.
+
     Returns:
         ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``. Boxes of
         images that cannot be read are left out (with a warning naming each image and a count).
@@ -176,9 +275,11 @@ def evaluate(
     if workers is not None:
         warnings.warn("evaluate(workers=...) is now read_threads=...", DeprecationWarning, 2)
         read_threads = workers
-    pred = predict_instances(
+    pred = predict_instances_sharded(
         estimator, instances, image_dir, flip, batch_size, read_threads, progress
     )
+    if pred is None:  # another rank than 0: rank 0 scores and writes, and shares the numbers
+        return distributed.broadcast_object(None)
     metrics = score_instances(
         instances,
         pred,
@@ -192,4 +293,4 @@ def evaluate(
     )
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return distributed.broadcast_object(metrics)

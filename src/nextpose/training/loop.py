@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +30,7 @@ from ..config import Config, TrainConfig
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train
 from ..errors import TrainingError
-from ..evaluation.evaluate import InstancePredictions, predict_instances, score_instances
+from ..evaluation.evaluate import predict_instances_sharded, score_instances
 from ..model import PoseNet
 from ..model.tta import normalize
 from ..predictor import PoseEstimator
@@ -315,32 +314,17 @@ def validate(
     env: DistInfo | None = None,
 ) -> dict[str, float]:
     """COCO AP/AR of the current weights on ``instances`` of ``data``; every rank predicts a
-    share, rank 0 scores, every rank gets the metrics."""
-    env = env or DistInfo()
-    share = instances[env.rank :: env.world_size]
+    share (whole batches of a single process's, so the numbers do not depend on the number of
+    ranks), rank 0 scores, every rank gets the metrics."""
     estimator = PoseEstimator(learner.model, config, device=learner.device)
-    pred = predict_instances(
-        estimator, share, data.image_dir, workers=config.data.workers, progress=False
+    pred = predict_instances_sharded(
+        estimator, instances, data.image_dir, read_threads=config.data.workers, progress=False
     )
-    parts = dist.gather_objects(pred)
     metrics: dict[str, float] | None = None
-    if env.is_main:
-        merged = _interleave(parts, len(instances))
-        metrics = score_instances(instances, merged, data.ann_file, config.keypoints.sigmas_array())
+    if pred is not None:
+        metrics = score_instances(instances, pred, data.ann_file, config.keypoints.sigmas_array())
     learner.train_mode()
     return dist.broadcast_object(metrics)
-
-
-def _interleave(parts: list[InstancePredictions], n: int) -> InstancePredictions:
-    """Undo the ``instances[rank::world]`` split: back to dataset order."""
-    world = len(parts)
-    out = InstancePredictions(
-        *(np.zeros((n, *a.shape[1:]), a.dtype) for a in vars(parts[0]).values())
-    )
-    for rank, part in enumerate(parts):
-        for name, array in vars(part).items():
-            getattr(out, name)[rank::world] = array
-    return out
 
 
 # -- the run ---------------------------------------------------------------------------------
