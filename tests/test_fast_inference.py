@@ -501,3 +501,13 @@ def test_keep_fp32_option_reaches_the_network(tiny_checkpoint):
         kinds = {p.dtype for p in net.tail.parameters()}
         assert kinds == ({torch.float32} if keep != "none" else set())
     assert est.network.net is not None and not isinstance(est.network.net, ReducedPrecision)
+
+
+def test_with_options_chooses_auto_again(tiny_checkpoint):
+    """An estimator whose auto became onnxruntime (CPU, fp32) gets fast for bf16 or a GPU."""
+    est = nextpose.load(str(tiny_checkpoint))
+    assert est.backend == auto_backend(torch.device("cpu"), "fp32")
+    assert est.with_options(device="meta").backend == "fast"
+    if cpu_supports_bf16():
+        assert est.with_options(precision="bf16").backend == "fast"
+    assert est.with_options(backend="eager").with_options(batch_size=2).backend == "eager"

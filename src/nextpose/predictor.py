@@ -82,6 +82,7 @@ class PoseEstimator:
                 read_threads,
                 keep_fp32=keep_fp32,
             )
+        self._asked = options  # as given: with_options resolves ``auto`` again from these
         self.options = options.resolve()
         self.config = config
         self.name = name
@@ -124,14 +125,14 @@ class PoseEstimator:
             return self._network
 
     def with_options(self, **changes: Any) -> "PoseEstimator":
-        """This estimator with other run options (``batch_size=8``, ``backend="eager"``...);
-        the weights are shared (copied for another device, so this one keeps its own), and so
+        """This estimator with other run options (``batch_size=8``, ``backend="eager"``...;
+        ``auto`` is chosen again for the new device and precision); the weights are shared (copied for another device, so this one keeps its own), and so
         is the built network when it would be the same."""
         names = {f.name for f in fields(RunOptions)}
         unknown = sorted(set(changes) - names)
         if unknown:
             raise InputError(f"unknown run options {unknown}; choose from {sorted(names)}")
-        options = replace(self.options, **changes)
+        options = replace(self._asked, **changes)
         same_device = options.torch_device == self.device
         model = self.model if same_device else copy.deepcopy(self.model)
         other = PoseEstimator(model, self.config, name=self.name, options=options)
@@ -261,7 +262,7 @@ def load(
     options = RunOptions(
         str(device), backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32
     )
-    options = options.resolve()  # a bad option fails before any download
+    options.resolve()  # a bad option fails before any download
     if decode is not None:
         check_decode(decode)
     model = str(model)
