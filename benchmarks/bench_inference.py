@@ -220,6 +220,10 @@ def main() -> None:
         help="comma-separated subset of model,numerics,crop,e2e (default: all)",
     )
     parser.add_argument("--quick", action="store_true", help="3 repeats, GT boxes only")
+    parser.add_argument(
+        "--paths",
+        help="only these paths (';'-separated names as printed, e.g. 'eager;fast')",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     parser.add_argument("--max-load", type=float, default=1.0, help="wait for a quieter machine")
@@ -300,6 +304,9 @@ def main() -> None:
             estimators[f"fast {p}, fp32 {keep}"] = estimator("fast", precision=p, keep_fp32=keep)
         if not args.no_compile:
             estimators[f"compile {p}, fp32 final"] = estimator("compile", precision=p)
+    if args.paths:
+        wanted = {"eager", *args.paths.split(";")}
+        estimators = {n: e for n, e in estimators.items() if n in wanted}
     build = {}
     for name, est in estimators.items():
         start = time.perf_counter()
