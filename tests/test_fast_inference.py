@@ -1,6 +1,7 @@
 """The fast inference paths: tensor twins of the decode and crop maths (equal to the NumPy /
 OpenCV reference bit for bit), BatchNorm folding, the backends and the read-ahead of images."""
 
+import copy
 import importlib.util
 import json
 import threading
@@ -471,36 +472,45 @@ def test_benchmark_refuses_an_unknown_candidate(tiny_checkpoint, capsys):
 
 
 def test_reduced_precision_casts_weights_once_as_autocast_rounds(tiny_model):
-    """bf16 weights cast once give autocast's numbers bit for bit (all layers reduced); keeping
-    the final layer in fp32 leaves the heatmaps unrounded; keeping the head runs it in fp32 on
-    the bf16 trunk's features."""
+    """bf16 weights cast once give autocast's numbers bit for bit (all layers reduced); each
+    keep_fp32 choice runs exactly its layers in fp32 on the reduced layers' outputs."""
     fast = prepare_for_inference(tiny_model, channels_last=True)
     x = torch.randn(3, 3, SIZE[1], SIZE[0]).contiguous(memory_format=torch.channels_last)
+    bf16 = torch.bfloat16
+    b, h = fast.backbone, fast.head
+    stem = torch.nn.Sequential(b.conv1, b.bn1, b.relu, b.maxpool)
+    layers = torch.nn.Sequential(b.layer1, b.layer2, b.layer3, b.layer4)
+    parts = (stem, layers, h.deconv_layers, h.final_layer)
+    fp32_parts = {"none": (), "final": (3,), "ends": (0, 3), "head": (0, 2, 3)}
     with torch.inference_mode():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=bf16):
             autocast = fast(x).float()
-        none = ReducedPrecision(fast, torch.bfloat16, "none")(x)
+        none = ReducedPrecision(fast, bf16, "none")(x)
         torch.testing.assert_close(none, autocast, rtol=0, atol=0)
         assert torch.equal(none, none.bfloat16().float())  # every value a bf16 number
-        final = ReducedPrecision(fast, torch.bfloat16, "final")(x)
-        assert final.dtype == torch.float32 and not torch.equal(final, final.bfloat16().float())
-        trunk = ReducedPrecision(fast, torch.bfloat16, "none").trunk
-        features = trunk.backbone(x.bfloat16()).float()
-        head = ReducedPrecision(fast, torch.bfloat16, "head")(x)
-        torch.testing.assert_close(head, fast.head(features), rtol=0, atol=0)
+        for keep, kept in fp32_parts.items():
+            want = x
+            for i, part in enumerate(parts):  # the reference: each part in its precision
+                part = part if i in kept else copy.deepcopy(part).to(bf16)
+                want = part(want.to(torch.float32 if i in kept else bf16))
+            got = ReducedPrecision(fast, bf16, keep)(x)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want.float(), rtol=0, atol=0)
+            if kept:  # the heatmap layer in fp32: heatmaps not rounded to bf16
+                assert not torch.equal(got, got.bfloat16().float())
     assert fast.head.final_layer.weight.dtype == torch.float32  # the source model untouched
 
 
 def test_keep_fp32_option_reaches_the_network(tiny_checkpoint):
     with pytest.raises(nextpose.InputError, match="keep_fp32"):
         RunOptions(keep_fp32="tail")
+    assert RunOptions().keep_fp32 == "ends"
     est = nextpose.load(str(tiny_checkpoint), backend="fast")
-    for keep in ("none", "final", "head"):
+    for keep, fp32 in {"none": 0, "final": 1, "ends": 2, "head": 3}.items():
         net = est.with_options(precision="bf16", keep_fp32=keep).network.net
         assert isinstance(net, ReducedPrecision) and net.dtype == torch.bfloat16
-        kinds = {p.dtype for p in net.tail.parameters()}
-        assert kinds == ({torch.float32} if keep != "none" else set())
-    assert est.network.net is not None and not isinstance(est.network.net, ReducedPrecision)
+        assert net.dtypes.count(torch.float32) == fp32
+    assert not isinstance(est.network.net, ReducedPrecision)
 
 
 def test_with_options_chooses_auto_again(tiny_checkpoint):

@@ -88,37 +88,46 @@ def prepare_for_inference(
     return model
 
 
-KeepFp32 = Literal["none", "final", "head"]
-KEEP_FP32: tuple[str, ...] = ("none", "final", "head")
+KeepFp32 = Literal["none", "final", "ends", "head"]
+KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
 
 
 class ReducedPrecision(nn.Module):
-    """A prepared PoseNet with its weights in ``dtype`` (bf16 or fp16) and, by ``keep_fp32``,
-    its last layers in float32: ``final`` keeps the 1x1 heatmap layer (heatmaps are not rounded
-    to an 8-bit mantissa, which makes ties of near-equal maxima), ``head`` the whole
-    deconvolution head (25 % of the FLOPs). float32 (N, 3, h, w) in, float32 heatmaps out.
+    """A prepared PoseNet with its weights in ``dtype`` (bf16 or fp16) but for the layers
+    ``keep_fp32`` names, which stay float32 (each choice keeps those of the one before):
 
-    Weights are cast once here; autocast would cast every weight again on every call.
+    * ``none``: every layer reduced;
+    * ``final``: the 1x1 heatmap layer (the heatmaps are not rounded to bf16's 8-bit mantissa,
+      which makes ties of near-equal maxima);
+    * ``ends``: also the stem (the 7x7 convolution on the normalised pixels, which bf16 would
+      round to 3 significant digits), ~2 % of the FLOPs;
+    * ``head``: also the deconvolution head, ~25 % of the FLOPs.
+
+    float32 (N, 3, h, w) in, float32 heatmaps out. Weights are cast once here; autocast would
+    cast every weight again on every call.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, keep_fp32: KeepFp32 = "final"):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, keep_fp32: KeepFp32 = "ends"):
         super().__init__()
         if keep_fp32 not in KEEP_FP32:
             raise ValueError(f"keep_fp32 must be one of {KEEP_FP32}, not {keep_fp32!r}")
         model = copy.deepcopy(model)
-        head = model.head
-        self.trunk: nn.Module
-        if keep_fp32 == "head":
-            self.trunk, self.tail = model.backbone.to(dtype), head.float()
-        elif keep_fp32 == "final":
-            self.trunk = nn.Sequential(model.backbone, head.deconv_layers).to(dtype)
-            self.tail = head.final_layer.float()
-        else:
-            self.trunk, self.tail = model.to(dtype), nn.Identity()
+        trunk, head = model.backbone, model.head
+        stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+        layers = nn.Sequential(trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4)
+        level = KEEP_FP32.index(keep_fp32)
+        self.parts = nn.ModuleList([stem, layers, head.deconv_layers, head.final_layer])
+        # (stem, layers, deconvolutions, final layer): float32 from which choice on
+        fp32_from = (2, len(KEEP_FP32), 3, 1)
+        self.dtypes = [torch.float32 if level >= f else dtype for f in fp32_from]
+        for part, kind in zip(self.parts, self.dtypes, strict=True):
+            part.to(kind)
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.trunk(x.to(self.dtype)).float()).float()
+        for part, kind in zip(self.parts, self.dtypes, strict=True):
+            x = part(x.to(kind))
+        return x.float()
 
 
 def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Callable:

@@ -63,7 +63,7 @@ class PoseEstimator:
         batch_size: int = 32,
         read_threads: int = 2,
         *,
-        keep_fp32: KeepFp32 = "final",
+        keep_fp32: KeepFp32 = "ends",
         options: RunOptions | None = None,
         workers: int | None = None,
     ):
@@ -126,8 +126,9 @@ class PoseEstimator:
 
     def with_options(self, **changes: Any) -> "PoseEstimator":
         """This estimator with other run options (``batch_size=8``, ``backend="eager"``...;
-        ``auto`` is chosen again for the new device and precision); the weights are shared (copied for another device, so this one keeps its own), and so
-        is the built network when it would be the same."""
+        ``auto`` is chosen again for the new device and precision); the weights are shared
+        (copied for another device, so this one keeps its own), and so is the built network
+        when it would be the same."""
         names = {f.name for f in fields(RunOptions)}
         unknown = sorted(set(changes) - names)
         if unknown:
@@ -232,7 +233,7 @@ def load(
     device_crops: bool = False,
     batch_size: int = 32,
     read_threads: int = 2,
-    keep_fp32: KeepFp32 = "final",
+    keep_fp32: KeepFp32 = "ends",
     decode: str | None = None,
     **deprecated: Any,
 ) -> PoseEstimator:

@@ -82,15 +82,9 @@ class RunOptions:
         precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or fp16
             only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
         keep_fp32: with bf16/fp16 on the ``fast`` and ``compile`` backends, the layers left in
-            float32: ``final`` (the 1x1 heatmap layer, ~0.1 % of the FLOPs), ``head`` (the
-            deconvolution head, 25 %) or ``none`` (all reduced). ``eager`` autocasts everything.
-        device_crops: cut crops on the network's device (:func:`~nextpose.geometry.warp_crops`,
-            OpenCV's arithmetic, the same pixels) instead of with OpenCV on the CPU.
-        batch_size: crops per network call (crops of several images share a batch).
-        read_threads: threads that decode and crop the next images while a batch is in the
-            network (0: everything in the calling thread).
-        cudnn_benchmark: on a GPU, let cuDNN pick its fastest kernels for the fixed crop size
-            (set while the network runs, restored after).
+            float32 (:class:`~nextpose.optimize.ReducedPrecision`): ``ends`` (the stem and the
+            1x1 heatmap layer, ~2 % of the FLOPs), ``final``, ``head`` (25 %) or ``none``.
+            ``eager`` autocasts everything.
     """
 
     device: str = "cpu"
@@ -100,7 +94,7 @@ class RunOptions:
     batch_size: int = 32
     read_threads: int = 2
     cudnn_benchmark: bool = True
-    keep_fp32: KeepFp32 = "final"
+    keep_fp32: KeepFp32 = "ends"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

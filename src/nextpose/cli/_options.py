@@ -9,7 +9,7 @@ from ..presets import PRESETS
 
 BACKENDS = ("auto", "eager", "fast", "compile", "onnxruntime")  # = runtime.BACKENDS
 PRECISIONS = ("fp32", "bf16", "fp16")  # = runtime.PRECISIONS
-KEEP_FP32 = ("none", "final", "head")  # = runtime.KEEP_FP32
+KEEP_FP32 = ("none", "final", "ends", "head")  # = runtime.KEEP_FP32
 DETECTORS = (  # = detection.DETECTORS
     "keypointrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
@@ -158,9 +158,10 @@ def add_runtime(
     p.add_argument(
         "--keep-fp32",
         choices=KEEP_FP32,
-        default="final",
+        default="ends",
         help="with --precision bf16/fp16 (fast, compile): the layers kept in fp32: final (the "
-        "1x1 heatmap layer; default), head (the deconvolution head, 25%% of the work), none",
+        "1x1 heatmap layer), ends (default: also the stem, ~2%% of the work), head (also the "
+        "deconvolution head, ~25%%), none",
     )
     p.add_argument(*batch_flags, dest="batch_size", type=count(1), default=32, help=batch_help)
     if threads:
