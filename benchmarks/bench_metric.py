@@ -32,9 +32,16 @@ K = COCO_KEYPOINTS.num_keypoints
 
 
 def synthetic_dataset(
-    n_images: int, dets_per_image: int, seed: int = 0
+    n_images: int,
+    dets_per_image: int,
+    seed: int = 0,
+    people_range: tuple[int, int] = (0, 6),
 ) -> tuple[dict, list[PosePrediction]]:
-    """A random COCO keypoint ground truth and per-instance predictions (noisy GT + clutter)."""
+    """A random COCO keypoint ground truth and per-instance predictions (noisy GT + clutter).
+
+    Each image has ``people_range[0]..people_range[1]`` ground-truth people and ``dets_per_image``
+    predictions: the first ``min(dets_per_image, 2 * people)`` are noisy copies of the people in
+    turn, the rest clutter."""
     rng = np.random.default_rng(seed)
     images, annotations, predictions = [], [], []
     ann_id = 1
@@ -43,7 +50,7 @@ def synthetic_dataset(
         w, h = 640, 480
         images.append({"id": img_id, "file_name": f"{img_id:012d}.jpg", "width": w, "height": h})
         people = []
-        for _ in range(rng.integers(0, 7)):
+        for _ in range(rng.integers(people_range[0], people_range[1] + 1)):
             bw, bh = rng.uniform(20, 300), rng.uniform(40, 400)
             bx, by = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             xy = np.stack([rng.uniform(bx, bx + bw, K), rng.uniform(by, by + bh, K)], axis=1)
@@ -115,20 +122,44 @@ def plain_pycocotools(results: list[dict], ann_file: Path) -> list[float]:
     return [float(s) for s in ev.stats]
 
 
+def prediction_arrays(predictions: list[PosePrediction]) -> dict[str, np.ndarray]:
+    """The predictions as the arrays ``benchmarks/reference_pipeline.py`` reads (one row each)."""
+    return {
+        "ids": np.array([p.id for p in predictions], np.int64),
+        "img_ids": np.array([p.img_id for p in predictions], np.int64),
+        "category_ids": np.array([p.category_id for p in predictions], np.int64),
+        "keypoints": np.stack([p.keypoints for p in predictions]).astype(np.float32),
+        "keypoint_scores": np.stack([p.keypoint_scores for p in predictions]).astype(np.float32),
+        "bboxes": np.stack([p.bbox_xyxy for p in predictions]).astype(np.float32),
+        "bbox_scores": np.array([p.bbox_score for p in predictions], np.float32),
+        "areas": np.array([p.area for p in predictions], np.float32),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000, help="number of images (5000)")
     parser.add_argument("--dets", type=int, default=20, help="predictions per image (20)")
+    parser.add_argument(
+        "--people", type=int, nargs=2, default=(0, 6), metavar=("MIN", "MAX"),
+        help="ground-truth people per image (0 6; the issue's heavy set: 30 60)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--reference-python",
-        help="a Python with xtcocotools 1.14.3 (NumPy 1.x): also time the reference's COCOeval "
-        "on the same results file (benchmarks/reference_metric.py) and compare the numbers",
+        help="a Python with NumPy 1.x and xtcocotools 1.14.3: also time the reference's whole "
+        "pipeline (benchmarks/reference_pipeline.py) on the same predictions and compare its "
+        "ten numbers and its results file with nextpose's",
+    )
+    parser.add_argument(
+        "--reference-stable-sort",
+        action="store_true",
+        help="the reference's NMS with a stable argsort (only matters for tied scores)",
     )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    gt, predictions = synthetic_dataset(args.images, args.dets, args.seed)
+    gt, predictions = synthetic_dataset(args.images, args.dets, args.seed, tuple(args.people))
     print(
         f"synthetic set: {len(gt['images'])} images, {len(gt['annotations'])} GT people, "
         f"{len(predictions)} predictions ({time.perf_counter() - t0:.1f} s to build)"
@@ -137,6 +168,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "gt.json"
         ann_file.write_text(json.dumps(gt))
+        pred_file = Path(tmp) / "predictions.npz"
+        np.savez(pred_file, **prediction_arrays(predictions))
+        ref = None
+        if args.reference_python:  # first, so that nextpose's runs do not warm its caches
+            cmd = [
+                args.reference_python,
+                str(Path(__file__).with_name("reference_pipeline.py")),
+                str(ann_file),
+                str(pred_file),
+                str(Path(tmp) / "reference.json"),
+            ]
+            if args.reference_stable_sort:
+                cmd.append("--stable-sort")
+            ref = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            steps = ref["seconds"]
+            rows.append(
+                ("reference whole pipeline (NumPy " + ref["numpy"] + ")", sum(steps.values()))
+            )
+            for step in ("load_gt", "group", "rescore", "nms", "results", "json", "cocoeval"):
+                rows.append((f"  of which {step}", steps[step]))
         numbers = {}
         for evaluator in ("faster_coco_eval", "pycocotools"):
             t0 = time.perf_counter()
@@ -151,31 +202,26 @@ def main() -> None:
         write_results(results, Path(tmp) / "r.json")
         rows.append(("  of which writing the results JSON", time.perf_counter() - t0))
         t0 = time.perf_counter()
-        with open(Path(tmp) / "slow.json", "w") as f:
-            json.dump(results, f, sort_keys=True, indent=4)
-        rows.append(("  (json.dump indent=4, as before)", time.perf_counter() - t0))
-        t0 = time.perf_counter()
         plain = plain_pycocotools(results, ann_file)
-        rows.append(("plain pycocotools COCOeval", time.perf_counter() - t0))
-        ref = None
-        if args.reference_python:
-            script = Path(__file__).with_name("reference_metric.py")
-            out = subprocess.run(
-                [args.reference_python, str(script), str(ann_file), str(Path(tmp) / "r.json")],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            ref = json.loads(out.stdout)
-            rows.append(("reference xtcocotools COCOeval (same file)", ref["seconds"]))
+        rows.append(("plain pycocotools loadRes + COCOeval", time.perf_counter() - t0))
+        ours_bytes = (Path(tmp) / "faster_coco_eval" / "keypoints.json").read_bytes()
+        same_file = ref is not None and ours_bytes == (Path(tmp) / "reference.json").read_bytes()
 
-    print(f"results after OKS-NMS: {len(results)}")
-    fast = rows[0][1]
+    scores = np.array([r["score"] for r in results])
+    tied = len(scores) - len(np.unique(scores))
+    print(f"results after OKS-NMS: {len(results)} ({tied} share their score with another)")
+    fast = next(s for name, s in rows if name.startswith("nextpose"))
     for name, seconds in rows:
         print(f"{name:45s} {seconds:8.2f} s   x{seconds / fast:6.2f} of nextpose")
     same = numbers["faster_coco_eval"] == numbers["pycocotools"]
     print(f"faster_coco_eval and pycocotools evaluators: identical numbers: {same}")
+    print("nextpose (faster_coco_eval):", json.dumps(numbers["faster_coco_eval"]))
     if ref is not None:
         equal = list(numbers["faster_coco_eval"].values()) == ref["stats"]
-        print(f"all ten numbers equal to xtcocotools: {equal}")
+        print(f"all ten numbers equal to the reference's: {equal}")
+        print(f"results file byte-identical to the reference's: {same_file}")
+        print("reference:", json.dumps(ref["stats"]))
+        print(f"reference pipeline / nextpose: x{rows[0][1] / fast:.2f}")
     ours = numbers["faster_coco_eval"]
     diff = max(abs(a - b) for a, b in zip(ours.values(), plain, strict=True))
     print(f"largest difference to plain pycocotools (its own sigmas and area rules): {diff:.3g}")
