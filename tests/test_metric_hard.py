@@ -17,6 +17,7 @@ from nextpose.errors import InputError
 from nextpose.evaluation import (
     METRIC_NAMES,
     build_results,
+    evaluate_predictions,
     evaluate_results,
     oks_nms,
     score_results_file,
@@ -271,3 +272,47 @@ def test_reference_metric_script_is_importable_without_xtcocotools():
         import reference_metric  # noqa: F401
     finally:
         sys.path.pop(0)
+
+
+def test_reference_pipeline_script_is_importable_without_xtcocotools():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import reference_pipeline  # noqa: F401
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NEXTPOSE_REFERENCE_PYTHON"),
+    reason="set NEXTPOSE_REFERENCE_PYTHON to a Python with xtcocotools (NumPy 1.x)",
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_whole_metric_equals_the_reference_pipeline(tmp_path, ties):
+    """Rescoring, OKS-NMS, results file and COCOeval against the reference's pipeline
+    (benchmarks/reference_pipeline.py under NumPy 1 + xtcocotools): same ten numbers, same
+    results bytes. With ties (a third of the instances scored 0) the reference sorts stably."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_metric
+    finally:
+        sys.path.pop(0)
+    gt, preds = bench_metric.synthetic_dataset(6, 60, seed=int(ties), people_range=(20, 40))
+    if ties:
+        for p in preds[::3]:
+            p.keypoint_scores = np.minimum(p.keypoint_scores, np.float32(0.15))
+    gt_file = _write(tmp_path, gt)
+    np.savez(tmp_path / "p.npz", **bench_metric.prediction_arrays(preds))
+    script = ROOT / "benchmarks" / "reference_pipeline.py"
+    cmd = [os.environ["NEXTPOSE_REFERENCE_PYTHON"], str(script),
+           str(gt_file), str(tmp_path / "p.npz"), str(tmp_path / "ref.json")]  # fmt: skip
+    out = subprocess.run(cmd + ["--stable-sort"] * ties, capture_output=True, text=True, check=True)
+    ref = json.loads(out.stdout)
+    for evaluator in EVALUATORS:
+        ours = evaluate_predictions(
+            preds, gt_file, out_dir=tmp_path / evaluator, evaluator=evaluator
+        )
+        assert list(ours.values()) == ref["stats"], evaluator
+        ours_file = (tmp_path / evaluator / "keypoints.json").read_bytes()
+        assert ours_file == (tmp_path / "ref.json").read_bytes()
+    scores = [r["score"] for r in json.loads((tmp_path / "ref.json").read_text())]
+    assert (len(set(scores)) < len(scores)) == ties

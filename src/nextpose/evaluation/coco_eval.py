@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.coco import _load_json, is_json_number
+from ..data.coco import _load_json, are_json_numbers, is_json_number
 from ..errors import AnnotationError, InputError, require
 from ..keypoints import COCO_KEYPOINTS
 from .oks_nms import TIE_ORDERS, TieOrder, oks_nms, rescore, soft_oks_nms
@@ -303,7 +303,7 @@ def _numbers(value: Any, n: int | None = None, at_least: int | None = None) -> b
         return False
     if (n is not None and len(value) != n) or (at_least is not None and len(value) < at_least):
         return False
-    return all(map(is_json_number, value))
+    return are_json_numbers(value)
 
 
 def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dict[str, Any]:
