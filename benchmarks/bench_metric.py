@@ -1,17 +1,28 @@
-"""Time nextpose's COCO keypoint metric against plain pycocotools on a synthetic data set.
+"""Time nextpose's whole COCO keypoint metric against the reference's and plain pycocotools.
 
-Builds a random (seeded) COCO person-keypoints ground truth (default 5000 images, about 20 person
-predictions per image, so ~100k detections), then times in the same process:
+Builds a random (seeded) COCO person-keypoints ground truth and per-instance predictions
+(default 5000 images, 0-6 people and 20 predictions per image, 100k predictions; the issue's
+heavy set: ``--images 1000 --people 30 60 --dets 100``), then times in one run:
 
-* ``nextpose``: :func:`nextpose.evaluation.evaluate_predictions` (grouping, rescoring, OKS-NMS,
-  results list, pycocotools COCOeval set up like the reference's xtcocotools);
+* ``reference`` (with ``--reference-python``, a NumPy-1 Python with xtcocotools 1.14.3): the
+  reference's whole pipeline, step by step (benchmarks/reference_pipeline.py: mmpose 1.3.2
+  ``CocoMetric``'s rescoring, per-image OKS-NMS, results list, ``json.dump(indent=4)``,
+  xtcocotools COCOeval), on the same predictions;
+* ``nextpose``: :func:`nextpose.evaluation.evaluate_predictions` with each evaluator (grouping,
+  rescoring, OKS-NMS, ``keypoints.json``, COCOeval set up like the reference's xtcocotools);
 * ``pycocotools``: plain ``COCO`` + ``loadRes`` + ``COCOeval(iouType='keypoints')`` on the same
   results list that nextpose scored (no rescoring or NMS, pycocotools' own defaults).
 
+It checks that the ten numbers are equal and that nextpose's results file is byte-identical to
+the reference's. ``--ties F`` instead compares both tie orders on a set where a fraction F of the
+predictions score 0.
+
 Usage::
 
-    python benchmarks/bench_metric.py                # 5000 images
-    python benchmarks/bench_metric.py --images 200   # quick check
+    python benchmarks/bench_metric.py --reference-python /path/to/np1-env/bin/python
+    python benchmarks/bench_metric.py --images 1000 --people 30 60 --dets 100 --reference-python ...
+    python benchmarks/bench_metric.py --images 300 --ties 0.3 --reference-python ...
+    python benchmarks/bench_metric.py --images 200   # quick check, nextpose and pycocotools only
 """
 
 import argparse
@@ -136,6 +147,55 @@ def prediction_arrays(predictions: list[PosePrediction]) -> dict[str, np.ndarray
     }
 
 
+def run_reference(python: str, ann_file: Path, pred_file: Path, out: Path, stable: bool) -> dict:
+    """benchmarks/reference_pipeline.py under ``python``: its ten numbers and step times."""
+    script = Path(__file__).with_name("reference_pipeline.py")
+    cmd = [python, str(script), str(ann_file), str(pred_file), str(out)]
+    cmd += ["--stable-sort"] if stable else []
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def tie_study(gt: dict, predictions: list[PosePrediction], python: str) -> None:
+    """Both tie orders of nextpose against the reference's NMS with NumPy's default argsort
+    and with a stable one: AP differences and whether the results files are identical."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ann_file, pred_file = tmp / "gt.json", tmp / "predictions.npz"
+        ann_file.write_text(json.dumps(gt))
+        np.savez(pred_file, **prediction_arrays(predictions))
+        files, stats = {}, {}
+        for stable in (False, True):
+            name = "reference, " + ("stable argsort" if stable else "NumPy default argsort")
+            files[name] = tmp / f"ref{int(stable)}.json"
+            ref = run_reference(python, ann_file, pred_file, files[name], stable)
+            stats[name] = ref["stats"]
+            numpy_ref = ref["numpy"]
+        for order in ("stable", "numpy"):
+            name = f"nextpose, tie_order={order!r}"
+            stats[name] = list(
+                evaluate_predictions(
+                    predictions, ann_file, out_dir=tmp / order, tie_order=order
+                ).values()
+            )
+            files[name] = tmp / order / "keypoints.json"
+        texts = {name: path.read_bytes() for name, path in files.items()}
+        results = json.loads(texts["nextpose, tie_order='stable'"])
+    scores = np.array([r["score"] for r in results])
+    print(
+        f"{len(results)} results after OKS-NMS, {int(np.sum(scores == 0))} of them scored 0; "
+        f"reference NumPy {numpy_ref}, nextpose NumPy {np.__version__}"
+    )
+    base = "reference, stable argsort"
+    for name in stats:
+        diff = max(abs(a - b) for a, b in zip(stats[name], stats[base], strict=True))
+        same = texts[name] == texts[base]
+        print(f"{name:42s} AP {stats[name][0]:.12f}  max |diff| to {base}: {diff:.3g}, "
+              f"results file identical: {same}")  # fmt: skip
+    a, b = "nextpose, tie_order='numpy'", "reference, NumPy default argsort"
+    diff = max(abs(x - y) for x, y in zip(stats[a], stats[b], strict=True))
+    print(f"{a} against {b}: max |diff| {diff:.3g}, results identical: {texts[a] == texts[b]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000, help="number of images (5000)")
@@ -156,14 +216,32 @@ def main() -> None:
         action="store_true",
         help="the reference's NMS with a stable argsort (only matters for tied scores)",
     )
+    parser.add_argument(
+        "--ties",
+        type=float,
+        default=0.0,
+        help="instead of timing: cap the keypoint scores of this fraction of the predictions at "
+        "0.15 (instance score 0, so exact ties) and compare both tie orders of nextpose and of "
+        "the reference (needs --reference-python)",
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     gt, predictions = synthetic_dataset(args.images, args.dets, args.seed, tuple(args.people))
+    if args.ties:
+        rng = np.random.default_rng(args.seed + 1)
+        for p in predictions:
+            if rng.random() < args.ties:
+                p.keypoint_scores = np.minimum(p.keypoint_scores, np.float32(0.15))
     print(
         f"synthetic set: {len(gt['images'])} images, {len(gt['annotations'])} GT people, "
         f"{len(predictions)} predictions ({time.perf_counter() - t0:.1f} s to build)"
     )
+    if args.ties:
+        if not args.reference_python:
+            parser.error("--ties needs --reference-python")
+        tie_study(gt, predictions, args.reference_python)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ann_file = Path(tmp) / "gt.json"
@@ -172,16 +250,10 @@ def main() -> None:
         np.savez(pred_file, **prediction_arrays(predictions))
         ref = None
         if args.reference_python:  # first, so that nextpose's runs do not warm its caches
-            cmd = [
-                args.reference_python,
-                str(Path(__file__).with_name("reference_pipeline.py")),
-                str(ann_file),
-                str(pred_file),
-                str(Path(tmp) / "reference.json"),
-            ]
-            if args.reference_stable_sort:
-                cmd.append("--stable-sort")
-            ref = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            out = Path(tmp) / "reference.json"
+            ref = run_reference(
+                args.reference_python, ann_file, pred_file, out, args.reference_stable_sort
+            )
             steps = ref["seconds"]
             rows.append(
                 ("reference whole pipeline (NumPy " + ref["numpy"] + ")", sum(steps.values()))
