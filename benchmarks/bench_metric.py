@@ -15,13 +15,14 @@ heavy set: ``--images 1000 --people 30 60 --dets 100``), then times in one run:
 
 It checks that the ten numbers are equal and that nextpose's results file is byte-identical to
 the reference's. ``--ties F`` instead compares both tie orders on a set where a fraction F of the
-predictions score 0.
+predictions score 0; ``--components`` times the replaced parts (OKS, JSON writer) old vs new.
 
 Usage::
 
     python benchmarks/bench_metric.py --reference-python /path/to/np1-env/bin/python
     python benchmarks/bench_metric.py --images 1000 --people 30 60 --dets 100 --reference-python ...
     python benchmarks/bench_metric.py --images 300 --ties 0.3 --reference-python ...
+    python benchmarks/bench_metric.py --images 200 --people 30 60 --dets 100 --components
     python benchmarks/bench_metric.py --images 200   # quick check, nextpose and pycocotools only
 """
 
@@ -37,6 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from nextpose.evaluation import PosePrediction, build_results, evaluate_predictions, write_results
+from nextpose.evaluation.coco_eval import (
+    _dumps_results,
+    _keypoint_oks,
+    _quiet,
+    prepare_ground_truth,
+)
 from nextpose.keypoints import COCO_KEYPOINTS
 
 K = COCO_KEYPOINTS.num_keypoints
@@ -196,6 +203,44 @@ def tie_study(gt: dict, predictions: list[PosePrediction], python: str) -> None:
     print(f"{a} against {b}: max |diff| {diff:.3g}, results identical: {texts[a] == texts[b]}")
 
 
+def components(gt: dict, predictions: list[PosePrediction], repeats: int = 3) -> None:
+    """Interleaved A/B (best of ``repeats``) of the two parts nextpose replaced: faster-coco-eval's
+    per-pair keypoint OKS against nextpose's per-image one, ``json.dumps(indent=4)`` against
+    nextpose's writer; both pairs give identical results (asserted)."""
+    from faster_coco_eval import COCO, COCOeval_faster  # optional: nextpose[fast-eval]
+
+    results = build_results(predictions)
+    coco_gt = COCO(prepare_ground_truth(gt, "gt"), print_function=_quiet)
+    ev = COCOeval_faster(
+        coco_gt, coco_gt.loadRes([dict(r) for r in results]), iouType="keypoints",
+        kpt_oks_sigmas=COCO_KEYPOINTS.sigmas_array(), use_area=True, print_function=_quiet,
+        separate_eval=True,
+    )  # fmt: skip
+    ev.params.maxDets = [20]
+    ev._prepare()
+    images = ev.params.imgIds
+    parts = {
+        "faster-coco-eval computeOks": lambda: [ev.computeOks(i, 1) for i in images],
+        "nextpose _keypoint_oks": lambda: [_keypoint_oks(ev, i, 1) for i in images],
+        "json.dumps(sort_keys, indent=4)": lambda: json.dumps(results, sort_keys=True, indent=4),
+        "nextpose results writer": lambda: _dumps_results(results),
+    }
+    times = {name: [] for name in parts}
+    outputs = {}
+    for _ in range(repeats):
+        for name, part in parts.items():
+            t0 = time.perf_counter()
+            outputs[name] = part()
+            times[name].append(time.perf_counter() - t0)
+    names = list(parts)
+    theirs, ours = outputs[names[0]], outputs[names[1]]
+    assert all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    assert outputs[names[2]] == outputs[names[3]]
+    print(f"{len(results)} results; best of {repeats}, interleaved:")
+    for name in names:
+        print(f"  {name:35s} {min(times[name]):7.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000, help="number of images (5000)")
@@ -224,6 +269,11 @@ def main() -> None:
         "0.15 (instance score 0, so exact ties) and compare both tie orders of nextpose and of "
         "the reference (needs --reference-python)",
     )
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="instead of the whole metric: time the OKS and the JSON writer, old against new",
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -237,6 +287,9 @@ def main() -> None:
         f"synthetic set: {len(gt['images'])} images, {len(gt['annotations'])} GT people, "
         f"{len(predictions)} predictions ({time.perf_counter() - t0:.1f} s to build)"
     )
+    if args.components:
+        components(gt, predictions)
+        return
     if args.ties:
         if not args.reference_python:
             parser.error("--ties needs --reference-python")
