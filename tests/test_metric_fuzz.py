@@ -5,10 +5,12 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nextpose.data.coco import are_json_numbers, is_json_number
 from nextpose.errors import AnnotationError
 from nextpose.evaluation import score_results_file
 
@@ -127,3 +129,29 @@ def test_fuzzed_files_give_numbers_or_an_annotation_error(tmp_path, data):
         assert "gt.json" in str(e) or "res.json" in str(e), str(e)
     else:
         assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in metrics.values())
+
+
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**1100), 2**1100),
+    st.sampled_from([3.4028234663852886e38, 3.402823466385289e38, -3.4028235e38, 2**128, True]),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=2),
+    st.floats(-1e6, 1e6).map(np.float64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_VALUES, max_size=60) | st.lists(st.floats(-3.5e38, 3.5e38), max_size=60))
+def test_fast_number_check_agrees_with_the_per_value_check(values):
+    assert are_json_numbers(values) == all(map(is_json_number, values))
+
+
+def test_fast_number_check_sees_one_bad_value_among_many():
+    good = [float(v) for v in range(51)]
+    assert are_json_numbers(good)
+    for bad in (math.nan, math.inf, -math.inf, 3.5e38, 2**1100, True, None, "1"):
+        assert not are_json_numbers([*good[:20], bad, *good[20:]]), bad
+    # each value within float32 range although their sum is not: still accepted
+    assert are_json_numbers([3.0e38, 3.0e38, -3.0e38])

@@ -17,13 +17,21 @@ from nextpose.errors import InputError
 from nextpose.evaluation import (
     METRIC_NAMES,
     build_results,
+    evaluate_predictions,
     evaluate_results,
     oks_nms,
     score_results_file,
     soft_oks_nms,
     write_results,
 )
-from nextpose.evaluation.coco_eval import _dumps_results, fast_evaluator_available
+from nextpose.evaluation.coco_eval import (
+    _dumps_results,
+    _keypoint_oks,
+    _quiet,
+    fast_evaluator_available,
+    prepare_ground_truth,
+)
+from nextpose.evaluation.oks_nms import pairwise_prefix_sums
 from nextpose.keypoints import COCO_KEYPOINTS
 
 ROOT = Path(__file__).parents[1]
@@ -271,3 +279,96 @@ def test_reference_metric_script_is_importable_without_xtcocotools():
         import reference_metric  # noqa: F401
     finally:
         sys.path.pop(0)
+
+
+def test_reference_pipeline_script_is_importable_without_xtcocotools():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import reference_pipeline  # noqa: F401
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NEXTPOSE_REFERENCE_PYTHON"),
+    reason="set NEXTPOSE_REFERENCE_PYTHON to a Python with xtcocotools (NumPy 1.x)",
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_whole_metric_equals_the_reference_pipeline(tmp_path, ties):
+    """Rescoring, OKS-NMS, results file and COCOeval against the reference's pipeline
+    (benchmarks/reference_pipeline.py under NumPy 1 + xtcocotools): same ten numbers, same
+    results bytes. With ties (a third of the instances scored 0) the reference sorts stably."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_metric
+    finally:
+        sys.path.pop(0)
+    gt, preds = bench_metric.synthetic_dataset(6, 60, seed=int(ties), people_range=(20, 40))
+    if ties:
+        for p in preds[::3]:
+            p.keypoint_scores = np.minimum(p.keypoint_scores, np.float32(0.15))
+    gt_file = _write(tmp_path, gt)
+    np.savez(tmp_path / "p.npz", **bench_metric.prediction_arrays(preds))
+    script = ROOT / "benchmarks" / "reference_pipeline.py"
+    cmd = [os.environ["NEXTPOSE_REFERENCE_PYTHON"], str(script),
+           str(gt_file), str(tmp_path / "p.npz"), str(tmp_path / "ref.json")]  # fmt: skip
+    out = subprocess.run(cmd + ["--stable-sort"] * ties, capture_output=True, text=True, check=True)
+    ref = json.loads(out.stdout)
+    for evaluator in EVALUATORS:
+        ours = evaluate_predictions(
+            preds, gt_file, out_dir=tmp_path / evaluator, evaluator=evaluator
+        )
+        assert list(ours.values()) == ref["stats"], evaluator
+        ours_file = (tmp_path / evaluator / "keypoints.json").read_bytes()
+        assert ours_file == (tmp_path / "ref.json").read_bytes()
+    scores = [r["score"] for r in json.loads((tmp_path / "ref.json").read_text())]
+    assert (len(set(scores)) < len(scores)) == ties
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 128),
+    rows=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_pairwise_prefix_sums_round_as_numpy_sums_each_row(k, rows, seed, dtype):
+    rng = np.random.default_rng(seed)
+    t = (rng.exponential(1.0, (rows, k)) * 10.0 ** rng.integers(-8, 8)).astype(dtype)
+    counts = rng.integers(0, k + 1, rows)
+    t[np.arange(k)[None, :] >= counts[:, None]] = 0
+    got = pairwise_prefix_sums(t, counts)
+    want = np.array([np.sum(np.ascontiguousarray(t[i, : counts[i]])) for i in range(rows)])
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want.astype(dtype))
+
+
+@FAST
+@pytest.mark.parametrize("use_area", [True, False])
+def test_vectorised_oks_equals_faster_coco_eval_bit_for_bit(use_area):
+    """The OKS nextpose hands to faster-coco-eval's matching equals its own computeOks on hard
+    sets (crowds, people without labelled keypoints, zero-area boxes, 0-30 people per image)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    pairs = 0
+    for seed in range(3):
+        gt, res = hard.hard_coco(25, seed, people=(0, 30))
+        gt = prepare_ground_truth(gt, "gt")
+        assert any(a["num_keypoints"] == 0 for a in gt["annotations"])
+        res = [r for r in res if any(v > 0 for v in r["keypoints"][2::3])]
+        coco_gt = COCO(gt, print_function=_quiet)
+        ev = COCOeval_faster(
+            coco_gt, coco_gt.loadRes(res), iouType="keypoints", kpt_oks_sigmas=SIGMAS,
+            use_area=use_area, print_function=_quiet, separate_eval=True,
+        )  # fmt: skip
+        ev.params.maxDets = [20]
+        ev._prepare()
+        for img_id in ev.params.imgIds:
+            theirs, ours = ev.computeOks(img_id, 1), _keypoint_oks(ev, img_id, 1)
+            if isinstance(theirs, list):
+                assert ours == theirs == []
+            else:
+                assert ours.dtype == theirs.dtype
+                np.testing.assert_array_equal(ours, theirs)
+                pairs += theirs.size
+    assert pairs > 10_000

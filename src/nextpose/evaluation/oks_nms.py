@@ -49,6 +49,42 @@ def _pairwise_row_sums(t: np.ndarray) -> np.ndarray:
     return _pairwise_row_sums(t[:, :half]) + _pairwise_row_sums(t[:, half:])
 
 
+def pairwise_prefix_sums(t: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.sum(t[i, :counts[i]])`` for every row i, rounded as NumPy rounds each such sum.
+
+    Args:
+        t: (n, K) values, K <= 128; entries at and after ``counts[i]`` in row i must be 0.
+        counts: (n,) how many leading entries of each row are summed (0..K).
+
+    Returns:
+        (n,) sums in ``t.dtype``. NumPy sums a contiguous row of m <= 128 values sequentially
+        when m < 8, else as eight strided partial sums over the first ``m - m % 8`` values,
+        combined as a tree, then the rest sequentially; rows are grouped by that split, and
+        the zero padding adds exactly nothing.
+    """
+    n, k = t.shape
+    if k > 128:
+        raise ValueError(f"pairwise_prefix_sums: at most 128 columns, got {k}")
+    out = np.zeros(n, dtype=t.dtype)
+    stops = np.where(counts < 8, 0, counts - counts % 8)
+    for stop in np.unique(stops).tolist():
+        rows = stops == stop
+        block = t[rows]
+        if stop == 0:
+            res = np.zeros(len(block), dtype=t.dtype)
+            start = 0
+        else:
+            r = [block[:, j] for j in range(8)]
+            for i in range(8, stop, 8):
+                r = [r[j] + block[:, i + j] for j in range(8)]
+            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+            start = stop
+        for i in range(start, k):
+            res = res + block[:, i]
+        out[rows] = res
+    return out
+
+
 def oks_iou(
     keypoints: np.ndarray,
     others: np.ndarray,
