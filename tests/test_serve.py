@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import DET_FILE, IMAGES
 
 import nextpose
 from nextpose.cli import main
+from nextpose.runtime import auto_backend
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("fastapi")
@@ -212,7 +214,8 @@ def test_health_models_and_page(server):
     (model,) = requests.get(server.url + "/v1/models").json()["models"]
     assert model["input_size"] == {"width": 64, "height": 96}
     assert model["keypoints"] == list(nextpose.COCO_KEYPOINTS.names)
-    assert (model["backend"], model["precision"], model["device"]) == ("fast", "fp32", "cpu")
+    auto = auto_backend(torch.device("cpu"), "fp32")  # what --backend auto resolves to here
+    assert (model["backend"], model["precision"], model["device"]) == (auto, "fp32", "cpu")
     assert model["max_batch"] == 8 and model["max_wait_ms"] == 300
     page = requests.get(server.url + "/")
     assert page.status_code == 200 and "<canvas" in page.text
