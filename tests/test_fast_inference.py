@@ -250,20 +250,24 @@ def test_cuda_graph_batches_are_padded_to_powers_of_two(tiny_model):
 def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
     """On a GPU, fp32 means IEEE float32 convolutions (PyTorch's default lets cuDNN use TF32's
     10-bit mantissa); the setting is the user's again afterwards."""
+    from nextpose.runtime import cuda_switches
+
+    # torch >= 2.9: cudnn.conv.fp32_precision "ieee"; older: cudnn.allow_tf32 False
+    switch, name, exact = cuda_switches._precision()
     seen = []
 
     def recorded(x: torch.Tensor) -> torch.Tensor:
-        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        seen.append(getattr(switch, name))
         return tiny_model(x)
 
-    before = torch.backends.cudnn.conv.fp32_precision
+    before = getattr(switch, name)
     on_gpu = network(recorded, "cuda", joint_flip=True)
     on_cpu = network(recorded, "cpu", joint_flip=True)
     x = torch.randn(2, 3, SIZE[1], SIZE[0])
     on_gpu.heatmaps(x, False)  # no flip: nothing is copied to the (absent) GPU
     on_cpu.heatmaps(x, False)
-    assert seen == ["ieee", before]
-    assert torch.backends.cudnn.conv.fp32_precision == before
+    assert seen == [exact, before]
+    assert getattr(switch, name) == before
 
     # Two threads overlapping: the first one out leaves the switch on for the other, the last
     # one out restores the user's setting.
@@ -277,7 +281,7 @@ def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
     def second(x: torch.Tensor) -> torch.Tensor:
         b_inside.set()
         a_done.wait(timeout=30)
-        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        seen.append(getattr(switch, name))
         return tiny_model(x)
 
     a, b = (network(f, "cuda", joint_flip=True) for f in (first, second))
@@ -289,8 +293,8 @@ def test_gpu_fp32_convolutions_are_not_tf32(tiny_model):
     thread_a.join(timeout=30)
     a_done.set()
     thread_b.join(timeout=30)
-    assert seen[-1] == "ieee"
-    assert torch.backends.cudnn.conv.fp32_precision == before
+    assert seen[-1] == exact
+    assert getattr(switch, name) == before
 
 
 def test_read_ahead_and_device_crops_change_nothing(tiny_checkpoint, few_boxes):
