@@ -525,3 +525,33 @@ def test_with_options_chooses_auto_again(tiny_checkpoint):
     if cpu_supports_bf16():
         assert est.with_options(precision="bf16").backend == "fast"
     assert est.with_options(backend="eager").with_options(batch_size=2).backend == "eager"
+
+
+def test_onnx_graph_is_exported_once_per_weights_and_kept(tiny_checkpoint, monkeypatch, tmp_path):
+    """The onnxruntime backend exports a graph once: a second network of the same weights (a
+    later process) loads it from the cache; other weights get their own; a damaged file is
+    replaced; the keypoints stay those of the fresh export."""
+    pytest.importorskip("onnxruntime")
+    from nextpose import runtime
+
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real = runtime.export_onnx
+    monkeypatch.setattr(runtime, "export_onnx", lambda *a, **k: exports.append(1) or real(*a, **k))
+    est = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    crops = np.random.default_rng(0).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    want = runtime.OnnxNetwork(est.model, est.config, est.options).keypoints(crops, True)
+    assert len(exports) == 1 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    again = runtime.OnnxNetwork(est.model, est.config, est.options).keypoints(crops, True)
+    assert len(exports) == 1  # loaded from the cache
+    np.testing.assert_array_equal(again[0], want[0])
+    (cached,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    cached.write_bytes(b"not a graph")
+    repaired = runtime.OnnxNetwork(est.model, est.config, est.options).keypoints(crops, True)
+    assert len(exports) == 2 and cached.stat().st_size > 100
+    np.testing.assert_array_equal(repaired[0], want[0])
+    other = copy.deepcopy(est.model)
+    with torch.no_grad():
+        other.head.final_layer.bias += 1
+    runtime.OnnxNetwork(other, est.config, est.options).keypoints(crops, True)
+    assert len(exports) == 3 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2

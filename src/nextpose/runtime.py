@@ -345,19 +345,25 @@ def crop_pixels(locations: torch.Tensor, shape: tuple[int, ...], config: Config)
     return torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
 
 
-def onnx_cache_path(model: nn.Module, config: Config, **export: Any) -> Path:
-    """Where the ONNX graph of ``model`` exported with ``export`` (keywords of
-    :func:`~nextpose.export.export_onnx`) is kept: ``<cache>/onnx/<key>.onnx``, the key a
-    sha256 of the weights, the config, the export options and the versions that make the graph."""
-    import onnx  # the version is part of the key; present whenever a graph is needed
-
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of ``model``'s state dict: names, dtypes, shapes and bytes."""
     key = hashlib.sha256()
-    versions = (__version__, torch.__version__, onnx.__version__)
-    key.update(repr((versions, config.to_dict(), sorted(export.items()))).encode())
     for name, tensor in model.state_dict().items():
         key.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         key.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return cache_dir() / "onnx" / f"{key.hexdigest()[:32]}.onnx"
+    return key.hexdigest()
+
+
+def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:
+    """Where the ONNX graph of the weights with ``digest`` (:func:`weights_digest`) exported
+    with ``export`` (keywords of :func:`~nextpose.export.export_onnx`) is kept:
+    ``<cache>/onnx/<key>.onnx``, the key a sha256 of the digest, the config, the export options
+    and the versions that make the graph."""
+    import onnx  # the version is part of the key; present whenever a graph is needed
+
+    versions = (__version__, torch.__version__, onnx.__version__)
+    key = repr((digest, versions, config.to_dict(), sorted(export.items())))
+    return cache_dir() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
 
 class OnnxNetwork:
@@ -380,11 +386,14 @@ class OnnxNetwork:
         self.plain = TorchNetwork(model, config, options)
         self._sessions: dict[bool, Any] = {}
         self._lock = threading.Lock()
+        self._digest: str | None = None  # of the weights, hashed once
 
     def _graph(self, flip: bool) -> tuple[str | bytes, Path]:
         """The graph: the cached file's path, or the exported bytes (also written to the cache)."""
         export = {"flip": flip, "heatmaps": True}
-        path = onnx_cache_path(self.model, self.config, **export)
+        if self._digest is None:
+            self._digest = weights_digest(self.model)
+        path = onnx_cache_path(self._digest, self.config, **export)
         if path.is_file():
             return str(path), path
         graph = export_onnx(self.model, self.config, None, **export)
