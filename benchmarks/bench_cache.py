@@ -1,6 +1,6 @@
 """The first and the second `nextpose predict` of a model, for the backends that prepare a graph
-(``onnxruntime``: the ONNX export, kept in nextpose's cache; ``compile``: inductor's compiled
-code, kept in inductor's cache): wall time of the whole command and the seconds until the
+(``onnxruntime``: the ONNX export; ``compile``: the AOTInductor package; both kept in
+nextpose's cache folder): wall time of the whole command and the seconds until the
 network's first call returned, each from a fresh process, both caches empty before the first.
 
 Usage::

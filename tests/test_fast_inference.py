@@ -14,6 +14,8 @@ import torch
 from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
 
 import nextpose
+from nextpose import runtime
+from nextpose.checkpoint import cache_dir
 from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
 from nextpose.engine import ordered_map
 from nextpose.geometry import (
@@ -29,6 +31,7 @@ from nextpose.geometry import (
 from nextpose.model import PoseNet
 from nextpose.optimize import (
     ReducedPrecision,
+    aot_compile,
     cpu_supports_bf16,
     emulate_autocast,
     fold_batchnorm,
@@ -41,6 +44,7 @@ from nextpose.runtime import (
     RunOptions,
     TorchNetwork,
     auto_backend,
+    compiled_cache_path,
     onnxruntime_available,
 )
 
@@ -209,21 +213,83 @@ def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
     assert np.abs(scores - ref_scores).max() <= 1e-5 * np.abs(ref_scores).max()
 
 
-def test_compile_backend_equals_eager_and_compiles_at_most_twice(tiny_checkpoint, few_boxes):
-    """Inductor on the folded graph gives eager's keypoints, compiling one graph for a single
-    crop and one for every other batch size, not one per number of people (~30 s each for
-    resnext50, and after 8 torch falls back to the uncompiled model)."""
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    eager = nextpose.load(str(tiny_checkpoint), backend="eager")
+@pytest.fixture
+def compile_calls(monkeypatch, tmp_path) -> list:
+    """The ``compile`` backend's AOTInductor compilations, counted, into an empty cache."""
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return aot_compile(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "aot_compile", counted)
+    return calls
+
+
+def _predict_counts(estimator, few_boxes) -> list:
+    """Predictions of 1, 3, 2 and 7 boxes (flip test on: two passes each)."""
+    pairs = zip(few_boxes, (1, 3, 2, 7), strict=False)
+    return [estimator.predict(COCO / name, few_boxes[name][:count]) for name, count in pairs]
+
+
+def test_compile_backend_equals_fast_and_compiles_once_per_weights(
+    tiny_checkpoint, few_boxes, compile_calls
+):
+    """The ahead-of-time compiled graph gives the fast backend's keypoints bit for bit, for any
+    batch size (one graph with a symbolic batch, a single crop included); it is compiled once,
+    kept in the cache, and a later estimator of the same weights loads it without compiling;
+    a damaged package is compiled again."""
+    fast = nextpose.load(str(tiny_checkpoint), backend="fast")
+    want = _predict_counts(fast, few_boxes)
+    for attempt in range(2):  # compiled, then loaded from the cache
+        compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
+        for w, g in zip(want, _predict_counts(compiled, few_boxes), strict=True):
+            np.testing.assert_array_equal(g.keypoints, w.keypoints)
+            np.testing.assert_allclose(g.scores, w.scores, rtol=1e-5, atol=1e-6)
+        assert len(compile_calls) == 1, attempt
+    (package,) = (cache_dir() / "inductor").glob("*.pt2")
+    assert not [p for p in package.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    package.write_bytes(package.read_bytes()[:1000])  # a torn file
     compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
-    for name, count in zip(few_boxes, (1, 3, 2, 7), strict=False):  # flip test on: 2 passes
-        image, boxes = COCO / name, few_boxes[name][:count]
-        want, got = eager.predict(image, boxes), compiled.predict(image, boxes)
-        assert len(got) == count
-        assert np.abs(got.keypoints - want.keypoints).max() <= 1e-3
-        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    got = compiled.predict(COCO / next(iter(few_boxes)), few_boxes[next(iter(few_boxes))][:1])
+    np.testing.assert_array_equal(got.keypoints, want[0].keypoints)
+    assert len(compile_calls) == 2 and package.stat().st_size > 1000
+
+
+def test_compile_backend_without_a_writable_cache_warns_and_runs(
+    tiny_checkpoint, few_boxes, monkeypatch, tmp_path
+):
+    """A cache folder that cannot be made (here under a file): the model is compiled into a
+    scratch folder for this process, with a warning naming the folder, and runs."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "file" / "cache"))
+    name = next(iter(few_boxes))
+    want = nextpose.load(str(tiny_checkpoint), backend="fast").predict(COCO / name, few_boxes[name])
+    compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
+    with pytest.warns(UserWarning, match="could not keep the compiled model in .*inductor"):
+        got = compiled.predict(COCO / name, few_boxes[name])
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+
+
+def test_compiled_cache_key_names_weights_precision_and_cpu(monkeypatch):
+    """Another precision, other kept layers, other weights or another CPU's instruction sets
+    get another package (a library compiled for AVX-512 would not run on an AVX2 CPU)."""
+    config = get_preset("tiny_coco_96x64").config
+    fp32 = RunOptions(backend="compile")
+    paths = {
+        compiled_cache_path("a", config, fp32),
+        compiled_cache_path("b", config, fp32),
+        compiled_cache_path("a", config, replace(fp32, precision="bf16")),
+        compiled_cache_path("a", config, replace(fp32, precision="bf16", keep_fp32="none")),
+        compiled_cache_path("a", config, replace(fp32, precision="fp16")),
+    }
+    assert len(paths) == 5
+    # keep_fp32 means nothing in fp32: the same package
+    same = compiled_cache_path("a", config, replace(fp32, keep_fp32="none"))
+    assert same == compiled_cache_path("a", config, fp32)
+    monkeypatch.setattr(runtime, "cpu_features", lambda: ("avx2",))
+    assert compiled_cache_path("a", config, fp32) not in paths
 
 
 def test_cuda_graph_batches_are_padded_to_powers_of_two(tiny_model):

@@ -566,7 +566,8 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
     """Load checkpoint ``obj`` into ``model`` strictly, or explain the mismatch.
 
     Args:
-        model: the network to fill.
+        model: the network to fill; one built on the ``meta`` device gets the checkpoint's
+            tensors (in its own dtypes) instead of copies.
         obj: what :func:`read` returned.
         source: the file or URL, for messages.
         expected: the preset or config the model was built from, for messages.
@@ -599,7 +600,11 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
             f"{source}: the checkpoint's weights hold NaN or inf in {', '.join(broken[:5])}{more}"
             " (saved from a diverged training run?)"
         )
-    model.load_state_dict(state, strict=True)
+    if any(t.is_meta for t in own.values()):  # built without memory: take the loaded tensors
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+    else:
+        model.load_state_dict(state, strict=True)
 
 
 def save_model(path: str | Path, model: nn.Module, config: Any, **meta: Any) -> None:

@@ -61,11 +61,17 @@ class TrainingError(NextposeError, RuntimeError):
     """Training cannot go on: a non-finite loss, a missing resume file, a busy run folder."""
 
 
-def require(module: str, extra: str, what: str):
-    """Import ``module`` for ``what``, or raise :class:`MissingExtraError` naming the extra."""
+def require(module: str, extra: str, what: str, load: bool = True):
+    """Import ``module`` for ``what`` (or, without ``load``, only check that it is installed),
+    or raise :class:`MissingExtraError` naming the extra."""
     import importlib
+    import importlib.util
 
     try:
+        if not load:
+            if importlib.util.find_spec(module) is None:
+                raise ImportError(module)
+            return None
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(

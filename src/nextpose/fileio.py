@@ -24,11 +24,11 @@ class AtomicFile:
     leaves any earlier file at ``path`` as it was.
     """
 
-    def __init__(self, path: str | Path, mode: str = "w"):
+    def __init__(self, path: str | Path, mode: str = "w", suffix: str = ".tmp"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent
         )
         os.chmod(tmp, 0o666 & ~_umask())
         self.tmp = Path(tmp)

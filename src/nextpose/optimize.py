@@ -8,8 +8,11 @@ miscompiles a ConvTranspose2d with equal in/out channels followed by BatchNorm, 
 first removes that pattern.
 """
 
+import contextlib
 import copy
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -149,6 +152,55 @@ def compile_model(model: nn.Module, device: str | torch.device = "cpu") -> Calla
     if torch.device(device).type == "cpu":
         return torch.compile(model, dynamic=True, options={"freezing": True})
     return torch.compile(model, dynamic=True, mode="reduce-overhead")
+
+
+def aot_compile(model: nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """Compile a prepared (BatchNorm-folded) model ahead of time with AOTInductor into the
+    package ``path`` (``.pt2``: a shared library and the weights), for channels-last inputs
+    shaped as ``example`` (N, 3, h, w) with any batch size N. :func:`load_compiled` loads it in
+    a fraction of a second, where ``torch.compile`` traces and compiles in every process.
+
+    With inductor's ``freezing`` (constants folded, weights prepacked for oneDNN), as
+    :func:`compile_model` on a CPU; the same refusal of a model that still has BatchNorm.
+    """
+    if any(isinstance(m, _BatchNorm) for m in model.modules()):
+        raise ValueError("aot_compile: fold BatchNorm first (see fold_batchnorm)")
+    # Two crops: export would specialise a batch of one to exactly one.
+    example = torch.zeros((2, *example.shape[1:]), dtype=example.dtype, device=example.device)
+    example = example.contiguous(memory_format=torch.channels_last)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with torch.no_grad(), _no_cuda_notice():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(path), inductor_configs={"freezing": True}
+        )
+    return Path(path)
+
+
+def load_compiled(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model of an :func:`aot_compile` package, as a function of its input."""
+    with _no_cuda_notice():
+        return torch._inductor.aoti_load_package(str(path))
+
+
+@contextlib.contextmanager
+def _no_cuda_notice() -> Iterator[None]:
+    # A CUDA build of torch on a machine without CUDA logs "No CUDA runtime is found" when the
+    # C++ toolchain helpers load; on the CPU that is expected, not news for the user.
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The instruction sets PyTorch detects on this CPU that compiled code may use, e.g.
+    ``("avx2", "avx512", "avx512_bf16", "vnni")``."""
+    names = ("avx2", "avx512", "avx512_bf16", "vnni", "amx_tile", "amx_fp16")
+    return tuple(n for n in names if getattr(torch.cpu, f"_is_{n}_supported", lambda: False)())
 
 
 def cpu_supports_bf16() -> bool:

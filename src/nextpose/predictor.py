@@ -294,6 +294,7 @@ def load(
             raise CheckpointError(f"{model}: the config it carries is invalid: {e}") from None
     if decode is not None:
         config = replace(config, inference=replace(config.inference, decode=decode))
-    net = PoseNet(config.model)
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced
+        net = PoseNet(config.model)
     weights.load_into(net, obj, str(path), name)
     return PoseEstimator(net, config, name=name, options=options)

@@ -143,10 +143,11 @@ def add_runtime(
         choices=BACKENDS,
         default="auto",
         help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
-        "(BatchNorm folded, channels-last), compile (torch.compile of fast), onnxruntime (CPU, "
-        "fp32); auto (default): the fastest measured, all with the same keypoints: onnxruntime "
-        "on a CPU in fp32 when the onnx extra is installed, fast otherwise. `nextpose benchmark "
-        "MODEL` times them on this machine",
+        "(BatchNorm folded, channels-last), compile (fast compiled by inductor; on a CPU kept "
+        "in the cache folder, ~20 s the first time), onnxruntime (CPU, fp32); auto (default): "
+        "the fastest measured, all with the same keypoints: onnxruntime on a CPU in fp32 when "
+        "the onnx extra is installed, fast otherwise. `nextpose benchmark MODEL` times them on "
+        "this machine",
     )
     p.add_argument(
         "--precision",
@@ -239,4 +240,4 @@ def check_extras(args: argparse.Namespace) -> None:
 
     if getattr(args, "backend", None) == "onnxruntime":
         require("onnxruntime", "onnx", "--backend onnxruntime")
-        require("onnx", "onnx", "--backend onnxruntime")
+        require("onnx", "onnx", "--backend onnxruntime", load=False)
