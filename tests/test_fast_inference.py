@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
+from conftest import ANN_FILE, COCO, DET_FILE, IMAGES, refused
 
 import nextpose
 from nextpose import runtime
@@ -270,6 +270,29 @@ def test_compile_backend_without_a_writable_cache_warns_and_runs(
     with pytest.warns(UserWarning, match="could not keep the compiled model in .*inductor"):
         got = compiled.predict(COCO / name, few_boxes[name])
     np.testing.assert_array_equal(got.keypoints, want.keypoints)
+
+
+def test_compile_backend_without_a_compiler_is_an_input_error(
+    tiny_checkpoint, monkeypatch, tmp_path, capsys
+):
+    """No C++ compiler: `predict --backend compile` stops with a message naming the fix (exit 2,
+    no traceback), writes no output and leaves no parts folder (nothing is done, so nothing to
+    resume): the next run starts without --resume."""
+    from torch._inductor import cpp_builder, exc
+
+    from nextpose.cli import main
+
+    def missing() -> str:
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "poses.json"
+    args = ["predict", str(tiny_checkpoint), str(COCO / "000000000785.jpg"), "--out", str(out)]
+    code = main([*args, "--backend", "compile", "--no-progress"])
+    refused(code, r"compile backend needs a C\+\+ compiler .*use the fast backend", capsys)
+    assert not out.exists() and not list(tmp_path.glob("*.parts"))
+    assert main([*args, "--backend", "fast", "--no-progress"]) == 0 and out.is_file()
 
 
 def test_compiled_cache_key_names_weights_precision_and_cpu(monkeypatch):

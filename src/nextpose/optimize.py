@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from .errors import InputError
+
 _BatchNorm = nn.modules.batchnorm._BatchNorm  # BatchNorm2d and SyncBatchNorm
 
 
@@ -165,6 +167,15 @@ def aot_compile(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     """
     if any(isinstance(m, _BatchNorm) for m in model.modules()):
         raise ValueError("aot_compile: fold BatchNorm first (see fold_batchnorm)")
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler as e:
+        raise InputError(
+            f"the compile backend needs a C++ compiler on a CPU ({e}): install g++ (or name "
+            "one in $CXX), or use the fast backend"
+        ) from None
     # Two crops: export would specialise a batch of one to exactly one.
     example = torch.zeros((2, *example.shape[1:]), dtype=example.dtype, device=example.device)
     example = example.contiguous(memory_format=torch.channels_last)

@@ -88,6 +88,11 @@ class _State:
         self.sequences: dict[int, str] = {}
         self.attempts = 0
 
+    @property
+    def done(self) -> bool:
+        """Whether any work is complete."""
+        return bool(self.images or self.sequences)
+
 
 def _valid(record: Any) -> bool:
     if not isinstance(record, dict) or not isinstance(record.get("g"), int):
@@ -344,6 +349,11 @@ def predict_job(
                 n, p = _run_blocks(pipeline, g, source, here, state.images.get(g, set()), part,
                                    drawer, targets, fmt, max_frames, block, bar)  # fmt: skip
             frames, people = frames + n, people + p
+    except BaseException:
+        part.close()
+        if env.world_size == 1 and not _scan(folder).done:  # nothing to resume: no folder
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         part.close()
         bar.close()
