@@ -48,6 +48,7 @@ from nextpose.evaluation import evaluate
 from nextpose.geometry import crop_region, crop_to_image, cut_crops, warp_crops
 from nextpose.model import PoseNet
 from nextpose.optimize import (
+    ReducedPrecision,
     cpu_capability,
     cpu_supports_bf16,
     cpu_supports_fp16,
@@ -56,7 +57,7 @@ from nextpose.optimize import (
 )
 from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
-from nextpose.runtime import RunOptions, TorchNetwork
+from nextpose.runtime import REDUCED, RunOptions, TorchNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "tests" / "data" / "coco-mini"
@@ -185,6 +186,19 @@ def interleaved(
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def frozen_static(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` with inductor's freezing switched on (``options={"freezing": True}``
+    does not, in torch 2.14.1) and static shapes: the only way inductor prepacks the convolution
+    weights for oneDNN. One graph per batch size: an ablation, not a backend."""
+    compiled = torch.compile(model, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(x)
+
+    return run
 
 
 def sample(boxes: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndarray]:
@@ -380,6 +394,15 @@ def main() -> None:
                 fold_cl, config, fp32, channels_last=True, joint_flip=True,
             ),
         }  # fmt: skip
+        if not args.no_compile:  # does weight prepacking pay? (BENCHMARKS.md, oneDNN verbose)
+            static = {"fp32": fold_cl}
+            if low_precision:
+                static[low_precision] = ReducedPrecision(fold_cl, REDUCED[low_precision], "ends")
+            for p, model in static.items():
+                name = f"ablation: {p} inductor frozen, static batch (prepacked)"
+                ablations[name] = TorchNetwork(
+                    frozen_static(model), config, fp32, channels_last=True, joint_flip=False
+                )
         fns: dict[str, Callable[[], object]] = {n: model_only_fn(n, crops8) for n in estimators}
         for name, network in ablations.items():
             fns[name] = lambda n=network: n.heatmaps(x, True)
