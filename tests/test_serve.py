@@ -5,6 +5,7 @@ server still serving; a full queue answered 503; SIGTERM finishing the requests 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,12 +73,22 @@ class Server:
         return self.process.returncode, out
 
 
+def test_warm_up_builds_the_network_for_both_flip_settings(tiny_checkpoint):
+    """warm_up makes the first real call fast: the onnxruntime sessions of both flip settings
+    (one graph each) exist before any image, and the seconds it took come back."""
+    pytest.importorskip("onnxruntime")
+    estimator = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    seconds = estimator.warm_up()
+    assert seconds > 0 and set(estimator.network._sessions) == {True, False}
+
+
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--max-batch", "8", "--max-wait-ms", "300", "--max-body-mb", "1")
     yield s
     code, out = s.stop()
     assert code == STOPPED, out
+    assert re.search(r"network ready \(\w+\) in [0-9.]+ s", out), out  # before /healthz
 
 
 def detections(per_image: int = 3) -> dict[str, list]:

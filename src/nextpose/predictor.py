@@ -7,6 +7,7 @@ of the :class:`~nextpose.engine.Engine`; and :func:`load`, which makes one from 
 
 import copy
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
@@ -123,6 +124,17 @@ class PoseEstimator:
             if self._network is None:
                 self._network = build_network(self.model, self.config, self.options)
             return self._network
+
+    def warm_up(self, flips: tuple[bool, ...] = (True, False)) -> float:
+        """Build the network and run a blank crop through it once per flip setting, so that
+        compiling, exporting or loading from the cache happens now rather than in the first
+        real call (a service does this before it answers). Returns the seconds it took."""
+        start = time.perf_counter()
+        w, h = self.input_size
+        blank = np.zeros((1, h, w, 3), np.uint8)
+        for flip in flips:
+            self.network.keypoints(blank, flip, self.config.inference.decode)
+        return time.perf_counter() - start
 
     def with_options(self, **changes: Any) -> "PoseEstimator":
         """This estimator with other run options (``batch_size=8``, ``backend="eager"``...;

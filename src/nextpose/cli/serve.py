@@ -1,6 +1,7 @@
 """``nextpose serve``: the pose model behind an HTTP endpoint, with a web page."""
 
 import argparse
+import sys
 
 from ._options import (
     add_detector,
@@ -82,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
 
     estimator = load(args.model, args.checkpoint, **run_options(args))
     detector = load_detector_of(args)
+    # Before the port opens: no request waits for a compile or an export, and /healthz
+    # answers only once the network is ready.
+    flips = (not args.no_flip, args.no_flip)
+    seconds = estimator.warm_up(flips)
+    print(f"network ready ({estimator.backend}) in {seconds:.1f} s", file=sys.stderr, flush=True)
     app = create_app(
         estimator,
         detector,
