@@ -403,13 +403,14 @@ class PackagedModel:
     """
 
     def __init__(self, model: nn.Module, path: Callable[[], Path]):
-        self.model = model
+        self.model: nn.Module | None = model
         self._path = path
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._lock = threading.Lock()
         self._scratch: tempfile.TemporaryDirectory | None = None  # a read-only cache's stand-in
 
     def _load(self, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        assert self.model is not None
         path = self._path()
         if path.is_file():
             try:
@@ -435,6 +436,7 @@ class PackagedModel:
             with self._lock:
                 if self._compiled is None:
                     self._compiled = self._load(x)
+                    self.model = None  # the package holds its own copy of the weights
         return self._compiled(x)
 
 
