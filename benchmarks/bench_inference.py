@@ -48,6 +48,7 @@ from nextpose.evaluation import evaluate
 from nextpose.geometry import crop_region, crop_to_image, cut_crops, warp_crops
 from nextpose.model import PoseNet
 from nextpose.optimize import (
+    KEEP_FP32,
     ReducedPrecision,
     cpu_capability,
     cpu_supports_bf16,
@@ -439,6 +440,12 @@ def main() -> None:
             for p, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
             for graph, model in (("eager", net), ("fast", folded))
         }
+        if not (cuda or bf16):  # the bf16 rows of an AVX-512 BF16/AMX CPU, computed slowly here
+            for keep in KEEP_FP32:  # bf16 weights and inputs, fp32 sums: the same rounding
+                emulated[f"fast bf16 {keep} (non-native)"] = PoseEstimator(
+                    ReducedPrecision(folded, torch.bfloat16, keep), config, device, args.preset,
+                    backend="eager",
+                )  # fmt: skip
         runs = ["gt"] if args.quick else ["gt", "det"]
         for run in runs + (["gt-jitter"] if args.jitter else []):
             files, per_image, ref_kpts, _ = sample(run.removesuffix("-jitter"))
