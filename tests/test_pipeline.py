@@ -329,7 +329,7 @@ def test_tracker_keeps_ids_of_moving_people():
         n = len(boxes)
         centre = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
         zeros = np.zeros((n, 2), np.float32)
-        from nextpose.inference import Poses
+        from nextpose.structures import Poses
 
         return Poses(np.repeat(centre, 17, 1), np.ones((n, 17)), boxes, np.ones(n), zeros, zeros)
 

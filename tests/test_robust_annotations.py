@@ -104,7 +104,7 @@ def test_wrong_keypoint_count(tmp_path, estimator):
     ):
         CocoKeypoints(path).ground_truth_instances()
     with pytest.raises(AnnotationError, match="'keypoints' 51 numbers"):
-        evaluate(estimator, path, COCO, workers=0, progress=False)
+        evaluate(estimator, path, COCO, read_threads=0, progress=False)
 
 
 def test_keypoint_count_of_another_keypoint_set(tmp_path):
@@ -145,7 +145,7 @@ def test_image_with_no_persons(tmp_path, estimator):
     path = write_json(tmp_path / "ann.json", data)
     coco = CocoKeypoints(path)
     assert coco.annotations[empty_id] == []
-    metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
+    metrics = evaluate(estimator, path, COCO, read_threads=0, progress=False)
     assert all(np.isfinite(list(metrics.values())))
 
 
@@ -155,7 +155,7 @@ def test_no_persons_at_all(tmp_path, estimator):
     data["annotations"] = []
     path = write_json(tmp_path / "ann.json", data)
     with pytest.warns(UserWarning, match="no predictions"):
-        metrics = evaluate(estimator, path, COCO, workers=0, progress=False)
+        metrics = evaluate(estimator, path, COCO, read_threads=0, progress=False)
     assert set(metrics.values()) == {-1.0}
 
 
@@ -197,7 +197,7 @@ def test_detection_file_without_entries_for_an_image(tmp_path, estimator):
     gone = dets[0]["image_id"]
     path = write_json(tmp_path / "dets.json", [d for d in dets if d["image_id"] != gone])
     results = tmp_path / "out"
-    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, workers=0, progress=False)
+    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, read_threads=0, progress=False)
     ids = {r["image_id"] for r in json.loads((results / "keypoints.json").read_text())}
     assert gone not in ids and ids
 
@@ -205,7 +205,7 @@ def test_detection_file_without_entries_for_an_image(tmp_path, estimator):
 def test_empty_detection_file(tmp_path, estimator):
     path = write_json(tmp_path / "dets.json", [])
     with pytest.warns(UserWarning, match="no predictions"):
-        metrics = evaluate(estimator, ANN_FILE, COCO, path, workers=0, progress=False)
+        metrics = evaluate(estimator, ANN_FILE, COCO, path, read_threads=0, progress=False)
     assert set(metrics.values()) == {0.0}
 
 
@@ -238,7 +238,7 @@ def test_zero_area_and_outside_detections_give_finite_results(tmp_path, estimato
     dets[2]["bbox"] = [20, 20, 1e6, 1e6]
     path = write_json(tmp_path / "dets.json", dets)
     results = tmp_path / "out"
-    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, workers=0, progress=False)
+    evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, read_threads=0, progress=False)
     for r in json.loads((results / "keypoints.json").read_text()):
         assert np.isfinite(r["keypoints"]).all() and np.isfinite(r["score"])
 

@@ -293,7 +293,7 @@ def test_eval_skips_unreadable_images_and_counts_them(estimator, tmp_path, caplo
     (folder / IMAGES[1].name).write_bytes(truncated(IMAGES[1], 0.5))
     (folder / IMAGES[2].name).unlink()
     caplog.set_level(logging.WARNING, "nextpose")
-    metrics = evaluate(estimator, ANN_FILE, folder, workers=workers, progress=False)
+    metrics = evaluate(estimator, ANN_FILE, folder, read_threads=workers, progress=False)
     assert set(metrics) >= {"AP", "AR"} and all(np.isfinite(list(metrics.values())))
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"{IMAGES[1].name}: not a readable image" in m for m in messages)
