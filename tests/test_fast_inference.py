@@ -616,6 +616,22 @@ def test_with_options_chooses_auto_again(tiny_checkpoint):
     assert est.with_options(backend="eager").with_options(batch_size=2).backend == "eager"
 
 
+def test_onnx_graph_without_a_writable_cache_warns_and_runs(tiny_checkpoint, monkeypatch, tmp_path):
+    """A cache folder that cannot be made: the graph is exported for this process, with a
+    warning naming the folder, and gives the keypoints of a cached one."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    est = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    crops = np.random.default_rng(0).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    want = runtime.OnnxNetwork(est.model, est.config, est.options).keypoints(crops, True)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "file" / "cache"))
+    network = runtime.OnnxNetwork(est.model, est.config, est.options)
+    with pytest.warns(UserWarning, match="could not keep the ONNX graph in .*onnx"):
+        got = network.keypoints(crops, True)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_onnx_graph_is_exported_once_per_weights_and_kept(tiny_checkpoint, monkeypatch, tmp_path):
     """The onnxruntime backend exports a graph once: a second network of the same weights (a
     later process) loads it from the cache; other weights get their own; a damaged file is
