@@ -41,7 +41,8 @@ class Timing:
 def candidates(estimator: PoseEstimator, names: Sequence[str] | None = None) -> list[tuple]:
     """(backend, precision) pairs worth timing here: every backend but ``auto`` in fp32, and
     ``fast`` in the reduced precisions the device runs natively; ``compile`` only when named
-    (its first call takes ~35 s for resnext50). ``names``: ``backend`` or ``backend:precision``."""
+    (its first call compiles for ~20 s for resnext50 on a CPU, once per weights: later runs load
+    the package from the cache). ``names``: ``backend`` or ``backend:precision``."""
     if names:
         out = []
         for name in names:
