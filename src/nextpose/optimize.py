@@ -168,6 +168,20 @@ def aot_compile(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     """
     if any(isinstance(m, _BatchNorm) for m in model.modules()):
         raise ValueError("aot_compile: fold BatchNorm first (see fold_batchnorm)")
+    require_cpp_compiler()
+    # Two crops: export would specialise a batch of one to exactly one.
+    example = torch.zeros((2, *example.shape[1:]), dtype=example.dtype, device=example.device)
+    example = example.contiguous(memory_format=torch.channels_last)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with torch.no_grad(), _no_cuda_notice():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    return Path(path)
+
+
+def require_cpp_compiler() -> None:
+    """Raise :class:`~nextpose.errors.InputError` naming the fix if inductor finds no C++
+    compiler (it compiles the CPU code it generates)."""
     from torch._inductor import cpp_builder, exc
 
     try:
@@ -177,14 +191,6 @@ def aot_compile(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
             f"the compile backend needs a C++ compiler on a CPU ({e}): install g++ (or name "
             "one in $CXX), or use the fast backend"
         ) from None
-    # Two crops: export would specialise a batch of one to exactly one.
-    example = torch.zeros((2, *example.shape[1:]), dtype=example.dtype, device=example.device)
-    example = example.contiguous(memory_format=torch.channels_last)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with torch.no_grad(), _no_cuda_notice():
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return Path(path)
 
 
 def load_compiled(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import logging
 import tempfile
 import threading
 import warnings
@@ -50,6 +51,7 @@ from .optimize import (
     cpu_supports_fp16,
     load_compiled,
     prepare_for_inference,
+    require_cpp_compiler,
 )
 
 Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
@@ -58,6 +60,7 @@ BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends): measured fastest per crop
+log = logging.getLogger(__name__)
 
 
 def onnxruntime_available() -> bool:
@@ -417,6 +420,12 @@ class PackagedModel:
                 return load_compiled(path)
             except Exception:  # a damaged or foreign file: compile it again
                 path.unlink(missing_ok=True)
+        require_cpp_compiler()
+        log.info(
+            "compiling the model for this CPU (once per weights and precision, ~20 s for "
+            "resnext50; kept in %s)",
+            path.parent,
+        )
         try:
             out = AtomicFile(path, "wb", suffix=".pt2")  # AOTInductor wants the suffix
         except OSError as e:  # a read-only cache: compile again next time
