@@ -155,3 +155,30 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_weights_stored_as_views_of_one_buffer_load_as_their_own_tensors(tiny_checkpoint, tmp_path):
+    """The model is built without memory and takes the checkpoint's tensors; tensors saved as
+    views into one shared buffer (or transposed views) become contiguous parameters of their
+    own, not views keeping the whole buffer alive, and predict as the original weights do."""
+    original = nextpose.load(str(tiny_checkpoint), backend="eager")
+    obj = checkpoint.read(tiny_checkpoint)
+    state = checkpoint.extract_state_dict(obj, str(tiny_checkpoint))
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    buffer = torch.cat([v.reshape(-1) for v in floats.values()])
+    views, at = dict(state), 0
+    for k, v in floats.items():
+        views[k] = buffer[at : at + v.numel()].view(v.shape)
+        at += v.numel()
+    name = next(k for k, v in floats.items() if v.dim() == 2 or v.dim() == 4)
+    views[name] = views[name].clone().transpose(0, 1).contiguous().transpose(0, 1)  # strided
+    path = tmp_path / "views.pth"
+    checkpoint.save(path, {"state_dict": views, "config": obj["config"], "meta": {}})
+    loaded = nextpose.load(str(path), backend="eager")
+    for k, t in loaded.model.state_dict().items():
+        assert t.is_contiguous(), k
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), k
+    got = loaded.predict(IMAGES[0], np.array([[10, 20, 200, 300]], np.float32))
+    want = original.predict(IMAGES[0], np.array([[10, 20, 200, 300]], np.float32))
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+    np.testing.assert_array_equal(got.scores, want.scores)

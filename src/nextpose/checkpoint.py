@@ -601,10 +601,19 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
             " (saved from a diverged training run?)"
         )
     if any(t.is_meta for t in own.values()):  # built without memory: take the loaded tensors
-        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+        state = {k: _owned(v.to(own[k].dtype)) for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
     else:
         model.load_state_dict(state, strict=True)
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it is contiguous and alone in its storage, else a contiguous copy: a parameter
+    taken from a checkpoint must not be a strided view or keep a larger buffer alive."""
+    whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    if t.is_contiguous() and t.storage_offset() == 0 and whole:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def save_model(path: str | Path, model: nn.Module, config: Any, **meta: Any) -> None:
