@@ -311,9 +311,13 @@ def test_compiled_cache_key_names_weights_precision_and_cpu(monkeypatch):
         compiled_cache_path("a", config, replace(fp32, precision="fp16")),
     }
     assert len(paths) == 5
-    # keep_fp32 means nothing in fp32: the same package
+    # keep_fp32 means nothing in fp32, nor the decoding to the network: the same package
     same = compiled_cache_path("a", config, replace(fp32, keep_fp32="none"))
     assert same == compiled_cache_path("a", config, fp32)
+    dark = replace(config, inference=replace(config.inference, decode="dark"))
+    assert compiled_cache_path("a", dark, fp32) == compiled_cache_path("a", config, fp32)
+    wider = replace(config, model=replace(config.model, input_size=(96, 128)))
+    assert compiled_cache_path("a", wider, fp32) not in paths
     monkeypatch.setattr(runtime, "cpu_features", lambda: ("avx2",))
     assert compiled_cache_path("a", config, fp32) not in paths
 

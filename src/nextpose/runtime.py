@@ -386,11 +386,12 @@ def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:
 def compiled_cache_path(digest: str, config: Config, options: RunOptions) -> Path:
     """Where the ``compile`` backend keeps the AOTInductor package of the weights with
     ``digest`` for a CPU: ``<cache>/inductor/<key>.pt2``, the key a sha256 of the digest, the
-    config, the precision and layers kept in fp32, the versions, and the CPU's instruction
-    sets (the library runs only where it was compiled for)."""
+    model's config (the network only: decoding runs outside the package), the precision and
+    layers kept in fp32, the versions, and the CPU's instruction sets (the library runs only
+    where it was compiled for)."""
     versions = (__version__, torch.__version__)
     run = (options.precision, options.keep_fp32 if options.precision != "fp32" else None)
-    key = _cache_key(digest, versions, config.to_dict(), run, cpu_features())
+    key = _cache_key(digest, versions, config.to_dict()["model"], run, cpu_features())
     return cache_dir() / "inductor" / f"{key}.pt2"
 
 
