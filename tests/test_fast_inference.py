@@ -31,11 +31,13 @@ from nextpose.geometry import (
 )
 from nextpose.model import PoseNet
 from nextpose.optimize import (
+    PackedConv2d,
     ReducedPrecision,
     aot_compile,
     cpu_supports_bf16,
     emulate_autocast,
     fold_batchnorm,
+    prepack,
     prepare_for_inference,
 )
 from nextpose.predictor import PoseEstimator
@@ -212,6 +214,32 @@ def test_fast_backend_keypoints_equal_eager(tiny_checkpoint, few_boxes):
     scores = np.concatenate([p.scores for p in got])
     ref_scores = np.concatenate([p.scores for p in want])
     assert np.abs(scores - ref_scores).max() <= 1e-5 * np.abs(ref_scores).max()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prepacked_convolutions_are_bit_identical_for_any_batch(
+    tiny_checkpoint, tiny_model, precision
+):
+    """Weights reordered once into oneDNN's layout (packed for batches of 8) give the prepared
+    model's heatmaps bit for bit for batches of 2, 3, 8 and 11, and a single crop what it gets
+    inside a batch (the plain path picks another kernel for one crop, which sums in another
+    order); the fast backend on a CPU runs them (no plain Conv2d left)."""
+    if precision == "bf16" and not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    fast = prepare_for_inference(tiny_model)
+    if precision == "bf16":
+        fast = ReducedPrecision(fast, torch.bfloat16, "ends")
+    example = torch.zeros(1, 3, SIZE[1], SIZE[0]).contiguous(memory_format=torch.channels_last)
+    packed = prepack(copy.deepcopy(fast), example, 8)
+    assert not [m for m in packed.modules() if type(m) is torch.nn.Conv2d]
+    x = torch.randn(11, 3, SIZE[1], SIZE[0]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for n in (2, 3, 8, 11):
+            torch.testing.assert_close(packed(x[:n]), fast(x[:n]), rtol=0, atol=0)
+        torch.testing.assert_close(packed(x[:1]), fast(x[:8])[:1], rtol=0, atol=0)
+    est = nextpose.load(str(tiny_checkpoint), backend="fast", precision=precision)
+    assert any(isinstance(m, PackedConv2d) for m in est.network.net.modules())
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ A :class:`Network` turns uint8 crops into keypoints in crop pixels (and normalis
 heatmaps), flip test included. :func:`build_network` makes one for a backend:
 
 * ``eager``: the plain PyTorch model, exactly the reference's op sequence (two flip passes);
-* ``fast``: BatchNorm folded into the convolutions, channels-last, optional autocast;
+* ``fast``: BatchNorm folded into the convolutions, channels-last, weights in oneDNN's layout
+  on a CPU (:func:`~nextpose.optimize.prepack`), optional reduced precision;
 * ``compile``: the fast graph compiled by inductor: ahead of time on a CPU, kept in the cache
   folder (:class:`PackagedModel`); ``torch.compile`` with CUDA graphs on a GPU;
 * ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime,
@@ -50,6 +51,7 @@ from .optimize import (
     cpu_supports_bf16,
     cpu_supports_fp16,
     load_compiled,
+    prepack,
     prepare_for_inference,
     require_cpp_compiler,
 )
@@ -564,6 +566,10 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         net = PackagedModel(
             fast, lambda: compiled_cache_path(weights_digest(model), config, options)
         )
+    elif device.type == "cpu":  # weights in oneDNN's layout once, not per call: same outputs
+        w, h = config.model.input_size
+        example = torch.zeros(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+        net = prepack(fast, example, CPU_CHUNK)
     # A GPU: one 2N batch for the flip test keeps it busier. A CPU: passes of at most
     # CPU_CHUNK crops (larger ones spill the caches: 10% slower per crop at 32 than at 8).
     return TorchNetwork(
