@@ -240,6 +240,9 @@ def test_prepacked_convolutions_are_bit_identical_for_any_batch(
         torch.testing.assert_close(packed(x[:1]), fast(x[:8])[:1], rtol=0, atol=0)
     est = nextpose.load(str(tiny_checkpoint), backend="fast", precision=precision)
     assert any(isinstance(m, PackedConv2d) for m in est.network.net.modules())
+    copied = copy.deepcopy(est.network.net)  # oneDNN's opaque weights shared, not copied
+    with torch.inference_mode():
+        torch.testing.assert_close(copied(x[:3]), est.network.net(x[:3]), rtol=0, atol=0)
 
 
 @pytest.fixture

@@ -118,6 +118,10 @@ class PackedConv2d(nn.Module):
         )  # fmt: skip
         self.bias = None if conv.bias is None else conv.bias.detach()
 
+    def __deepcopy__(self, memo: dict) -> "PackedConv2d":
+        # oneDNN's opaque tensors cannot be copied; the packed weight is never written: share it
+        return copy.copy(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
