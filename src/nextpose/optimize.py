@@ -204,6 +204,11 @@ class ReducedPrecision(nn.Module):
         return x.float()
 
 
+def _refuse_batchnorm(model: nn.Module, who: str) -> None:
+    if any(isinstance(m, _BatchNorm) for m in model.modules()):
+        raise ValueError(f"{who}: fold BatchNorm first (see fold_batchnorm)")
+
+
 def compile_model(model: nn.Module, device: str | torch.device = "cuda") -> Callable:
     """``torch.compile`` of a prepared (BatchNorm-folded) model for a GPU, with CUDA graphs
     (``mode="reduce-overhead"``) and a symbolic batch size: one graph for every batch of two or
@@ -216,8 +221,7 @@ def compile_model(model: nn.Module, device: str | torch.device = "cuda") -> Call
     Refuses a model that still has BatchNorm: torch 2.14's frozen inductor graphs get a
     ConvTranspose2d followed by BatchNorm wrong (about 10% of outputs), folding avoids it.
     """
-    if any(isinstance(m, _BatchNorm) for m in model.modules()):
-        raise ValueError("compile_model: fold BatchNorm first (see fold_batchnorm)")
+    _refuse_batchnorm(model, "compile_model")
     if torch.device(device).type == "cpu":
         raise ValueError("compile_model: for a GPU; on a CPU use aot_compile")
     return torch.compile(model, dynamic=True, mode="reduce-overhead")
@@ -233,8 +237,7 @@ def aot_compile(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     generates the code around them. Refuses a model that still has BatchNorm, as
     :func:`compile_model` does.
     """
-    if any(isinstance(m, _BatchNorm) for m in model.modules()):
-        raise ValueError("aot_compile: fold BatchNorm first (see fold_batchnorm)")
+    _refuse_batchnorm(model, "aot_compile")
     require_cpp_compiler()
     # Two crops: export would specialise a batch of one to exactly one.
     example = torch.zeros((2, *example.shape[1:]), dtype=example.dtype, device=example.device)

@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     detector = load_detector_of(args)
     # Before the port opens: no request waits for a compile or an export, and /healthz
     # answers only once the network is ready.
-    flips = (not args.no_flip, args.no_flip)
-    seconds = estimator.warm_up(flips)
+    seconds = estimator.warm_up()  # both flip settings: a request may ask for either
     print(f"network ready ({estimator.backend}) in {seconds:.1f} s", file=sys.stderr, flush=True)
     app = create_app(
         estimator,
