@@ -23,6 +23,7 @@ import nextpose
 from nextpose.model import PoseNet
 from nextpose.optimize import KEEP_FP32, ReducedPrecision, cpu_features, prepare_for_inference
 from nextpose.presets import get_preset
+from nextpose.runtime import RunOptions, build_network
 
 
 def verbose_lines(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
@@ -53,15 +54,24 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
     parser.add_argument("--keep-fp32", choices=KEEP_FP32, default="ends")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="the prepared model without the fast backend's packing and sub-pixel head",
+    )
     args = parser.parse_args()
     config = get_preset(args.preset).config
     model = PoseNet(config.model).eval()
     if args.checkpoint:
         model = nextpose.load(args.preset, args.checkpoint, backend="eager").model
-    net: torch.nn.Module = prepare_for_inference(model)
-    if args.precision != "fp32":
-        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
-        net = ReducedPrecision(net, dtype, args.keep_fp32)
+    if args.plain:
+        net: torch.nn.Module = prepare_for_inference(model)
+        if args.precision != "fp32":
+            dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
+            net = ReducedPrecision(net, dtype, args.keep_fp32)
+    else:  # what the fast backend runs: packed weights, the head as convolutions
+        options = RunOptions(backend="fast", precision=args.precision, keep_fp32=args.keep_fp32)
+        net = build_network(model, config, options).net
     w, h = config.model.input_size
     x = torch.randn(args.batch, 3, h, w).contiguous(memory_format=torch.channels_last)
     lines = verbose_lines(net, x)

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from .errors import InputError
+from .model.backbone import ResNeXt
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm  # BatchNorm2d and SyncBatchNorm
 
@@ -101,7 +102,8 @@ class PackedConv2d(nn.Module):
     of a single crop's time in resnext50). The same oneDNN convolution runs: outputs are
     bit-identical to ``conv``'s for batches of two or more, and a single crop gets what it gets
     inside a batch (unpacked, oneDNN picks another kernel for one crop, which sums in another
-    order). CPU only; the weight is opaque (not in a state dict).
+    order). CPU only; the weight is opaque (not in a state dict). ``relu`` applies a ReLU in
+    the same pass (:func:`prepack` sets it where a ReLU follows).
 
     Args:
         conv: a CPU ``nn.Conv2d`` with numeric padding and zero padding mode.
@@ -110,6 +112,7 @@ class PackedConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, input_size: tuple[int, ...]):
         super().__init__()
+        self.relu = False
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.weight = torch.ops.mkldnn._reorder_convolution_weight(
@@ -125,15 +128,110 @@ class PackedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
-            "none", [], "",
+            "relu" if self.relu else "none", [], "",
         )  # fmt: skip
+
+    def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``relu(self(x) + other)`` in one pass; ``other`` shaped as the output."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self.weight, self.bias, self.padding, self.stride, self.dilation,
+            self.groups, "add", None, "relu", [], "",
+        )  # fmt: skip
+
+
+class PackedBottleneck(nn.Module):
+    """A BatchNorm-folded torchvision :class:`~torchvision.models.resnet.Bottleneck` whose
+    packed convolutions apply its ReLUs and residual sum themselves: the block's five
+    elementwise passes over memory (ReLU, ReLU, add, ReLU) are gone. In float32 the outputs
+    are bit-identical to the block's (the sum and ReLU are done on the same float32 values);
+    in bf16 the residual sum is rounded once instead of twice.
+    """
+
+    def __init__(self, block: Bottleneck):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = block.conv1, block.conv2, block.conv3
+        self.conv1.relu = self.conv2.relu = True
+        self.downsample = block.downsample[0] if block.downsample is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3.add_relu(self.conv2(self.conv1(x)), identity)
+
+
+class SubpixelConvTranspose2d(nn.Module):
+    """A 4x4 transposed convolution with stride 2 and padding 1 (the SimpleBaseline head's
+    upsampling layer) computed as one 2x2 convolution with 4x the output channels followed by a
+    pixel shuffle: each output pixel sums the same 2x2 input taps with the same weights, in
+    another order. Output rows 2m-1 and 2m both read input rows m-1 and m, so one 2x2 window
+    (padding 1) gives both; the shuffle interleaves them and the outer ring is cropped.
+
+    Why: oneDNN's transposed convolution on AMX runs the head's first layer (2,048 channels at
+    1/32 of the input size) at a fifth of the speed of the equivalent convolution
+    (BENCHMARKS.md, "Where the bf16 forward spends its time"). Not bit-identical to
+    ``deconv`` (the summation order differs): used for reduced precision, whose rounding is
+    far larger.
+
+    Args:
+        deconv: ``nn.ConvTranspose2d`` with kernel 4, stride 2, padding 1, no output padding,
+            dilation 1, one group (see :func:`subpixel_eligible`).
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d):
+        super().__init__()
+        if not subpixel_eligible(deconv):
+            raise ValueError(f"SubpixelConvTranspose2d: not a 4x4 stride-2 layer: {deconv}")
+        c_in, c_out = deconv.in_channels, deconv.out_channels
+        w = deconv.weight.detach()  # (C_in, C_out, 4, 4)
+        # Output row 2m-1 (phase 0) takes input rows m-1, m through kernel rows 2, 0; row 2m
+        # (phase 1) through kernel rows 3, 1; the same for columns.
+        taps = torch.tensor([[2, 0], [3, 1]], device=w.device)
+        phases = w[:, :, taps][:, :, :, :, taps]  # (C_in, C_out, 2 rows-phase, 2, 2 col-phase, 2)
+        weight = phases.permute(1, 2, 4, 0, 3, 5).reshape(4 * c_out, c_in, 2, 2)
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 2, padding=1, bias=deconv.bias is not None)
+        self.conv.to(device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            if deconv.bias is not None:
+                self.conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
+        self.conv.requires_grad_(False)
+        if deconv.weight.is_contiguous(memory_format=torch.channels_last):
+            self.conv.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(self.conv(x), 2)[:, :, 1:-1, 1:-1]
+
+
+def subpixel_eligible(deconv: nn.Module) -> bool:
+    """Whether ``deconv`` is a transposed convolution :class:`SubpixelConvTranspose2d` can
+    replace (kernel 4, stride 2, padding 1, no output padding, dilation 1, one group)."""
+    return (
+        type(deconv) is nn.ConvTranspose2d
+        and tuple(deconv.kernel_size) == (4, 4)
+        and tuple(deconv.stride) == (2, 2)
+        and tuple(deconv.padding) == (1, 1)
+        and tuple(deconv.output_padding) == (0, 0)
+        and tuple(deconv.dilation) == (1, 1)
+        and deconv.groups == 1
+        and deconv.padding_mode == "zeros"
+    )
+
+
+def subpixel_deconvolutions(model: nn.Module) -> nn.Module:
+    """``model`` with every eligible transposed convolution replaced in place by its
+    :class:`SubpixelConvTranspose2d`."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if subpixel_eligible(child):
+                setattr(parent, name, SubpixelConvTranspose2d(child))
+    return model
 
 
 def prepack(model: nn.Module, example: torch.Tensor, batch: int) -> nn.Module:
     """``model`` (prepared, on the CPU) with its convolutions replaced in place by
     :class:`PackedConv2d`, each packed for the input it gets from ``example`` (N, 3, h, w) with
     the batch size ``batch``. Unchanged where PyTorch has no oneDNN; a convolution oneDNN will
-    not pack stays as it is."""
+    not pack stays as it is. (Transposed convolutions stay: packed, a single crop's output
+    would differ from its in-batch one.)"""
     mkldnn = torch.backends.mkldnn.is_available()
     if not (mkldnn and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return model
@@ -159,7 +257,47 @@ def prepack(model: nn.Module, example: torch.Tensor, batch: int) -> nn.Module:
                 # a shape or dtype oneDNN does not pack stays as it was
                 with contextlib.suppress(RuntimeError):
                     setattr(parent, name, PackedConv2d(child, sizes[child]))
+    _fuse_relus(model)
     return model
+
+
+def _fuse_relus(model: nn.Module) -> None:
+    """Let packed convolutions apply the ReLUs (and residual sums) that follow them, where the
+    module structure says so: bottlenecks, the trunk's stem, and Sequential runs of
+    convolution, folded BatchNorms (Identity) and ReLU (the head; the stem in
+    :class:`ReducedPrecision`)."""
+
+    def packed(m: nn.Module | None) -> PackedConv2d | None:
+        if isinstance(m, SubpixelConvTranspose2d):  # a ReLU commutes with the pixel shuffle
+            m = m.conv
+        return m if type(m) is PackedConv2d and not m.relu else None
+
+    def folded(*ms: nn.Module | None) -> bool:
+        return all(type(m) is nn.Identity for m in ms)
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Bottleneck) and folded(child.bn1, child.bn2, child.bn3):
+                down = child.downsample
+                if all(packed(c) for c in (child.conv1, child.conv2, child.conv3)) and (
+                    down is None or (len(down) == 2 and packed(down[0]) and folded(down[1]))
+                ):
+                    setattr(parent, name, PackedBottleneck(child))
+        if isinstance(parent, ResNeXt) and folded(parent.bn1) and packed(parent.conv1):
+            parent.conv1.relu = True
+            parent.relu = nn.Identity()
+        if isinstance(parent, nn.Sequential):
+            layers = list(parent)
+            for i, layer in enumerate(layers):
+                conv = packed(layer)
+                if conv is None:
+                    continue
+                j = i + 1
+                while j < len(layers) and type(layers[j]) is nn.Identity:
+                    j += 1
+                if j < len(layers) and type(layers[j]) is nn.ReLU:
+                    conv.relu = True
+                    parent[j] = nn.Identity()
 
 
 KeepFp32 = Literal["none", "final", "ends", "head"]

@@ -54,6 +54,7 @@ from .optimize import (
     prepack,
     prepare_for_inference,
     require_cpp_compiler,
+    subpixel_deconvolutions,
 )
 
 Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
@@ -392,7 +393,8 @@ def compiled_cache_path(digest: str, config: Config, options: RunOptions) -> Pat
     layers kept in fp32, the versions, and the CPU's instruction sets (the library runs only
     where it was compiled for)."""
     versions = (__version__, torch.__version__)
-    run = (options.precision, options.keep_fp32 if options.precision != "fp32" else None)
+    keep = options.keep_fp32 if options.precision != "fp32" else None
+    run = (options.precision, keep, "subpixel head")  # the graph build_network compiles
     key = _cache_key(digest, versions, config.to_dict()["model"], run, cpu_features())
     return cache_dir() / "inductor" / f"{key}.pt2"
 
@@ -556,9 +558,14 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         return OnnxNetwork(model, config, options)
     fast: nn.Module = prepare_for_inference(model, device, fold=True, channels_last=True)
     dtype = REDUCED.get(options.precision)
+    cuda = device.type == "cuda"
+    if not cuda:
+        # oneDNN's transposed convolutions are slow on a CPU (the head's first layer: 5x in
+        # bf16 on AMX) and sum a single crop in another order than a batch; as convolutions
+        # they are neither.
+        subpixel_deconvolutions(fast)
     if dtype is not None:
         fast = ReducedPrecision(fast, dtype, options.keep_fp32)
-    cuda = device.type == "cuda"
     net: Callable[[torch.Tensor], torch.Tensor] = fast
     if options.backend == "compile" and cuda:
         net = compile_model(fast, device)
