@@ -28,6 +28,7 @@ Usage::
 """
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -54,7 +55,9 @@ from nextpose.optimize import (
     cpu_supports_bf16,
     cpu_supports_fp16,
     emulate_autocast,
+    prepack,
     prepare_for_inference,
+    subpixel_deconvolutions,
 )
 from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
@@ -350,6 +353,8 @@ def main() -> None:
             estimators[f"fast {p}, fp32 {keep}"] = estimator("fast", precision=p, keep_fp32=keep)
         if not args.no_compile:
             estimators[f"compile {p}, fp32 ends"] = estimator("compile", precision=p)
+    if low_precision == "bf16" and fp16 and not cuda:  # AVX-512 FP16: fp16 convolutions too
+        estimators["fast fp16, fp32 ends"] = estimator("fast", precision="fp16")
     if args.paths:
         wanted = {"eager", *args.paths.split(";")}
         estimators = {n: e for n, e in estimators.items() if n in wanted}
@@ -395,6 +400,21 @@ def main() -> None:
                 fold_cl, config, fp32, channels_last=True, joint_flip=True,
             ),
         }  # fmt: skip
+        if low_precision and not cuda:  # what the sub-pixel head and the fusions buy
+            p = low_precision
+            example = x[:1].contiguous(memory_format=torch.channels_last)
+            unfused = ReducedPrecision(
+                subpixel_deconvolutions(copy.deepcopy(fold_cl)), REDUCED[p], "ends"
+            )
+            transposed = ReducedPrecision(fold_cl, REDUCED[p], "ends")
+            for what, model, fuse in (
+                ("packed, ReLUs/sums not fused", unfused, False),
+                ("transposed convolutions (no sub-pixel)", transposed, True),
+            ):
+                packed = prepack(copy.deepcopy(model), example, args.batch, fuse=fuse)
+                ablations[f"fast {p} ablation: {what}"] = TorchNetwork(
+                    packed, config, fp32, channels_last=True, joint_flip=False, chunk=args.batch
+                )
         if not args.no_compile:  # does weight prepacking pay? (BENCHMARKS.md, oneDNN verbose)
             static = {"fp32": fold_cl}
             if low_precision:
@@ -410,7 +430,7 @@ def main() -> None:
         model_only = {n: args.batch / t for n, t in interleaved(fns, reps, device).items()}
         for name, rate in model_only.items():
             of_low = ""
-            if low_ceiling and ("bf16" in name or "fp16" in name):
+            if low_ceiling and "bf16" in name:
                 of_low = f", {rate / (low_ceiling / gflop / 2) * 100:5.1f}% of the bf16 ceiling"
             print(
                 f"  {name:<52} {rate:7.2f} crops/s  x{rate / model_only['eager']:4.2f} eager  "

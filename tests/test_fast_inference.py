@@ -36,6 +36,7 @@ from nextpose.optimize import (
     ReducedPrecision,
     SubpixelConvTranspose2d,
     aot_compile,
+    cpu_capability,
     cpu_supports_bf16,
     emulate_autocast,
     fold_batchnorm,
@@ -167,17 +168,21 @@ def test_fold_refuses_a_batchnorm_without_convolution():
 
 
 def test_auto_backend_choice():
-    """auto: ONNX Runtime for fp32 on a CPU when the extra is installed (measured fastest
-    there), the fast PyTorch graph otherwise; never onnxruntime off the CPU or below fp32."""
+    """auto: ONNX Runtime for fp32 on an AVX2-only CPU when the extra is installed (measured
+    fastest there), the fast PyTorch graph on AVX-512 CPUs, without the extra, below fp32 and
+    off the CPU."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert auto_backend(cpu, "fp32", onnxruntime=True) == "onnxruntime"
-    assert auto_backend(cpu, "fp32", onnxruntime=False) == "fast"
+    assert auto_backend(cpu, "fp32", onnxruntime=True, capability="AVX2") == "onnxruntime"
+    assert auto_backend(cpu, "fp32", onnxruntime=False, capability="AVX2") == "fast"
+    for capability in ("AVX512", "AVX512_BF16"):
+        assert auto_backend(cpu, "fp32", onnxruntime=True, capability=capability) == "fast"
     for precision in ("bf16", "fp16"):
-        assert auto_backend(cpu, precision, onnxruntime=True) == "fast"
+        assert auto_backend(cpu, precision, onnxruntime=True, capability="AVX2") == "fast"
     for precision in PRECISIONS:
-        assert auto_backend(cuda, precision, onnxruntime=True) == "fast"
-    installed = onnxruntime_available()
-    assert RunOptions().resolve().backend == ("onnxruntime" if installed else "fast")
+        assert auto_backend(cuda, precision, onnxruntime=True, capability="AVX2") == "fast"
+    avx2_only = not cpu_capability().upper().startswith("AVX512")
+    want = "onnxruntime" if onnxruntime_available() and avx2_only else "fast"
+    assert RunOptions().resolve().backend == want
 
 
 def test_auto_backend_without_the_onnx_extra(monkeypatch):

@@ -1,5 +1,7 @@
 """Faster inference graphs of a trained PoseNet: BatchNorm folded into the convolutions,
-channels-last memory, optional ``torch.compile``, and what the CPU can do in reduced precision.
+channels-last memory, on a CPU oneDNN convolutions with packed weights that apply their ReLUs
+and residual sums and the head's transposed convolutions as sub-pixel convolutions, optional
+``torch.compile``, and what the CPU can do in reduced precision.
 
 Folding changes only rounding (each output is computed with one fused weight instead of a
 convolution followed by a scale and shift), so heatmaps agree with the plain model to ~1e-6
@@ -198,7 +200,14 @@ class SubpixelConvTranspose2d(nn.Module):
             self.conv.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_shuffle(self.conv(x), 2)[:, :, 1:-1, 1:-1]
+        y = nn.functional.pixel_shuffle(self.conv(x), 2)[:, :, 1:-1, 1:-1]
+        # dense, in the layout of the input: a strided view would make every later layer copy
+        layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
+        return y.contiguous(memory_format=layout)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.size(1) > 1
 
 
 def subpixel_eligible(deconv: nn.Module) -> bool:
@@ -226,12 +235,15 @@ def subpixel_deconvolutions(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepack(model: nn.Module, example: torch.Tensor, batch: int) -> nn.Module:
+def prepack(
+    model: nn.Module, example: torch.Tensor, batch: int, fuse: bool = True
+) -> nn.Module:
     """``model`` (prepared, on the CPU) with its convolutions replaced in place by
     :class:`PackedConv2d`, each packed for the input it gets from ``example`` (N, 3, h, w) with
-    the batch size ``batch``. Unchanged where PyTorch has no oneDNN; a convolution oneDNN will
-    not pack stays as it is. (Transposed convolutions stay: packed, a single crop's output
-    would differ from its in-batch one.)"""
+    the batch size ``batch``; with ``fuse``, the ReLUs and residual sums that follow them done
+    in the same pass (:class:`PackedBottleneck`). Unchanged where PyTorch has no oneDNN; a
+    convolution oneDNN will not pack stays as it is. (Transposed convolutions stay: packed, a
+    single crop's output would differ from its in-batch one.)"""
     mkldnn = torch.backends.mkldnn.is_available()
     if not (mkldnn and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
         return model
@@ -257,7 +269,8 @@ def prepack(model: nn.Module, example: torch.Tensor, batch: int) -> nn.Module:
                 # a shape or dtype oneDNN does not pack stays as it was
                 with contextlib.suppress(RuntimeError):
                     setattr(parent, name, PackedConv2d(child, sizes[child]))
-    _fuse_relus(model)
+    if fuse:
+        _fuse_relus(model)
     return model
 
 

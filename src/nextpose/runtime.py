@@ -4,8 +4,10 @@ A :class:`Network` turns uint8 crops into keypoints in crop pixels (and normalis
 heatmaps), flip test included. :func:`build_network` makes one for a backend:
 
 * ``eager``: the plain PyTorch model, exactly the reference's op sequence (two flip passes);
-* ``fast``: BatchNorm folded into the convolutions, channels-last, weights in oneDNN's layout
-  on a CPU (:func:`~nextpose.optimize.prepack`), optional reduced precision;
+* ``fast``: BatchNorm folded into the convolutions, channels-last, optional reduced precision;
+  on a CPU weights in oneDNN's layout with ReLUs and residual sums fused
+  (:func:`~nextpose.optimize.prepack`) and the head's transposed convolutions as sub-pixel
+  convolutions (:class:`~nextpose.optimize.SubpixelConvTranspose2d`);
 * ``compile``: the fast graph compiled by inductor: ahead of time on a CPU, kept in the cache
   folder (:class:`PackagedModel`); ``torch.compile`` with CUDA graphs on a GPU;
 * ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime,
@@ -47,6 +49,7 @@ from .optimize import (
     ReducedPrecision,
     aot_compile,
     compile_model,
+    cpu_capability,
     cpu_features,
     cpu_supports_bf16,
     cpu_supports_fp16,
@@ -71,12 +74,22 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
-def auto_backend(device: torch.device, precision: str, onnxruntime: bool | None = None) -> str:
+def auto_backend(
+    device: torch.device,
+    precision: str,
+    onnxruntime: bool | None = None,
+    capability: str | None = None,
+) -> str:
     """The backend ``auto`` runs, by measurement (BENCHMARKS.md, the same keypoints on all):
-    on a CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (the fastest fp32
-    path on AVX2 and AMX CPUs), else ``fast``; in bf16/fp16 (ONNX Runtime runs fp32 only) and
-    on a GPU, ``fast``. ``onnxruntime`` says whether the extra is installed (None: look)."""
+    on an AVX2-only CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (14 %
+    ahead of ``fast`` there); ``fast`` everywhere else: on AVX-512 CPUs in fp32 (ahead of or
+    tied with ONNX Runtime on an AVX-512 BF16 EPYC and an AMX Xeon), in bf16/fp16 (ONNX
+    Runtime runs fp32 only) and on a GPU. ``onnxruntime`` says whether the extra is installed,
+    ``capability`` the CPU's SIMD level (:func:`~nextpose.optimize.cpu_capability`; None: look).
+    """
     if device.type != "cpu" or precision != "fp32":
+        return "fast"
+    if (capability or cpu_capability()).upper().startswith("AVX512"):
         return "fast"
     if onnxruntime is None:
         onnxruntime = onnxruntime_available()

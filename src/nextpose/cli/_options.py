@@ -145,16 +145,17 @@ def add_runtime(
         help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
         "(BatchNorm folded, channels-last), compile (fast compiled by inductor; on a CPU kept "
         "in the cache folder, ~20 s the first time), onnxruntime (CPU, fp32); auto (default): "
-        "the fastest measured, all with the same keypoints: onnxruntime on a CPU in fp32 when "
-        "the onnx extra is installed, fast otherwise. `nextpose benchmark MODEL` times them on "
-        "this machine",
+        "the fastest measured, all with the same keypoints: onnxruntime in fp32 on a CPU "
+        "without AVX-512 when the onnx extra is installed, fast otherwise. `nextpose benchmark "
+        "MODEL` times them on this machine",
     )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
         help="run the network in bf16/fp16 (GPUs; CPUs with native bf16/fp16 only: AVX-512 "
-        "BF16 or AMX); faster, keypoints move by a heatmap pixel on a few percent of people",
+        "BF16 or AMX); faster (3-5x on AMX), a few percent of keypoints move by a quarter heatmap "
+        "pixel",
     )
     p.add_argument(
         "--keep-fp32",
