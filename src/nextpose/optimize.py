@@ -235,9 +235,7 @@ def subpixel_deconvolutions(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepack(
-    model: nn.Module, example: torch.Tensor, batch: int, fuse: bool = True
-) -> nn.Module:
+def prepack(model: nn.Module, example: torch.Tensor, batch: int, fuse: bool = True) -> nn.Module:
     """``model`` (prepared, on the CPU) with its convolutions replaced in place by
     :class:`PackedConv2d`, each packed for the input it gets from ``example`` (N, 3, h, w) with
     the batch size ``batch``; with ``fuse``, the ReLUs and residual sums that follow them done
