@@ -143,8 +143,8 @@ class PackedConv2d(nn.Module):
 
 class PackedBottleneck(nn.Module):
     """A BatchNorm-folded torchvision :class:`~torchvision.models.resnet.Bottleneck` whose
-    packed convolutions apply its ReLUs and residual sum themselves: the block's five
-    elementwise passes over memory (ReLU, ReLU, add, ReLU) are gone. In float32 the outputs
+    packed convolutions apply its ReLUs and residual sum themselves: the block's
+    elementwise passes over memory (ReLU, ReLU, add, ReLU: four) are gone. In float32 the outputs
     are bit-identical to the block's (the sum and ReLU are done on the same float32 values);
     in bf16 the residual sum is rounded once instead of twice.
     """
@@ -169,9 +169,9 @@ class SubpixelConvTranspose2d(nn.Module):
 
     Why: oneDNN's transposed convolution on AMX runs the head's first layer (2,048 channels at
     1/32 of the input size) at a fifth of the speed of the equivalent convolution
-    (BENCHMARKS.md, "Where the bf16 forward spends its time"). Not bit-identical to
-    ``deconv`` (the summation order differs): used for reduced precision, whose rounding is
-    far larger.
+    (BENCHMARKS.md, "AMX CPU"); as a convolution a single crop also sums as it does inside a
+    batch. Not bit-identical to ``deconv`` (the summation order differs: ~2e-6 relative in
+    float32).
 
     Args:
         deconv: ``nn.ConvTranspose2d`` with kernel 4, stride 2, padding 1, no output padding,

@@ -154,7 +154,7 @@ def add_runtime(
         choices=PRECISIONS,
         default="fp32",
         help="run the network in bf16/fp16 (GPUs; CPUs with native bf16/fp16 only: AVX-512 "
-        "BF16 or AMX); faster (3-5x on AMX), a few percent of keypoints move by a quarter heatmap "
+        "BF16 or AMX); ~3x faster on AMX, a few percent of keypoints move by a quarter heatmap "
         "pixel",
     )
     p.add_argument(
