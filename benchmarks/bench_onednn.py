@@ -9,11 +9,13 @@ Usage::
     python benchmarks/bench_onednn.py                        # resnext50 256x192, bf16 `ends`
     python benchmarks/bench_onednn.py --precision fp32 --batch 8
     python benchmarks/bench_onednn.py --keep-fp32 none --checkpoint RUN/model.pth
+    python benchmarks/bench_onednn.py --layers      # also per convolution shape, with GFLOP/s
 """
 
 import argparse
 import collections
 import os
+import re
 import sys
 import tempfile
 
@@ -47,6 +49,22 @@ def verbose_lines(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
             return [line for line in log.read().splitlines() if ",exec," in line]
 
 
+SHAPE = re.compile(
+    r"(?:g(\d+))?mb(\d+)_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)sh(\d+)\D.*ow(\d+)kw(\d+)"
+)
+
+
+def convolution_flops(problem: str) -> tuple[str, float]:
+    """A oneDNN convolution problem descriptor (``g32mb8_ic128oc128_ih64oh64kh3sh1...``) as a
+    short name (groups, channels, kernel, stride) and its FLOPs (2 per multiply-add)."""
+    m = SHAPE.search(problem)
+    if not m:
+        return problem, 0.0
+    g, mb, ic, oc, oh, kh, sh, ow, kw = (int(v) if v else 1 for v in m.groups())
+    name = f"{f'g{g} ' if g > 1 else ''}{ic}->{oc} {kh}x{kw} s{sh} out {oh}x{ow}"
+    return name, 2.0 * mb * oc * oh * ow * (ic // g) * kh * kw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="resnext50_coco_256x192")
@@ -59,6 +77,10 @@ def main() -> None:
         action="store_true",
         help="the prepared model without the fast backend's packing and sub-pixel head",
     )
+    parser.add_argument(
+        "--layers", action="store_true", help="also time per convolution shape, with GFLOP/s"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="keep the fastest of N calls")
     args = parser.parse_args()
     config = get_preset(args.preset).config
     model = PoseNet(config.model).eval()
@@ -74,7 +96,10 @@ def main() -> None:
         net = build_network(model, config, options).net
     w, h = config.model.input_size
     x = torch.randn(args.batch, 3, h, w).contiguous(memory_format=torch.channels_last)
-    lines = verbose_lines(net, x)
+    lines = min(
+        (verbose_lines(net, x) for _ in range(args.repeats)),
+        key=lambda ls: sum(float(line.split(",")[-1]) for line in ls),
+    )
     print(
         f"{args.preset}, {args.precision}"
         + (f" keep_fp32={args.keep_fp32}" if args.precision != "fp32" else "")
@@ -96,6 +121,24 @@ def main() -> None:
     for (kind, impl), t in sorted(times.items(), key=lambda kv: -sum(kv[1])):
         share = sum(t) / total * 100
         print(f"  {kind:<15} {impl:<55} {len(t):4d} calls {sum(t):8.1f} ms {share:5.1f} %")
+    if args.layers:
+        shapes: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+        for line in lines:
+            fields = line.split(",")
+            if fields[5] != "convolution":
+                continue
+            name, flops = convolution_flops(fields[-2])
+            dtype = fields[8].split(":")[1]  # the source's data type: bf16 or f32
+            row = shapes[f"{name} {dtype}", fields[6].split(":")[-1]]
+            row[0] += 1
+            row[1] += float(fields[-1])
+            row[2] += flops
+        print("convolutions by shape (calls, ms, share, GFLOP/s):")
+        for (name, isa), (n, ms, flops) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
+            print(
+                f"  {name:<36} {isa:<16} {n:3d} {ms:7.1f} ms {ms / total * 100:5.1f} % "
+                f"{flops / ms / 1e6:7.0f}"
+            )
     if reorders:
         print("reorders (layouts):")
         for layouts, n in reorders.most_common(6):

@@ -5,9 +5,11 @@ import copy
 import importlib.util
 import json
 import re
+import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -681,6 +683,29 @@ def test_reduced_precision_casts_weights_once_as_autocast_rounds(tiny_model):
             if kept:  # the heatmap layer in fp32: heatmaps not rounded to bf16
                 assert not torch.equal(got, got.bfloat16().float())
     assert fast.head.final_layer.weight.dtype == torch.float32  # the source model untouched
+
+
+def test_precision_parts_benchmark_masks_are_the_keep_fp32_choices(tiny_model):
+    """benchmarks/bench_precision_parts.py's masks mean what BENCHMARKS.md says: ``bbbbbbbbb``,
+    ``bbbbbbbbf``, ``fbbbbbbbf``, ``fbbbbffff`` are keep_fp32 none/final/ends/head bit for bit,
+    and its rounding rows change the network."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_precision_parts as bench
+    finally:
+        sys.path.pop(0)
+    fast = prepare_for_inference(tiny_model, channels_last=True)
+    parts = bench.parts_of(fast)
+    x = torch.randn(2, 3, SIZE[1], SIZE[0]).contiguous(memory_format=torch.channels_last)
+    masks = {"none": "bbbbbbbbb", "final": "bbbbbbbbf", "ends": "fbbbbbbbf", "head": "fbbbbffff"}
+    with torch.inference_mode():
+        fp32 = fast(x)
+        torch.testing.assert_close(bench.Mixed(parts, "f" * 9)(x), fp32, rtol=0, atol=0)
+        for keep, mask in masks.items():
+            want = ReducedPrecision(fast, torch.bfloat16, keep)(x)
+            torch.testing.assert_close(bench.Mixed(parts, mask)(x), want, rtol=0, atol=0)
+        for what in ("weights", "inputs"):
+            assert not torch.equal(bench.rounded(parts, what)(x), fp32)
 
 
 def test_keep_fp32_option_reaches_the_network(tiny_checkpoint):
