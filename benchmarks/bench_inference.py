@@ -224,6 +224,19 @@ def sample(boxes: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndar
     return files, per_image, oracle["kpts_img"], oracle["kpt_scores"]
 
 
+def jittered(per_image: list[np.ndarray], copies: int) -> list[np.ndarray]:
+    """Each image's xyxy boxes followed by ``copies`` seeded copies of each, every coordinate
+    moved by up to 10 % of the box's size."""
+    rng = np.random.default_rng(0)
+    return [
+        np.concatenate([b] + [
+            b + rng.uniform(-0.1, 0.1, b.shape) * np.tile(b[:, 2:] - b[:, :2], 2)
+            for _ in range(copies)
+        ]).astype(np.float32)
+        for b in per_image
+    ]  # fmt: skip
+
+
 def cut(
     image: np.ndarray, boxes: np.ndarray, input_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -470,14 +483,7 @@ def main() -> None:
         for run in runs + (["gt-jitter"] if args.jitter else []):
             files, per_image, ref_kpts, _ = sample(run.removesuffix("-jitter"))
             if run == "gt-jitter":  # more well-formed heatmaps: the GT people, boxes moved
-                rng = np.random.default_rng(0)
-                per_image = [
-                    np.concatenate([b] + [
-                        b + rng.uniform(-0.1, 0.1, b.shape) * np.tile(b[:, 2:] - b[:, :2], 2)
-                        for _ in range(args.jitter)
-                    ]).astype(np.float32)
-                    for b in per_image
-                ]  # fmt: skip
+                per_image = jittered(per_image, args.jitter)
                 ref_kpts = None
             arrays = [images[f] for f in files]
             results, failed = {}, {}

@@ -6,7 +6,7 @@ Parts, in order: ``S`` stem, ``1``-``4`` the four stages, ``a``/``b``/``c`` the 
 upsampling layers, ``F`` the 1x1 heatmap layer. A mask names each part's precision, ``f``
 fp32 or ``b`` bf16: ``fbbbbbbbf`` is ``--keep-fp32 ends``, ``fbbbbfffb``... The boxes are the
 sample's GT boxes plus ``--jitter`` seeded copies of each moved by up to 10 % of its size
-(BENCHMARKS.md, "bf16 and equal keypoints"). bf16 layers run natively where the CPU has
+(BENCHMARKS.md, AMX CPU, "Where bf16 moves keypoints"). bf16 layers run natively where the CPU has
 AVX-512 BF16 or AMX, slowly elsewhere; the rounding is the same.
 
 Usage::
@@ -18,11 +18,11 @@ Usage::
 import argparse
 import copy
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from bench_inference import COCO, jittered, sample
 from torch import nn
 
 import nextpose
@@ -30,8 +30,6 @@ from nextpose.optimize import prepare_for_inference
 from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
 
-ROOT = Path(__file__).resolve().parents[1]
-COCO = ROOT / "tests" / "data" / "coco-mini"
 PARTS = "S1234abcF"
 MASKS = (
     "bbbbbbbbb",  # --keep-fp32 none
@@ -92,28 +90,6 @@ def rounded(parts: list[nn.Module], what: str) -> nn.Module:
     return net
 
 
-def boxes(jitter: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The sample's images (RGB) and per-image xyxy boxes: GT, then ``jitter`` moved copies."""
-    coco = nextpose.CocoKeypoints(COCO / "test_coco.json")
-    files: list[str] = []
-    per_image: list[np.ndarray] = []
-    for inst in coco.ground_truth_instances():
-        if not files or files[-1] != inst.image_file:
-            files.append(inst.image_file)
-            per_image.append(np.zeros((0, 4), np.float32))
-        per_image[-1] = np.concatenate([per_image[-1], inst.bbox[None]])
-    rng = np.random.default_rng(0)
-    per_image = [
-        np.concatenate([b] + [
-            b + rng.uniform(-0.1, 0.1, b.shape) * np.tile(b[:, 2:] - b[:, :2], 2)
-            for _ in range(jitter)
-        ]).astype(np.float32)
-        for b in per_image
-    ]  # fmt: skip
-    images = [cv2.cvtColor(cv2.imread(str(COCO / f)), cv2.COLOR_BGR2RGB) for f in files]
-    return images, per_image
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="resnext50_coco_256x192")
@@ -129,7 +105,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = nextpose.model.PoseNet(config.model).eval()
     parts = parts_of(prepare_for_inference(model, "cpu", channels_last=True))
-    images, per_image = boxes(args.jitter)
+    files, per_image, _, _ = sample("gt")
+    per_image = jittered(per_image, args.jitter)
+    images = [cv2.cvtColor(cv2.imread(str(COCO / f)), cv2.COLOR_BGR2RGB) for f in files]
 
     def keypoints(net: nn.Module) -> np.ndarray:
         est = PoseEstimator(net, config, "cpu", args.preset, backend="eager")

@@ -154,8 +154,8 @@ def add_runtime(
         choices=PRECISIONS,
         default="fp32",
         help="run the network in bf16/fp16 (GPUs; CPUs with native bf16/fp16 only: AVX-512 "
-        "BF16 or AMX); ~3x faster on AMX, a few percent of keypoints move by a quarter heatmap "
-        "pixel",
+        "BF16 or AMX); 3-4x faster on AMX, a few percent of keypoints move, mostly by a quarter "
+        "or half heatmap pixel",
     )
     p.add_argument(
         "--keep-fp32",
