@@ -18,7 +18,6 @@ from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
 
 import nextpose
 from nextpose import runtime
-from nextpose.checkpoint import cache_dir
 from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
 from nextpose.engine import ordered_map
 from nextpose.geometry import (
@@ -298,18 +297,26 @@ def test_fast_backend_on_a_cpu_runs_no_transposed_convolution(tiny_checkpoint):
         assert len([m for m in modules if isinstance(m, SubpixelConvTranspose2d)]) == 3
 
 
-@pytest.fixture
-def compile_calls(monkeypatch, tmp_path) -> list:
-    """The ``compile`` backend's AOTInductor compilations, counted, into an empty cache."""
-    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def compiled_once(tiny_checkpoint, few_boxes, tmp_path_factory) -> dict:
+    """The ``compile`` backend's first estimator, into an empty cache, with its AOTInductor
+    compilations counted: the one real compile of these tests (~20 s), whose package the
+    others reuse where compiling again would test nothing new."""
+    cache = tmp_path_factory.mktemp("compile") / "cache"
     calls = []
 
     def counted(*args, **kwargs):
         calls.append(args)
         return aot_compile(*args, **kwargs)
 
-    monkeypatch.setattr(runtime, "aot_compile", counted)
-    return calls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEXTPOSE_CACHE", str(cache))
+        mp.setattr(runtime, "aot_compile", counted)
+        want = _predict_counts(nextpose.load(str(tiny_checkpoint), backend="fast"), few_boxes)
+        got = _predict_counts(nextpose.load(str(tiny_checkpoint), backend="compile"), few_boxes)
+    (package,) = (cache / "inductor").glob("*.pt2")
+    return {"cache": cache, "calls": calls, "want": want, "got": got, "package": package,
+            "bytes": package.read_bytes()}  # fmt: skip
 
 
 def _predict_counts(estimator, few_boxes) -> list:
@@ -318,43 +325,66 @@ def _predict_counts(estimator, few_boxes) -> list:
     return [estimator.predict(COCO / name, few_boxes[name][:count]) for name, count in pairs]
 
 
+def _replay(compiled_once: dict, calls: list):
+    """A stand-in for aot_compile that writes the package compiled once (the same model, example
+    and options: what compiling again would write), counting its calls."""
+
+    def compile_again(model, example, path):
+        calls.append(path)
+        Path(path).write_bytes(compiled_once["bytes"])
+        return Path(path)
+
+    return compile_again
+
+
 def test_compile_backend_equals_fast_and_compiles_once_per_weights(
-    tiny_checkpoint, few_boxes, compile_calls
+    tiny_checkpoint, few_boxes, compiled_once, monkeypatch
 ):
     """The ahead-of-time compiled graph gives the fast backend's keypoints bit for bit, for any
     batch size (one graph with a symbolic batch, a single crop included); it is compiled once,
     kept in the cache, and a later estimator of the same weights loads it without compiling;
-    a damaged package is compiled again."""
-    fast = nextpose.load(str(tiny_checkpoint), backend="fast")
-    want = _predict_counts(fast, few_boxes)
-    for attempt in range(2):  # compiled, then loaded from the cache
-        compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
-        for w, g in zip(want, _predict_counts(compiled, few_boxes), strict=True):
-            np.testing.assert_array_equal(g.keypoints, w.keypoints)
-            np.testing.assert_allclose(g.scores, w.scores, rtol=1e-5, atol=1e-6)
-        assert len(compile_calls) == 1, attempt
-    (package,) = (cache_dir() / "inductor").glob("*.pt2")
+    a damaged package is compiled again, into the cache."""
+    want = compiled_once["want"]
+    calls = compiled_once["calls"]
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(compiled_once["cache"]))
+    for w, g in zip(want, compiled_once["got"], strict=True):
+        np.testing.assert_array_equal(g.keypoints, w.keypoints)
+        np.testing.assert_allclose(g.scores, w.scores, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+    loaded = nextpose.load(str(tiny_checkpoint), backend="compile")  # from the cache
+    for w, g in zip(want, _predict_counts(loaded, few_boxes), strict=True):
+        np.testing.assert_array_equal(g.keypoints, w.keypoints)
+    assert len(calls) == 1
+    package = compiled_once["package"]
     assert not [p for p in package.parent.iterdir() if p.name.startswith(".")]  # no leftovers
     package.write_bytes(package.read_bytes()[:1000])  # a torn file
+    again = []
+    monkeypatch.setattr(runtime, "aot_compile", _replay(compiled_once, again))
     compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
     got = compiled.predict(COCO / next(iter(few_boxes)), few_boxes[next(iter(few_boxes))][:1])
     np.testing.assert_array_equal(got.keypoints, want[0].keypoints)
-    assert len(compile_calls) == 2 and package.stat().st_size > 1000
+    assert len(again) == 1 and Path(again[0]).parent == package.parent  # into the cache
+    assert package.read_bytes() == compiled_once["bytes"]  # renamed over the torn file
+    assert not [p for p in package.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_compile_backend_without_a_writable_cache_warns_and_runs(
-    tiny_checkpoint, few_boxes, monkeypatch, tmp_path
+    tiny_checkpoint, few_boxes, compiled_once, monkeypatch, tmp_path
 ):
     """A cache folder that cannot be made (here under a file): the model is compiled into a
     scratch folder for this process, with a warning naming the folder, and runs."""
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "file" / "cache"))
-    name = next(iter(few_boxes))
-    want = nextpose.load(str(tiny_checkpoint), backend="fast").predict(COCO / name, few_boxes[name])
+    calls = []
+    monkeypatch.setattr(runtime, "aot_compile", _replay(compiled_once, calls))
     compiled = nextpose.load(str(tiny_checkpoint), backend="compile")
+    name = next(iter(few_boxes))
     with pytest.warns(UserWarning, match="could not keep the compiled model in .*inductor"):
-        got = compiled.predict(COCO / name, few_boxes[name])
-    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+        got = compiled.predict(COCO / name, few_boxes[name][:1])
+    np.testing.assert_array_equal(got.keypoints, compiled_once["want"][0].keypoints)
+    (scratch,) = calls
+    assert Path(scratch).parent.name.startswith("nextpose-compile-")
+    assert not str(scratch).startswith(str(tmp_path))  # not in the cache that cannot be made
 
 
 def test_compile_backend_without_a_compiler_is_an_input_error(

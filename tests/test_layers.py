@@ -1,12 +1,17 @@
 """The package's modules sit in layers: every import points down this list, there is no
 import cycle, and no nextpose module is imported inside a function to dodge one (only the CLI
 loads the library inside its verbs, for start-up time; third-party imports inside functions,
-of optional or heavy dependencies, are fine)."""
+of optional or heavy dependencies, are fine; so is the pipeline's import of ``detection``,
+whose torchvision costs 2.4 s that a pipeline over given boxes does not pay)."""
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import ANN_FILE, COCO, DET_FILE
 
 import nextpose
 
@@ -36,8 +41,10 @@ LAYERS = [
      "cli.serve", "cli.train", "cli", "__main__", "__init__"],
 ]  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# Modules that import the library inside functions: `nextpose --help` stays fast.
+# Modules that import the library inside functions: `nextpose --help` stays fast, and a
+# pipeline without a detector does not import torchvision.
 LAZY_MODULES = {
+    "pipeline",
     "cli.benchmark",
     "cli.convert",
     "cli._options",
@@ -126,9 +133,6 @@ def test_no_import_cycles():
 
 
 def test_help_and_version_import_no_torch():
-    import subprocess
-    import sys
-
     code = (
         "import sys; from nextpose.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -142,7 +146,7 @@ def test_help_and_version_import_no_torch():
 def test_the_clis_torch_free_lists_are_the_librarys():
     """cli/_options.py spells the choices out so that --help needs no torch; they must stay
     what the library accepts."""
-    from nextpose import detection, runtime
+    from nextpose import detection, pipeline, runtime
     from nextpose.cli import _options
     from nextpose.training import pretrained
 
@@ -151,4 +155,38 @@ def test_the_clis_torch_free_lists_are_the_librarys():
     assert _options.KEEP_FP32 == runtime.KEEP_FP32
     assert tuple(detection.DETECTORS) == _options.DETECTORS
     assert _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
+    assert pipeline.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
     assert _options.PRETRAINED == pretrained.SOURCES
+
+
+STARTUP_SCRIPT = """
+import sys
+from nextpose.cli import main
+
+checkpoint, images, ann_file, bbox_file, out, *backends = sys.argv[1:]
+for b in backends:
+    assert main(["eval", checkpoint, "--images", images, "--ann-file", ann_file, "--bbox-file",
+                 bbox_file, "--backend", b, "--no-progress", "--out", f"{out}/{b}"]) == 0
+assert main(["predict", checkpoint, images, "--boxes", bbox_file, "--no-progress", "--out",
+             f"{out}/poses.json"]) == 0
+heavy = sorted(m for m in ("torchvision", "torch._dynamo", "sympy", "onnx") if m in sys.modules)
+print("imported:", heavy)
+"""
+
+
+def test_jobs_over_given_boxes_import_no_torchvision(tiny_checkpoint, tmp_path):
+    """eval and predict over a box file import neither torchvision nor torch._dynamo (2.4 s and
+    more of every process's start-up), on ``eager``, ``fast`` and a cached ``onnxruntime``
+    graph: only a detector, ImageNet weights, ``compile`` and the ONNX export need them."""
+
+    def run(folder: str, *backends: str) -> str:
+        args = [str(tiny_checkpoint), str(COCO), str(ANN_FILE), str(DET_FILE),
+                str(tmp_path / folder), *backends]  # fmt: skip
+        env = {**os.environ, "NEXTPOSE_CACHE": str(tmp_path / "cache")}  # none exported yet
+        done = subprocess.run([sys.executable, "-c", STARTUP_SCRIPT, *args], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.splitlines()[-1]
+
+    assert "onnx" in run("first", "onnxruntime")  # exported into the cache
+    assert run("second", "eager", "fast", "onnxruntime") == "imported: []"

@@ -106,3 +106,30 @@ def test_head_init_is_small_normal():
     w = model.head.final_layer.weight
     assert 0.0005 < w.std().item() < 0.002
     assert torch.all(model.head.final_layer.bias == 0)
+
+
+@pytest.mark.parametrize("groups,width", [(32, 4), (1, 64)])
+def test_trunk_computes_what_torchvisions_resnext_does(groups, width):
+    """The trunk is written here (importing torchvision costs every process 2.4 s): with the same
+    weights it gives torchvision's ResNet/ResNeXt stage-4 features bit for bit, in training
+    mode too (batch statistics), and names its parameters as torchvision does."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from nextpose.model import ResNeXt
+
+    torch.manual_seed(0)
+    ours = ResNeXt((2, 1, 2, 1), groups, width)
+    theirs = ResNet(Bottleneck, [2, 1, 2, 1], groups=groups, width_per_group=width)
+    for bn in (m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)  # not the identity: BatchNorm is used
+        torch.nn.init.normal_(bn.bias)
+        torch.nn.init.uniform_(bn.running_var, 0.5, 2.0)
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    assert ours.out_channels == theirs.fc.in_features
+    x = torch.randn(2, 3, 64, 48)
+    for train in (False, True):
+        ours.train(train)
+        theirs.train(train)
+        features = torch.nn.Sequential(*list(theirs.children())[:-2])
+        assert torch.equal(ours(x), features(x))

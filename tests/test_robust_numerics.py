@@ -52,7 +52,15 @@ def test_image_of_one_pixel(estimator):
     np.testing.assert_array_equal(poses.boxes, [[0, 0, 1, 1]])
     lo = poses.centers[0] - poses.scales[0] / 2
     hi = poses.centers[0] + poses.scales[0] / 2
-    assert (poses.keypoints[0] >= lo).all() and (poses.keypoints[0] <= hi).all()
+    found = poses.scores[0] > 0
+    assert (poses.keypoints[0][found] >= lo).all() and (poses.keypoints[0][found] <= hi).all()
+    # A heatmap without a positive value puts its keypoint at heatmap location (-1, -1) (spec
+    # §6.2, §6.5), one heatmap pixel before the region's corner.
+    np.testing.assert_allclose(
+        poses.keypoints[0][~found],
+        np.broadcast_to(lo - poses.scales[0] / HEATMAP, (int((~found).sum()), 2)),
+        rtol=1e-6,
+    )
 
 
 def test_crop_of_a_zero_size_region_is_finite():

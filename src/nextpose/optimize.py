@@ -21,10 +21,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from .errors import InputError
-from .model.backbone import ResNeXt
+from .model.backbone import Bottleneck, ResNeXt
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm  # BatchNorm2d and SyncBatchNorm
 
@@ -59,7 +58,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every BatchNorm (or SyncBatchNorm) merged into the
     convolution before it.
 
-    Works on the module structure of :class:`nextpose.model.PoseNet`: torchvision bottlenecks
+    Works on the module structure of :class:`nextpose.model.PoseNet`: the trunk's bottlenecks
     (``convN``/``bnN``, ``downsample.0/1``), the stem (``conv1``/``bn1``) and the head's
     ``deconv_layers`` Sequential; each folded BatchNorm becomes an Identity.
     """
@@ -142,7 +141,7 @@ class PackedConv2d(nn.Module):
 
 
 class PackedBottleneck(nn.Module):
-    """A BatchNorm-folded torchvision :class:`~torchvision.models.resnet.Bottleneck` whose
+    """A BatchNorm-folded :class:`~nextpose.model.backbone.Bottleneck` whose
     packed convolutions apply its ReLUs and residual sum themselves: the block's
     elementwise passes over memory (ReLU, ReLU, add, ReLU: four) are gone. In float32 the outputs
     are bit-identical to the block's (the sum and ReLU are done on the same float32 values);

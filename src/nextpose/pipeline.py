@@ -12,12 +12,11 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .boxes import BoxTable
-from .detection import DEFAULT_DETECTOR, PersonDetector, load_detector
 from .engine import Task
 from .errors import InputError
 from .predictor import PoseEstimator, load
@@ -26,10 +25,16 @@ from .sources import Entry, ImageLike, Source, open_stream
 from .structures import Frame, Poses
 from .tracking import OneEuro, PoseTracker
 
+if TYPE_CHECKING:
+    from .detection import PersonDetector
+
 log = logging.getLogger("nextpose")
 
 ErrorHandler = Callable[[str, Exception], None]
 DEFAULT_FPS = 30.0  # time step assumed for smoothing when a stream has no frame rate
+# = detection.DEFAULT_DETECTOR; detection is imported when a detector is loaded, since importing
+# torchvision takes 2.4 s that a pipeline over given boxes does not need.
+DEFAULT_DETECTOR = "keypointrcnn_resnet50_fpn"
 
 
 class PosePipeline:
@@ -55,7 +60,7 @@ class PosePipeline:
     def __init__(
         self,
         estimator: PoseEstimator,
-        detector: PersonDetector | None = None,
+        detector: "PersonDetector | None" = None,
         *,
         boxes: BoxTable | Mapping[str, Any] | None = None,
         flip: bool | None = None,
@@ -123,6 +128,8 @@ class PosePipeline:
         estimator = load(model, checkpoint, device=device, **(run_options or {}))
         found = None
         if detector is not None:
+            from .detection import load_detector
+
             found = load_detector(
                 detector, weights=detector_weights, device=device, **(detector_options or {})
             )

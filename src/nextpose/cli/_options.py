@@ -112,11 +112,11 @@ def check_detector(args: argparse.Namespace) -> None:
 
 def load_detector_of(args: argparse.Namespace, device: str | None = None):
     """The detector the --detector options ask for (on ``device``, else --device), or None."""
-    from ..detection import load_detector
-
     check_detector(args)
     if not args.detector:
         return None
+    from ..detection import load_detector  # torchvision: 2.4 s, only when a detector runs
+
     return load_detector(
         args.detector,
         weights=args.detector_weights or "default",

@@ -36,6 +36,8 @@ class HeatmapHead(nn.Module):
     def reset_parameters(self) -> None:
         """Normal(0, 0.001) weights, zero bias, unit BatchNorm: the reference's head init."""
         for m in self.modules():
+            if getattr(m, "weight", None) is None or m.weight.is_meta:
+                continue  # built on "meta" to take loaded weights: normal_ would import dynamo
             if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.normal_(m.weight, std=0.001)
                 if m.bias is not None:
