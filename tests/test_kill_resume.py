@@ -96,12 +96,15 @@ def _run_until(args: list[str], env: dict[str, str], done, timeout: float = 240)
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_path):
+def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_path, request):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    subprocess.run([sys.executable, "-m", "nextpose", *TRAIN, "--out", str(unbroken)],
-                   env=_env(), check=True, capture_output=True, timeout=300)  # fmt: skip
+    # The unbroken run goes on beside the broken one (one thread each: two cores).
+    reference = subprocess.Popen([sys.executable, "-m", "nextpose", *TRAIN, "--out",
+                                  str(unbroken)], env=_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)  # fmt: skip
+    request.addfinalizer(reference.kill)  # a no-op once it has ended
 
     def command(run: Path) -> list[str]:
         resume = ["--resume"] if (run / "last.pth").is_file() else []
@@ -125,6 +128,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_pat
     subprocess.run(command(broken), env=_env(KILL_TEST_PROGRESS=progress), check=True,
                    capture_output=True, timeout=300)  # fmt: skip
 
+    _, errors = reference.communicate(timeout=300)
+    assert reference.returncode == 0, errors.decode()[-2000:]
     expected = torch.load(unbroken / "last.pth", weights_only=True)
     got = torch.load(broken / "last.pth", weights_only=True)
     assert got["epoch"] == EPOCHS and got["iteration"] == EPOCHS * STEPS_PER_EPOCH
