@@ -669,6 +669,7 @@ def test_benchmark_verb_times_and_recommends(tiny_checkpoint, capsys):
     args = ["benchmark", str(tiny_checkpoint), "--backends", "eager,fast", "--seconds", "0.5"]
     assert main([*args, "--batch-size", "2", "--images", str(IMAGES[0])]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("batch 2, flip on, crops of 1 image(s)")
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:4]}
     assert set(rows) == {"eager", "fast"}
     for row in rows.values():

@@ -58,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
     crops = benchmark.sample_crops(estimator, args.batch_size, args.images)
     say = (lambda m: print(m, file=sys.stderr)) if sys.stderr.isatty() else (lambda _: None)
     timings = benchmark.run(estimator, pairs, crops, args.seconds, not args.no_flip, say)
-    print(f"{estimator!r}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    w, h = estimator.input_size
+    crops_of = f"crops of {len(args.images)} image(s)" if args.images else "random pixels"
+    print(
+        f"{estimator.name}: {w}x{h} input, {estimator.keypoint_set.num_keypoints} keypoints; "
+        f"{args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}, flip "
+        f"{'off' if args.no_flip else 'on'}, {crops_of}"
+    )
     print(benchmark.table(timings))
     best32, best = benchmark.recommend(timings)
     if best32 is not None:
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if best is not None and best is not best32:
         print(
             f"fastest: --backend {best.backend} --precision {best.precision} "
-            f"({100 * best.equal:.1f} % of keypoints equal to fp32's on these crops)"
+            f"({100 * best.equal:.1f} % of keypoints equal to fp32's on these crops"
+            f"{'' if args.images else '; random pixels: judge that with --images'})"
         )
     return 0
