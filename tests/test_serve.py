@@ -3,6 +3,7 @@
 requests batched together; every kind of bad request answered 4xx with a JSON error, the
 server still serving; a full queue answered 503; SIGTERM finishing the requests in flight."""
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -436,11 +438,8 @@ def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
             threshold = splitting_threshold(want)
             page.fill("#threshold", str(threshold))  # a range input: fill sets its value
             page.dispatch_event("#threshold", "input")
-            pixels = page.evaluate(
-                """() => { const c = document.getElementById('canvas');
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
-                return [c.width, c.height, Array.from(d.data)]; }"""
-            )
+            # The canvas as a PNG (lossless; 1.2 M pixel values as a JSON list took 14 s).
+            png = page.evaluate("document.getElementById('canvas').toDataURL('image/png')")
             hidden = page.eval_on_selector_all("#keypoints tbody tr.hidden", "rows => rows.length")
             # Hovering a keypoint shows its name and score: the best-scored one on the canvas
             # (a keypoint may lie outside the image).
@@ -456,8 +455,10 @@ def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
             browser.close()
     assert not errors, errors
     assert tip == f"person 0, {names[best]}: score {score:.3f}"
-    width, height, data = pixels
-    rgba = np.array(data, np.uint8).reshape(height, width, 4)
+    png = base64.b64decode(png.removeprefix("data:image/png;base64,"))
+    rgba = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED),
+                        cv2.COLOR_BGRA2RGBA)  # fmt: skip
+    height, width = rgba.shape[:2]
     image = nextpose.read_image(IMAGES[0])
     assert (width, height) == (image.shape[1], image.shape[0])
     assert len(np.unique(rgba[..., :3].reshape(-1, 3), axis=0)) > 1000  # not blank: the photo
