@@ -125,6 +125,7 @@ def eval_one(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_eval_on_three_processes_equals_one(tiny_checkpoint, eval_one, tmp_path):
     """Three processes on 7 batches: shares of 3, 2 and 2 (two processes: the oracle test)."""
     procs = 3
@@ -209,6 +210,7 @@ def predict_one(predict_args, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_predict_on_two_processes_equals_one(predict_args, predict_one, tmp_path):
     done = _nextpose(predict_args(tmp_path), 2)
     assert _outputs(tmp_path) == _outputs(predict_one)
@@ -217,6 +219,7 @@ def test_predict_on_two_processes_equals_one(predict_args, predict_one, tmp_path
     assert not (tmp_path / "poses.json.parts").exists()  # merged and removed
 
 
+@pytest.mark.slow
 def test_more_processes_than_images_and_drawn_names(tiny_checkpoint, tmp_path):
     """Two images of the same name, three processes: one has no work, and the drawn files get
     the names one process gives them (the second ``-2``)."""
@@ -263,6 +266,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_predict_killed_and_resumed_equals_an_unbroken_run(predict_args, predict_one, tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
@@ -416,6 +420,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_the_python_api_inside_a_process_group(
     tiny_checkpoint, boxes, eval_one, predict_one, tmp_path
 ):

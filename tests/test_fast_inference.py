@@ -337,6 +337,7 @@ def _replay(compiled_once: dict, calls: list):
     return compile_again
 
 
+@pytest.mark.slow
 def test_compile_backend_equals_fast_and_compiles_once_per_weights(
     tiny_checkpoint, few_boxes, compiled_once, monkeypatch
 ):
@@ -368,6 +369,7 @@ def test_compile_backend_equals_fast_and_compiles_once_per_weights(
     assert not [p for p in package.parent.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_compile_backend_without_a_writable_cache_warns_and_runs(
     tiny_checkpoint, few_boxes, compiled_once, monkeypatch, tmp_path
 ):

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ANN_FILE, COCO
 
@@ -96,6 +97,7 @@ def _run_until(args: list[str], env: dict[str, str], done, timeout: float = 240)
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_path, request):
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)

@@ -174,6 +174,7 @@ print("imported:", heavy)
 """
 
 
+@pytest.mark.slow
 def test_jobs_over_given_boxes_import_no_torchvision(tiny_checkpoint, tmp_path):
     """eval and predict over a box file import neither torchvision nor torch._dynamo (2.4 s and
     more of every process's start-up), on ``eager``, ``fast`` and a cached ``onnxruntime``

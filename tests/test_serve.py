@@ -328,6 +328,7 @@ def test_bad_requests_beside_good_ones_do_not_affect_them(server):
         assert_same_records(a.json(), good)
 
 
+@pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--max-queue", "1", "--max-wait-ms", "3000", "--max-batch", "64")
     try:
@@ -348,6 +349,7 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
     assert code == STOPPED, out
 
 
+@pytest.mark.slow
 def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--timeout", "1", "--max-wait-ms", "3000", "--max-batch", "64")
     try:
@@ -364,6 +366,7 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(tiny_checkpo
     assert code == STOPPED, out
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--max-wait-ms", "2000", "--max-batch", "64")
     answers: list = []
@@ -402,6 +405,7 @@ def height_of(page) -> int:
     return page.evaluate("document.getElementById('canvas').height")
 
 
+@pytest.mark.slow
 def test_the_page_draws_an_uploaded_image_and_lists_the_apis_keypoints(server):
     """Headless Chromium (Debian's, driven by Playwright: no browser download) uploads a
     sample image on the page: the canvas shows the image with the keypoints drawn in the
@@ -492,6 +496,7 @@ def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(ti
     assert batcher.waiting == 0 and batcher.answered == 2
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_webcam_poses(server):
     """The webcam button: Chromium's fake camera (a test pattern) through getUserMedia, each
     frame posted and drawn."""
@@ -520,6 +525,7 @@ def test_the_page_shows_the_webcam_poses(server):
     assert label == "Use the webcam"
 
 
+@pytest.mark.slow
 def test_without_boxes_the_servers_detector_finds_predicts_people(tiny_checkpoint, tmp_path):
     """``--detector NAME``: requests without boxes get the detector's people, as ``nextpose
     predict --detector`` finds them (a small torchvision detector with random weights whose

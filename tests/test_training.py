@@ -114,6 +114,7 @@ def test_non_finite_loss_stops_with_the_iteration(tmp_path, monkeypatch):
         train(_config(), DATA, tmp_path, pretrained="none", progress=False)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
     """2 ranks x batch 2 (gloo, CPU) against 1 process x batch 4, with frozen BatchNorm.
 
