@@ -54,6 +54,34 @@ def test_checkpoint_of_another_architecture_is_refused_clearly(oracle_weights):
     assert "missing keys: backbone.layer3.6.conv1.weight" in message
 
 
+def test_batchnorm_counters_may_be_absent_and_foreign_entries_are_skipped(tiny_checkpoint):
+    """Files from before PyTorch 0.4.1 lack BatchNorm's ``num_batches_tracked``; entries outside
+    the network (an EMA copy, a buffer of the loss) are skipped with a warning, as the
+    reference's non-strict load skips them; an entry inside the network's modules is not."""
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    plain = nextpose.load(str(tiny_checkpoint), backend="eager")
+    state = OrderedDict(
+        (k.replace("head.", "keypoint_head.", 1), v)
+        for k, v in saved["state_dict"].items()
+        if not k.endswith("num_batches_tracked")
+    )
+    state["ema.backbone.conv1.weight"] = torch.zeros(1)
+    state["loss.weight"] = torch.ones(17)
+    model = nextpose.PoseNet(plain.config.model)
+    with pytest.warns(UserWarning, match=r"old\.pth: ignored 2 checkpoint entries .*: ema\."):
+        checkpoint.load_into(model, {"state_dict": state}, "old.pth", "tiny")
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), plain.model.state_dict().items(), strict=True
+    ):
+        assert (k1 == k2 and torch.equal(v1, v2)) or k1.endswith("num_batches_tracked")
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), plain.model(x))
+    state["head.extra_buffer"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: head\.extra_buffer"):
+        checkpoint.load_into(model, {"state_dict": state}, "old.pth", "tiny")
+
+
 def test_tiny_checkpoint_into_big_model_lists_shape_mismatches(tiny_checkpoint):
     with pytest.raises(
         CheckpointError,

@@ -121,6 +121,30 @@ def test_affine_matrix_equals_opencv_solver():
         np.testing.assert_array_equal(got.numpy(), want)  # the last bits too
 
 
+def test_degenerate_regions_warp_as_opencv_warps_them():
+    """A zero-size box makes the 6x6 system singular: OpenCV's matrix is zero, and so its crop
+    repeats pixel (0, 0); a zero-width one, or one with negative sizes (kept from detection
+    files, §1.4), is a regular region. The tensor path gives the same matrices and crops."""
+    image = nextpose.read_image(IMAGES[0])
+    boxes = np.array(
+        [[60, 40, 60, 40], [0, 0, 0, 0], [60, 40, 60.000001, 40], [80, 30, 80, 200],
+         [150, 90, 110, 20], [150, 20, 110, 90]],
+        np.float32,
+    )  # fmt: skip
+    size = (192, 256)
+    center, scale = crop_region(boxes, size)
+    assert (scale[:2] == 0).all() and (scale[4] < 0).all()
+    t = torch.from_numpy(image), torch.from_numpy(center), torch.from_numpy(scale)
+    want = np.stack(
+        [image_to_crop_matrix(c, s, 0.0, size) for c, s in zip(center, scale, strict=True)]
+    )
+    assert (want[:3] == 0).all()
+    np.testing.assert_array_equal(affine_matrix_torch(t[1], t[2], size).numpy(), want)
+    crops = np.stack([crop(image, c, s, size) for c, s in zip(center, scale, strict=True)])
+    assert (crops[:3] == image[0, 0]).all()
+    np.testing.assert_array_equal(warp_crops(*t, size).numpy(), crops)
+
+
 def test_tensor_regions_and_back_projection_equal_numpy(sample_boxes):
     boxes = np.concatenate(list(sample_boxes.values()))
     center, scale = crop_region(boxes, (192, 256))

@@ -3,6 +3,7 @@ and predict commands, BoxTable and PoseEstimator.predict (issue 7)."""
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -214,7 +215,6 @@ def test_empty_detection_file(tmp_path, estimator):
     [
         ({"bbox": [1, 2, math.nan, 4]}, r"entry 0 has bbox \[1, 2, nan, 4\]"),
         ({"score": math.inf}, "need finite numbers"),
-        ({"bbox": [10, 10, -30, 50]}, r"width and height >= 0 \(\[x, y, w, h\]\)"),
         ({"bbox": [1, 2]}, r"entry 0 needs 'image_id', 'category_id', 'bbox' \[x, y, w, h\]"),
         ({"image_id": 123456}, "entry 0 refers to image_id 123456, not in"),
     ],
@@ -241,6 +241,36 @@ def test_zero_area_and_outside_detections_give_finite_results(tmp_path, estimato
     evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, read_threads=0, progress=False)
     for r in json.loads((results / "keypoints.json").read_text()):
         assert np.isfinite(r["keypoints"]).all() and np.isfinite(r["score"])
+
+
+def test_negative_width_or_height_is_cropped_as_the_reference_crops_it(tmp_path, estimator):
+    """No size check (§1.4): x2 = x + w even for w < 0. A box w wide to the left of x, narrower
+    than the crop's aspect ratio, has the centre and (after the aspect fix) the size of the
+    same box written with w > 0, so the same keypoints; both sizes negative turn the crop."""
+    dets = _detections()[:1]
+    x, y, w, h = 200.0, 60.0, 30.0, 120.0
+    flipped = [dict(dets[0], bbox=[x, y, -w, h]), dict(dets[0], bbox=[x, y, -w, -h])]
+    plain = [dict(dets[0], bbox=[x - w, y, w, h])]
+    out = {}
+    for name, entries in (("negative", flipped), ("plain", plain)):
+        path = write_json(tmp_path / f"{name}.json", entries)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            instances = CocoKeypoints(ANN_FILE).detection_instances(path)
+        said = [str(c.message) for c in caught if "negative width or height" in str(c.message)]
+        assert len(said) == (name == "negative") and all(f"{name}.json: entry 0" in m for m in said)
+        assert [i.id for i in instances] == list(range(len(entries)))
+        results = tmp_path / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluate(
+                estimator, ANN_FILE, COCO, path, out_dir=results, read_threads=0, progress=False
+            )
+        out[name] = json.loads((results / "keypoints.json").read_text())
+    assert instances[0].bbox.tolist() == [x - w, y, x, y + h]
+    negative = {tuple(r["keypoints"]) for r in out["negative"]}
+    assert tuple(out["plain"][0]["keypoints"]) in negative and len(negative) == 2
+    assert all(np.isfinite(r["keypoints"]).all() for r in out["negative"])
 
 
 # -- results files (eval --results) --------------------------------------------------------------

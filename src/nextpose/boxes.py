@@ -40,6 +40,7 @@ def as_boxes(
     image_shape: tuple[int, ...],
     source: str = "the image",
     bbox_format: BoxFormat = "xyxy",
+    keep_inverted: bool = False,
 ) -> np.ndarray:
     """(N, 5) float32 xyxy + score; None means the whole image; a missing score means 1.
 
@@ -47,6 +48,8 @@ def as_boxes(
         boxes: (N, 4) or (N, 5) (a single box may be flat), in ``bbox_format`` image pixels.
         image_shape: (H, W, ...) of the image the boxes are in.
         source: the image's name, for messages.
+        keep_inverted: keep boxes with x2 < x1 or y2 < y1 (or w, h < 0) instead of refusing
+            them: the reference crops a detection file's boxes as given.
 
     Boxes entirely outside the image are kept (the reference keeps them: their crop is black)
     but logged as a warning naming ``source``: their keypoints mean nothing.
@@ -74,13 +77,13 @@ def as_boxes(
     if not np.isfinite(arr).all() or np.abs(arr[:, :4]).max() > 1e9:
         raise InputError(f"{source}: boxes must be finite numbers of at most 1e9 pixels")
     if bbox_format == "xywh":
-        if (arr[:, 2:4] < 0).any():
+        if (arr[:, 2:4] < 0).any() and not keep_inverted:
             bad = int(np.flatnonzero((arr[:, 2:4] < 0).any(axis=1))[0])
             raise InputError(f"{source}: box {bad} {arr[bad, :4].tolist()} has w < 0 or h < 0")
         arr[:, 2:4] += arr[:, 0:2]
     arr = arr.astype(np.float32)
     inverted = np.flatnonzero((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1]))
-    if len(inverted):
+    if len(inverted) and not keep_inverted:
         raise InputError(
             f"{source}: box {inverted[0]} {arr[inverted[0], :4].tolist()} has x2 < x1 or y2 < y1 "
             "(boxes are x1, y1, x2, y2; pass bbox_format='xywh' for x, y, w, h)"

@@ -565,6 +565,10 @@ def extract_state_dict(
 def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str) -> None:
     """Load checkpoint ``obj`` into ``model`` strictly, or explain the mismatch.
 
+    Every weight of the model must be there with its shape (BatchNorm's ``num_batches_tracked``
+    may be absent: 0), and no entry may name a layer of the model's modules that it does not
+    have; entries outside them are skipped with a warning, as the reference skips them.
+
     Args:
         model: the network to fill; one built on the ``meta`` device gets the checkpoint's
             tensors (in its own dtypes) instead of copies.
@@ -574,8 +578,14 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
     """
     state = extract_state_dict(obj, source)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    # BatchNorm's step counter is no weight (eval ignores it): files from before PyTorch 0.4.1
+    # lack it, and load_state_dict fills it in as the reference's non-strict load does.
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
+    # Keys outside the model's own modules (an EMA copy, a loss's buffer, ...) are what the
+    # reference's non-strict load skips with a warning; keys inside them mean another network.
+    parts = {k.split(".", 1)[0] for k in own}
+    unexpected = [k for k in state if k not in own and k.split(".", 1)[0] in parts]
+    foreign = [k for k in state if k not in own and k.split(".", 1)[0] not in parts]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})"
         for k, v in own.items()
@@ -593,6 +603,13 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
                 lines.append(f"  {label}: {', '.join(keys[:5])}{more}")
         lines.append("  Is it a checkpoint for another architecture or input size?")
         raise CheckpointError("\n".join(lines))
+    if foreign:
+        warnings.warn(
+            f"{source}: ignored {len(foreign)} checkpoint entries that are not part of model "
+            f"'{expected}': {_some(foreign)}",
+            stacklevel=3,
+        )
+        state = OrderedDict((k, v) for k, v in state.items() if k in own)
     broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
     if broken:
         more = f" ... ({len(broken)} in all)" if len(broken) > 5 else ""

@@ -69,6 +69,8 @@ class Task:
         ends_block: no batch (of the detector or the network) joins this task's crops to the
             next task's: the results up to here do not depend on what follows (the unit of
             work of a sharded or resumed run, :mod:`nextpose.sharded`).
+        keep_inverted: crop boxes with x2 < x1 or y2 < y1 as given instead of refusing them
+            (a detection file's negative sizes, which the reference's evaluation crops, §1.4).
     """
 
     image: ImageSource
@@ -77,6 +79,7 @@ class Task:
     tag: Any = None
     bbox_format: BoxFormat = "xyxy"
     ends_block: bool = False
+    keep_inverted: bool = False
 
     def label(self) -> str:
         if self.name:
@@ -363,7 +366,9 @@ class Engine:
     ) -> Iterator["_Item | _Chunk"]:
         label = task.label()
         try:
-            b = as_boxes(boxes, image.shape, label, bbox_format or task.bbox_format)
+            b = as_boxes(
+                boxes, image.shape, label, bbox_format or task.bbox_format, task.keep_inverted
+            )
         except NextposeError as e:
             yield self._failed(task, e)
             return

@@ -298,9 +298,13 @@ def affine_matrix_torch(
     a = torch.stack([torch.stack(r, dim=1) for r in rows], dim=1)  # (N, 6, 6)
     b = torch.stack(rhs, dim=1)  # (N, 6)
     index = torch.arange(6, device=a.device)
+    singular = torch.zeros_like(xs[0], dtype=torch.bool)
     for i in range(6):
         # Pivot: the first row k >= i of largest |a[k, i]|; swap rows i and k.
-        k = a[:, i:, i].abs().argmax(dim=1, keepdim=True) + i  # (N, 1)
+        column = a[:, i:, i].abs()
+        k = column.argmax(dim=1, keepdim=True)
+        singular |= column.gather(1, k)[:, 0] < 100 * 2.0**-52  # a zero-size box
+        k = k + i  # (N, 1)
         perm = torch.where(index == i, k, torch.where(index == k, torch.full_like(k, i), index))
         a = a.gather(1, perm[:, :, None].expand_as(a))
         b = b.gather(1, perm)
@@ -316,7 +320,9 @@ def affine_matrix_torch(
         for k in range(i + 1, 6):
             acc = acc - a[:, i, k] * m[k]
         m[i] = acc / a[:, i, i]
-    return torch.stack(m, dim=1).reshape(-1, 2, 3)
+    # OpenCV answers a singular system with the zero matrix: the crop repeats pixel (0, 0).
+    out = torch.stack(m, dim=1).masked_fill(singular[:, None], 0.0)
+    return out.reshape(-1, 2, 3)
 
 
 def _source_grid(

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,9 @@ class CocoKeypoints:
         """Person boxes of a COCO detection-results file, in file order (§1.4).
 
         Entries of other categories are skipped; the kept ones get ids 0, 1, 2, ... Boxes are not
-        clipped. ``score_threshold`` (off by default, as in the reference) drops lower scores.
+        clipped, and one with a negative width or height is kept (with a warning), as the
+        reference keeps it. ``score_threshold`` (off by default, as in the reference) drops
+        lower scores.
         """
         det_file = Path(det_file)
         dets = _load_json(det_file, "detection")
@@ -209,6 +212,7 @@ class CocoKeypoints:
         k = self.num_keypoints
         out: list[PersonInstance] = []
         person_index = 0
+        negative: int | None = None  # the first box with a negative width or height
         for i, det in enumerate(dets):
             try:
                 if det["category_id"] != 1:
@@ -225,11 +229,13 @@ class CocoKeypoints:
                 raise AnnotationError(
                     f"{det_file}: entry {i} refers to image_id {image_id}, not in {self.path}"
                 )
-            if not np.isfinite([x, y, w, h, score]).all() or w < 0 or h < 0:
+            if not np.isfinite([x, y, w, h, score]).all():
                 raise AnnotationError(
                     f"{det_file}: entry {i} has bbox {det['bbox'][:4]} and score {det['score']}: "
-                    "need finite numbers and a width and height >= 0 ([x, y, w, h])"
+                    "need finite numbers ([x, y, w, h])"
                 )
+            if (w < 0 or h < 0) and negative is None:
+                negative = i
             index = person_index
             person_index += 1
             if score_threshold is not None and score < score_threshold:
@@ -246,5 +252,13 @@ class CocoKeypoints:
                     keypoints=np.zeros((k, 2), np.float32),
                     visible=np.ones(k, np.float32),
                 )
+            )
+        if negative is not None:
+            # The reference has no size check (§1.4): such a box is cropped as given.
+            warnings.warn(
+                f"{det_file}: entry {negative} (and maybe others) has bbox "
+                f"{dets[negative]['bbox'][:4]} with a negative width or height; it is cropped "
+                "as the reference crops it, from the corners (x, y) and (x + w, y + h)",
+                stacklevel=2,
             )
         return out

@@ -90,7 +90,13 @@ def _predict(
         by_image.setdefault(inst.image_file, []).append(i)
     image_dir = Path(image_dir)
     tasks = (
-        Task(image_dir / name, np.stack([instances[i].bbox for i in index]), name, index)
+        Task(
+            image_dir / name,
+            np.stack([instances[i].bbox for i in index]),
+            name,
+            index,
+            keep_inverted=True,  # a detection file's negative sizes, cropped as given (§1.4)
+        )
         for name, index in by_image.items()
     )
     n, k = len(instances), estimator.config.model.num_keypoints
