@@ -149,6 +149,14 @@ def test_exif_rotated_jpeg_is_turned_upright(tmp_path):
     assert upright[:20].mean() < 30 and upright[20:].mean() > 225  # the left half is on top
 
 
+def test_whole_image_box_of_an_exif_rotated_file_is_the_upright_image(tmp_path, estimator):
+    """Deliberately not the reference, which takes the size Pillow reports before rotating."""
+    (tmp_path / "phone.jpg").write_bytes(exif_rotated_jpeg(np.full((20, 40, 3), 90, np.uint8), 6))
+    poses = estimator.predict(tmp_path / "phone.jpg")
+    assert poses.boxes[:, :4].tolist() == [[0, 0, 20, 40]]
+    assert len(estimator.predict(tmp_path / "phone.jpg", [])) == 0  # nobody: no poses
+
+
 def test_huge_png_is_refused_before_decoding(tmp_path, no_decoding):
     path = tmp_path / "bomb.png"
     path.write_bytes(huge_png(20000, 20000))
