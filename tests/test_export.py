@@ -65,6 +65,10 @@ def test_export_image_graph_cli(tiny_checkpoint, eager, sample, tmp_path):
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
     scores, ref = np.concatenate(got_scores), np.concatenate(want_scores)
     assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
+    image = sample[0][0]
+    degenerate = np.array([[60, 40, 60, 40], [80, 30, 80, 200]], np.float32)  # zero size, width
+    keypoints, _ = session.run(None, {"image": image, "boxes": degenerate})
+    np.testing.assert_array_equal(keypoints, eager.predict(image, degenerate).keypoints)
 
 
 def test_export_crops_graph_without_flip(tiny_checkpoint, eager, sample, tmp_path):

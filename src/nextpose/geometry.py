@@ -303,7 +303,7 @@ def affine_matrix_torch(
         # Pivot: the first row k >= i of largest |a[k, i]|; swap rows i and k.
         column = a[:, i:, i].abs()
         k = column.argmax(dim=1, keepdim=True)
-        singular |= column.gather(1, k)[:, 0] < 100 * 2.0**-52  # a zero-size box
+        singular = singular | (column.gather(1, k)[:, 0] < 100 * 2.0**-52)  # a zero-size box
         k = k + i  # (N, 1)
         perm = torch.where(index == i, k, torch.where(index == k, torch.full_like(k, i), index))
         a = a.gather(1, perm[:, :, None].expand_as(a))
