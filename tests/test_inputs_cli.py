@@ -72,3 +72,52 @@ def test_pil_images_are_accepted(tiny_checkpoint):
     np.testing.assert_array_equal(
         poses.keypoints, est.predict(array, [[100, 50, 300, 400]]).keypoints
     )
+
+
+def test_eval_of_a_folder_without_the_annotated_images_is_refused(
+    tiny_checkpoint, tmp_path, capsys
+):
+    from conftest import ANN_FILE
+
+    (tmp_path / "images").mkdir()
+    args = ["eval", str(tiny_checkpoint), "--images", str(tmp_path / "images"), "--gt-boxes"]
+    assert main([*args, "--ann-file", str(ANN_FILE), "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert f"--images {tmp_path / 'images'}: holds none of the 4 images" in err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_detector_options_are_checked(tiny_checkpoint, tmp_path, capsys):
+    weights = tmp_path / "detector.pth"
+    weights.write_text("hello")
+    assert _predict(tiny_checkpoint, IMAGES[0], "--detector", "--detector-weights", weights) == 2
+    assert f"{weights}: not a readable PyTorch weights file" in capsys.readouterr().err
+    for option, value, says in [
+        ("--detector-score", "2", "must be from 0 to 1"),
+        ("--detector-min-size", "-5", "must be >= 0"),
+        ("--detector-score", "nan", "expected a finite number"),
+    ]:
+        with pytest.raises(SystemExit):
+            _predict(tiny_checkpoint, IMAGES[0], "--detector", option, value)
+        assert f"argument {option}: {says}" in capsys.readouterr().err
+
+
+def test_jsonl_alone_writes_nothing_to_standard_output(tiny_checkpoint, tmp_path, capsys):
+    """As --help says: the list goes to standard output unless --jsonl alone names a file."""
+    lines = tmp_path / "poses.jsonl"
+    assert _predict(tiny_checkpoint, IMAGES[0], "--jsonl", lines) == 0
+    assert capsys.readouterr().out == "" and len(lines.read_text().splitlines()) == 1
+    assert _predict(tiny_checkpoint, IMAGES[0]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_a_box_of_zero_size_is_used_with_a_warning(tiny_checkpoint, tmp_path, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({IMAGES[0].name: [[10, 10, 10, 10], [10, 10, 200, 300]]}))
+    out = tmp_path / "poses.json"
+    assert _predict(tiny_checkpoint, IMAGES[0], "--boxes", boxes, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 boxes have zero width and height (box 0: [10.0, 10.0, 10.0, 10.0])" in err
+    point, person = json.loads(out.read_text())
+    assert {tuple(k[:2]) for k in point["keypoints"]} == {(10.0, 10.0)}
+    assert len({tuple(k[:2]) for k in person["keypoints"]}) > 1

@@ -33,7 +33,7 @@ def _predict(tiny_checkpoint, *args):
 
 
 def _snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() if p.is_file() else None for p in sorted(folder.iterdir())}
 
 
 def test_outputs_never_replace_inputs(tiny_checkpoint, photos, tmp_path, capsys):
@@ -168,3 +168,94 @@ def test_an_input_named_by_a_glob_pattern_is_protected_too(tiny_checkpoint, phot
     assert _predict(tiny_checkpoint, str(photos / "*.jpg"), "--out", image) == 2
     assert "would overwrite an input" in capsys.readouterr().err
     assert image.read_bytes() == before
+
+
+def test_outputs_never_replace_the_boxes_or_weights_read(tiny_checkpoint, tmp_path, capsys):
+    """Not only the images: the boxes file, the checkpoint and the detector's weights are
+    inputs too, and eval's annotation, detection and results files."""
+    model = tmp_path / "model.pth"
+    shutil.copy(tiny_checkpoint, model)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({IMAGES[0].name: [[10, 20, 200, 300]]}))
+    weights = tmp_path / "detector.pth"
+    weights.write_bytes(b"not read: refused before")
+    read = [model, boxes, weights]
+    before = [p.read_bytes() for p in read]
+    cases = [
+        [model, IMAGES[0], "--boxes", boxes, "--out", boxes],
+        [model, IMAGES[0], "--boxes", boxes, "--jsonl", boxes],
+        [model, IMAGES[0], "--out", model],
+        ["resnext50_coco_256x192", IMAGES[0], "--checkpoint", model, "--jsonl", model],
+        [model, IMAGES[0], "--detector", "--detector-weights", weights, "--out", weights],
+    ]
+    for args in cases:
+        assert main(["predict", *map(str, args)]) == 2, args
+        assert "would overwrite an input" in capsys.readouterr().err
+    assert [p.read_bytes() for p in read] == before
+
+    from conftest import ANN_FILE, COCO
+
+    ann = tmp_path / "ev" / "keypoints.json"
+    ann.parent.mkdir()
+    shutil.copy(ANN_FILE, ann)
+    args = [str(model), "--images", str(COCO), "--ann-file", str(ann), "--gt-boxes"]
+    assert main(["eval", *args, "--out", str(ann.parent)]) == 2
+    assert "--out" in capsys.readouterr().err and ann.read_bytes() == ANN_FILE.read_bytes()
+    results = tmp_path / "scored" / "metrics.json"
+    results.parent.mkdir()
+    results.write_text("[]")
+    score = ["eval", "--results", str(results), "--ann-file", str(ANN_FILE)]
+    assert main([*score, "--out", str(results.parent)]) == 2
+    assert results.read_text() == "[]"
+
+
+def test_a_run_that_reads_nothing_leaves_earlier_outputs(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    out, lines, new = tmp_path / "poses.json", tmp_path / "poses.jsonl", tmp_path / "new.json"
+    out.write_text('["earlier"]')
+    lines.write_text('"earlier"\n')
+    assert _predict(tiny_checkpoint, bad, "--out", out, "--jsonl", lines) == 1
+    err = capsys.readouterr().err
+    assert f"nothing was read: {out} and {lines} left as they were" in err
+    assert out.read_text() == '["earlier"]' and lines.read_text() == '"earlier"\n'
+    assert _predict(tiny_checkpoint, bad, "--out", new) == 1  # no earlier file: a valid one
+    assert json.loads(new.read_text()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jpg", "new.json", *sorted(
+        [out.name, lines.name])]  # fmt: skip
+
+
+def test_out_in_the_draw_folder_keeps_both(tiny_checkpoint, tmp_path, capsys):
+    drawn = tmp_path / "drawn"
+    out = drawn / IMAGES[0].with_suffix(".jpg").name  # where its drawing would go
+    assert _predict(tiny_checkpoint, IMAGES[0], "--draw", drawn, "--out", out) == 0
+    assert json.loads(out.read_text())[0]["image"].endswith(IMAGES[0].name)
+    other = drawn / f"{out.stem}-2.jpg"
+    assert nextpose.read_image(other).shape == nextpose.read_image(IMAGES[0]).shape
+
+
+@pytest.mark.parametrize(
+    ("verb", "message"),
+    [
+        (["predict", "{ckpt}", "{image}", "--out", "{image}/poses.json"], "is a file, not"),
+        (["predict", "{ckpt}", "{image}", "--jsonl", "{tmp}"], "is a folder, not a file"),
+        (["export", "{ckpt}", "{tmp}/pose"], "the output must be an .onnx file"),
+        (["export", "{ckpt}", "{image}"], "the output must be an .onnx file"),
+        (["export", "{ckpt}", "{image}/pose.onnx"], "is a file, not a folder"),
+        (["export", "{ckpt}", "{tmp}/folder.onnx"], "is a folder, not a file"),
+        (["convert", "{ckpt}", "{tmp}/folder.safetensors"], "is a folder, not a file"),
+        (["convert", "{ckpt}", "{image}/w.safetensors"], "is a file, not a folder"),
+    ],
+)
+def test_outputs_that_cannot_be_files_are_refused_up_front(
+    tiny_checkpoint, tmp_path, capsys, verb, message
+):
+    image = tmp_path / "photo.jpg"
+    shutil.copy(IMAGES[0], image)
+    (tmp_path / "folder.onnx").mkdir()
+    (tmp_path / "folder.safetensors").mkdir()
+    before = _snapshot(tmp_path)
+    names = {"ckpt": tiny_checkpoint, "image": image, "tmp": tmp_path}
+    assert main([a.format(**names) for a in verb]) == 2
+    assert message in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before  # no temporary file left either

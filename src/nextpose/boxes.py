@@ -88,6 +88,12 @@ def as_boxes(
             f"{source}: box {inverted[0]} {arr[inverted[0], :4].tolist()} has x2 < x1 or y2 < y1 "
             "(boxes are x1, y1, x2, y2; pass bbox_format='xywh' for x, y, w, h)"
         )
+    points = np.flatnonzero((arr[:, 2] == arr[:, 0]) & (arr[:, 3] == arr[:, 1]))
+    if len(points):
+        log.warning(
+            f"{source}: {len(points)} of {len(arr)} boxes have zero width and height (box "
+            f"{points[0]}: {arr[points[0], :4].tolist()}); all their keypoints land on that point"
+        )
     outside = outside_image(arr, image_shape)
     if len(outside):
         log.warning(

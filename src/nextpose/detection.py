@@ -14,7 +14,6 @@ torchvision's Keypoint R-CNN, is trained on people only and has a person box AP 
 import pickle
 import urllib.error
 import urllib.parse
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +208,11 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors ({e})"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e})") from None
+    except Exception as e:  # torch.load fails in many ways on a damaged or foreign file
+        said = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file (torch.load: {type(e).__name__} {said})"
+        ) from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

@@ -10,6 +10,22 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import OutputError
+
+
+def check_writable(path: str | Path, option: str) -> Path:
+    """Refuse, naming ``option``, an output file that is a folder or whose folder is a file
+    (before any work; the folders that do not exist yet are made when it is written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a folder, not a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
 
 def _umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
@@ -40,7 +56,11 @@ class AtomicFile:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp, target)
+        try:
+            os.replace(self.tmp, target)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         return target
 
     def discard(self) -> None:

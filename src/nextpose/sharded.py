@@ -20,7 +20,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,7 @@ def predict_job(
     block_size: int | None = None,
     options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    reads: Iterable[str | Path] = (),
 ) -> JobSummary:
     """Run ``pipeline`` over ``inputs`` into ``out`` (a JSON list of person records, COCO
     results with ``coco``) and/or ``jsonl`` (a line per image or frame), shared among the ranks
@@ -223,6 +224,7 @@ def predict_job(
         options: what else defines the job (model, boxes file, ...): a resumed run must have
             the same, or it is refused naming the differences.
         progress: one bar on rank 0 for the whole job (None: on a terminal only).
+        reads: the other files the job reads (a boxes file, weights): no output replaces them.
 
     Returns:
         A :class:`JobSummary` on every rank (the counts of the whole job).
@@ -243,7 +245,10 @@ def predict_job(
                 f"{source}: a camera or stream cannot be shared among processes or resumed; "
                 "run it in one process without --resume"
             )
-    guard = Guard(p for kind, source in groups for p in (source if kind == "images" else [source]))
+    guard = Guard(
+        [p for kind, source in groups for p in (source if kind == "images" else [source])]
+        + list(reads)
+    )
     for path, option in ((out, "--out"), (jsonl, "--jsonl")):
         if path is not None:
             guard.claim(path, option)
@@ -531,6 +536,11 @@ def _merge(
         for w in writers:
             w.abort()
         raise
+    if frames == 0 and not partial:  # nothing read: an earlier output stays as it was
+        earlier = [w for w in writers if w.path is not None and w.path.exists()]
+        for w in earlier:
+            w.abort()
+        writers = [w for w in writers if w not in earlier]
     done = (w.keep_partial() if partial else w.close() for w in writers)
     paths = [p for p in done if p is not None]
     return frames, people, images + len(videos) + len(failed), failed, paths

@@ -4,9 +4,9 @@ replaces an input or leaves a half-written file where a complete one was.
 * Every file is written under a temporary name and renamed when complete (:mod:`nextpose.fileio`).
 * An output that would land on an input file (``--out`` naming an image, ``--draw`` into the
   input folder) or on another output is refused before anything is written.
-* A run that stops with an error leaves any earlier output as it was. A run interrupted by the
-  user (Ctrl-C) keeps what it has: under the output's own name when there was no file there
-  before, otherwise beside it as ``NAME.partial.EXT``.
+* A run that stops with an error, or reads no image, leaves any earlier output as it was. A
+  run interrupted by the user (Ctrl-C) keeps what it has: under the output's own name when
+  there was no file there before, otherwise beside it as ``NAME.partial.EXT``.
 """
 
 import json
@@ -20,7 +20,7 @@ import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, is_video_file
 from .errors import OutputError
-from .fileio import AtomicFile
+from .fileio import AtomicFile, check_writable
 from .opencv import cv2
 from .structures import Frame
 
@@ -66,8 +66,7 @@ class Guard:
                 f"{option} {path}: the same file as {self.outputs[resolved]}; give each output "
                 "its own path"
             )
-        if path.is_dir():
-            raise OutputError(f"{option} {path}: is a folder, not a file")
+        check_writable(path, option)
         self.outputs[resolved] = option
         return path
 
@@ -202,7 +201,7 @@ class DrawingWriter:
 
     def _unique(self, target: Path) -> Path:
         stem, n = target.stem, 1
-        while target in self._used:
+        while target in self._used or target.resolve() in self.guard.outputs:  # --out in DIR
             n += 1
             target = target.with_name(f"{stem}-{n}{target.suffix}")
         self._used.add(target)

@@ -50,6 +50,20 @@ def number(text: str) -> float:
     return value
 
 
+def number_in(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (inclusive; no upper bound
+    for None)."""
+
+    def parse(text: str) -> float:
+        value = number(text)
+        if value < low or (high is not None and value > high):
+            bound = f"from {low:g} to {high:g}" if high is not None else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def add_model(p: argparse.ArgumentParser, optional: bool = False) -> None:
     """MODEL and --checkpoint."""
     p.add_argument(
@@ -76,14 +90,14 @@ def add_detector(
     p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
     p.add_argument(
         "--detector-score",
-        type=number,
+        type=number_in(0.0, 1.0),
         default=0.5,
         metavar="S",
         help="keep detections scoring at least this (default 0.5)",
     )
     p.add_argument(
         "--detector-min-size",
-        type=number,
+        type=number_in(0.0),
         default=32.0,
         metavar="PX",
         help="drop detections whose longer side is below this (default 32 pixels)",

@@ -20,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import convert
     from ..errors import InputError
+    from ..fileio import check_writable
 
     if not args.dst.endswith(".safetensors"):
         raise InputError(f"{args.dst}: the output must be a .safetensors file")
+    check_writable(args.dst, "DST")
     path = convert(args.src, args.dst)
     print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -6,7 +6,15 @@ import sys
 from pathlib import Path
 
 from ..presets import PRESETS
-from ._options import add_model, add_progress, add_runtime, check_device, check_extras, run_options
+from ._options import (
+    add_model,
+    add_progress,
+    add_runtime,
+    check_device,
+    check_extras,
+    number,
+    run_options,
+)
 
 COCO_VAL_ANN = "annotations/person_keypoints_val2017.json"
 COCO_VAL_IMAGES = "val2017"
@@ -28,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     boxes.add_argument("--gt-boxes", action="store_true", help="use the ground-truth boxes")
     p.add_argument(
         "--bbox-score-threshold",
-        type=float,
+        type=number,
         help="drop detections scoring below this (default: keep all, as published)",
     )
     p.add_argument(
@@ -80,6 +88,7 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
     from ..evaluation.coco_eval import read_ground_truth
     from ..fileio import atomic_write_text
     from ..predictor import load
+    from ..writers import Guard
 
     root = Path(args.coco_root) if args.coco_root else None
     ann_file = Path(args.ann_file) if args.ann_file else root / COCO_VAL_ANN if root else None
@@ -90,6 +99,11 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    read = [ann_file, args.bbox_file, args.results, args.checkpoint, args.model]
+    guard = Guard([f for f in read if f and "://" not in str(f)])
+    guard.claim(out / "metrics.json", "--out")
+    if not args.results:
+        guard.claim(out / "keypoints.json", "--out")
     published: dict[str, float] = {}
     if args.results:
         if args.model:
@@ -116,7 +130,15 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         # downloaded): a malformed file is reported before any heavy work.
         coco = CocoKeypoints(ann_file)
         if bbox_file is not None:
-            coco.detection_instances(bbox_file)
+            instances = coco.detection_instances(bbox_file)
+        else:
+            instances = coco.ground_truth_instances()
+        names = {inst.image_file for inst in instances}
+        if names and not any((images / name).is_file() for name in names):
+            raise InputError(
+                f"--images {images}: holds none of the {len(names)} images {ann_file} names "
+                f"for the person boxes (e.g. {min(names)}); is it the right folder?"
+            )
         if args.model in PRESETS:  # the metric's own checks of the ground truth, up front too
             k = PRESETS[args.model].config.model.num_keypoints
             read_ground_truth(ann_file, k)

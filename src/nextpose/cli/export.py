@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, require
     from ..export import OPSET_MAX, export_onnx
+    from ..fileio import check_writable
     from ..predictor import load
 
     require("onnx", "onnx", "nextpose export")
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     for given in (args.model, args.checkpoint):
         if given and Path(given).exists() and Path(given).resolve() == out:
             raise InputError(f"{args.out}: is the model's own file; name another output")
+    if out.suffix.lower() != ".onnx":  # not over an image or a checkpoint by a slip
+        raise InputError(f"{args.out}: the output must be an .onnx file")
+    check_writable(args.out, "OUT")
     if not 16 <= args.opset <= OPSET_MAX:
         raise InputError(f"--opset {args.opset}: choose an opset from 16 to {OPSET_MAX}")
     estimator = load(args.model, args.checkpoint, backend="eager", decode=args.decode)

@@ -53,7 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='how a {"<image>": [...]} --boxes file gives boxes: x1, y1, x2, y2 (default) or '
         "x, y, w, h (COCO detection results are always x, y, w, h)",
     )
-    p.add_argument("--out", help="write the poses here as JSON (default: standard output)")
+    p.add_argument(
+        "--out",
+        help="write the poses here as JSON (default: standard output, unless --jsonl is given)",
+    )
     p.add_argument(
         "--format",
         choices=["nextpose", "coco"],
@@ -135,10 +138,10 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
     check_detector(args)
-    # glob patterns are expanded: the files they name are inputs
+    # glob patterns are expanded: the files they name are inputs; so are the boxes and weights
     guard = Guard(
         [p for kind, source in groups if kind != "camera"
-         for p in (source if kind == "images" else [source])]
+         for p in (source if kind == "images" else [source])] + read_files(args)
     )  # fmt: skip
     if args.out:
         guard.claim(args.out, "--out")
@@ -174,7 +177,8 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         inputs += 1
 
     drawer = DrawingWriter(args.draw, args.score_threshold, guard) if args.draw else None
-    results = JsonListWriter(args.out, "--out")
+    # Standard output has the list unless --jsonl alone names where the poses go.
+    results = JsonListWriter(args.out, "--out") if args.out or not args.jsonl else None
     lines = JsonLinesWriter(args.jsonl, "--jsonl") if args.jsonl else None
     outputs = [w for w in (results, lines) if w is not None]
     videos = any(kind != "images" for kind, _ in groups)
@@ -191,8 +195,9 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
                     inputs += 1 if kind == "images" or frame.index == 0 else 0
                     frames += 1
                     people += len(frame)
-                    for record in frame.to_coco() if coco else frame.to_records():
-                        results.write(record)
+                    if results is not None:
+                        for record in frame.to_coco() if coco else frame.to_records():
+                            results.write(record)
                     if lines is not None:
                         lines.write(frame.to_line(coco))
                     if drawer is not None:
@@ -216,11 +221,15 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         if drawer is not None:
             drawer.abort()
         raise
+    # Nothing read: an earlier output stays as it was (a new one is a valid, empty file).
+    kept = [w for w in outputs if not frames and w.path is not None and w.path.exists()]
     for w in outputs:
-        w.close()
+        w.abort() if w in kept else w.close()
     unit = "frames" if videos else "images"
-    if args.out:
+    if args.out and results not in kept:
         print(f"wrote {people} poses from {frames} {unit} to {args.out}", file=sys.stderr)
+    if kept:
+        _kept([str(w.path) for w in kept])
     if drawer is not None and drawer.written:
         print(f"drew {len(drawer.written)} files in {args.draw}", file=sys.stderr)
     if failed:
@@ -238,9 +247,25 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     return 1 if failed and frames == 0 else 0
 
 
+def _kept(paths: list[str]) -> None:
+    """Say that a run which read no image left these earlier outputs as they were."""
+    if paths:
+        were = "it was" if len(paths) == 1 else "they were"
+        print(f"nothing was read: {' and '.join(paths)} left as {were}", file=sys.stderr)
+
+
+def read_files(args: argparse.Namespace) -> list[str]:
+    """The files other than the inputs that the command reads (boxes, weights), which no
+    output may replace."""
+    given = (args.model, args.checkpoint, args.boxes, args.detector_weights)
+    return [f for f in given if f and "://" not in f]
+
+
 def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     """Files and videos through :func:`nextpose.sharded.predict_job` (under torchrun: this
     process's share)."""
+    from pathlib import Path
+
     import torch
 
     from .. import distributed, sharded
@@ -264,6 +289,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
             max_frames=args.max_frames,
             options=options,
             progress=False if args.no_progress else None,
+            reads=read_files(args),
         )
     except KeyboardInterrupt:
         if main and distributed.current().world_size == 1:
@@ -288,6 +314,8 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     )
     for path in summary.outputs:
         print(f"wrote {path}", file=sys.stderr)
+    written = {Path(p).resolve() for p in summary.outputs}
+    _kept([f for f in (args.out, args.jsonl) if f and Path(f).resolve() not in written])
     if summary.drawn:
         print(f"drew {summary.drawn} files in {args.draw}", file=sys.stderr)
     if summary.failed:
