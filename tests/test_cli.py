@@ -146,3 +146,23 @@ def test_convert_writes_safetensors_that_load_to_the_same_poses(tiny_checkpoint,
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
     assert main(["convert", str(tiny_checkpoint), str(tmp_path / "x.pth")]) == 2
     assert main(["convert", str(out), str(out)]) == 2  # never over its own input
+
+
+@pytest.mark.slow  # a fresh process: pytest records warnings in its own
+def test_python_warnings_print_as_the_commands_warnings(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    saved["state_dict"]["ema.weight"] = torch.zeros(1)
+    torch.save(saved, tmp_path / "ema.pth")
+    run = subprocess.run(
+        [sys.executable, "-m", "nextpose", "predict", str(tmp_path / "ema.pth"), str(IMAGES[0]),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "warning: " in run.stderr and "ignored 1 checkpoint entry outside model" in run.stderr
+    assert "UserWarning" not in run.stderr and ".py:" not in run.stderr  # no code location

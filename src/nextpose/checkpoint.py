@@ -605,8 +605,9 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
         raise CheckpointError("\n".join(lines))
     if foreign:
         warnings.warn(
-            f"{source}: ignored {len(foreign)} checkpoint entries that are not part of model "
-            f"'{expected}': {_some(foreign)}",
+            f"{source}: ignored {len(foreign)} checkpoint "
+            f"{'entry' if len(foreign) == 1 else 'entries'} outside model '{expected}': "
+            f"{_some(foreign)}",
             stacklevel=3,
         )
         state = OrderedDict((k, v) for k, v in state.items() if k in own)

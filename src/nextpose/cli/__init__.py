@@ -9,6 +9,7 @@ torch.
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .._version import __version__
@@ -39,6 +40,13 @@ class _WarningPrinter(logging.Handler):
         print(f"{kind}: {record.getMessage()}", file=sys.stderr)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *where: object) -> str:
+    """A Python warning as the command's other warnings print (not the file and line of the
+    code that raised it)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("nextpose")
     if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
@@ -47,8 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..errors import NextposeError
 
+    shown = warnings.formatwarning
+    warnings.formatwarning = _warning_line
     try:
         return args.func(args)
     except NextposeError as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
