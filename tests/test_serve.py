@@ -268,7 +268,22 @@ BAD_REQUESTS = {
     "body too large": (dict(data=b"\xff" * (2**20 + 10)), 413, "larger than the limit"),
     "bad boxes JSON": (dict(params={"boxes": "[[1, 2"}), 400, "not valid JSON"),
     "boxes not a list": (dict(params={"boxes": '{"a": 1}'}), 422, "JSON list"),
-    "boxes of the wrong shape": (dict(params={"boxes": "[[1, 2, 3]]"}), 422, r"\(N, 4\)"),
+    "boxes of the wrong shape": (dict(params={"boxes": "[[1, 2, 3]]"}), 422, "not 4 or 5 num"),
+    "boxes as strings": (dict(params={"boxes": '[["1", "2", "30", "40"]]'}), 422, "box 0 is"),
+    "boxes as booleans": (dict(params={"boxes": "[[true, false, 30, 40]]"}), 422, "box 0 is"),
+    "score beyond float32": (dict(params={"boxes": "[[0, 0, 10, 10, 1e300]]"}), 422, "range"),
+    "boxes nested too deeply": (  # a form field: a URL that long is refused before the app
+        dict(files={"image": ("a.jpg", IMAGES[0].read_bytes())}, data={"boxes": "[" * 50000}),
+        400,
+        "nested too deeply",
+    ),
+    "a number of 5000 digits": (
+        dict(params={"boxes": "[[0, 0, 10, 1" + "0" * 5000 + "]]"}), 400, "not valid JSON"
+    ),
+    "too many boxes": (dict(params={"boxes": json.dumps([[0, 0, 9, 9]] * 101)}), 422, "at most"),
+    "image_id with two signs": (dict(params={"image_id": "--5"}), 422, "image_id must be"),
+    "image_id of other digits": (dict(params={"image_id": "\u00b2"}), 422, "image_id must be"),
+    "image_id of 5000 digits": (dict(params={"image_id": "9" * 5000}), 422, "at most 18 digits"),
     "inverted box": (dict(params={"boxes": "[[50, 50, 10, 10]]"}), 422, "x2 < x1"),
     "box outside the image": (
         dict(params={"boxes": "[[700, 10, 800, 90]]"}), 422, "entirely outside the 640 x 425"
@@ -300,6 +315,34 @@ def test_bad_requests_get_a_4xx_json_error(server, kind):
     body = answer.json()
     assert body["status"] == status and re.search(message, body["error"]), body
     assert requests.get(server.url + "/healthz").ok  # the server lives on
+
+
+def test_ragged_boxes_odd_names_head_and_media_type_case(server):
+    """Boxes with and without a score mix as in ``predict --boxes``; a file name of non-ASCII
+    digits is a name, not an id; HEAD answers the GET routes; a media type ignores case."""
+    image = IMAGES[0].read_bytes()
+    mixed = requests.post(
+        server.url + "/v1/poses",
+        data=image,
+        params={"boxes": "[[280, 44, 499, 391, 0.98], [10, 20, 200, 300]]", "name": "\u2460.jpg"},
+        timeout=60,
+    )
+    assert mixed.status_code == 200, mixed.text
+    one = requests.post(server.url + "/v1/poses", data=image, timeout=60,
+                        params={"boxes": "[[10, 20, 200, 300, 1.0]]"}).json()  # fmt: skip
+    assert [r["bbox_score"] for r in mixed.json()] == [pytest.approx(0.98), 1.0]
+    assert mixed.json()[1]["keypoints"] == one[0]["keypoints"]
+    for route in ("/", "/healthz"):
+        assert requests.head(server.url + route, timeout=10).status_code == 200
+    upper = requests.post(
+        server.url + "/v1/poses",
+        files={"image": ("a.jpg", image, "image/jpeg")},
+        timeout=60,
+    ).request
+    kind = upper.headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")
+    answer = requests.post(server.url + "/v1/poses", data=upper.body, timeout=60,
+                           headers={"Content-Type": kind})  # fmt: skip
+    assert answer.status_code == 200, answer.text
 
 
 def test_too_many_pixels_is_refused_with_the_clis_limit(server):
@@ -552,3 +595,19 @@ def test_without_boxes_the_servers_detector_finds_predicts_people(tiny_checkpoin
     assert model_info["detector"] == small
     assert len(want) == 3 * len(IMAGES)
     assert_same_records(got, want)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--host", "", "empty host"), ("--port", "70000", "from 1 to 65535")],
+)
+def test_serve_options_that_would_expose_or_crash_are_refused(
+    tiny_checkpoint, capsys, option, value, says
+):
+    from nextpose.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", str(tiny_checkpoint), option, value])
+    assert says in capsys.readouterr().err
+    assert main(["serve", str(tiny_checkpoint), "--timeout", "1e10"]) == 2
+    assert "--timeout must be at most 86400" in capsys.readouterr().err

@@ -17,6 +17,23 @@ from ._options import (
 )
 
 
+def host(text: str) -> str:
+    """An argparse type: a host name or address to listen on (not empty: that would be every
+    interface, which is asked for as 0.0.0.0)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty host would listen on every interface; give "
+                                         "0.0.0.0 for that, or an address")  # fmt: skip
+    return text
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    value = count(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {value}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -34,8 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         batch_help="crops per network batch, from all waiting requests, at most (default 32)",
         threads=False,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=count(1), default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--host",
+        type=host,
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument("--port", type=port, default=8000, help="port, 1-65535 (default 8000)")
     p.add_argument(
         "--max-wait-ms",
         type=number,
@@ -65,6 +87,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MB",
         help="largest request body in MiB (then 413; default 32)",
     )
+    p.add_argument(
+        "--max-boxes",
+        type=count(1),
+        default=100,
+        metavar="N",
+        help="most boxes one request may give (then 422; default 100)",
+    )
     p.set_defaults(func=run)
 
 
@@ -72,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, require
     from ..predictor import load
 
-    for name in ("fastapi", "uvicorn", "multipart"):
-        require(name, "serve", "nextpose serve")
+    for name in ("fastapi", "uvicorn", "multipart"):  # multipart: found, not imported
+        require(name, "serve", "nextpose serve", load=name != "multipart")
     if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_body_mb <= 0:
         raise InputError("--max-wait-ms must be >= 0, --timeout and --max-body-mb > 0")
+    if args.timeout > 86400 or args.max_wait_ms > 60000:
+        raise InputError("--timeout must be at most 86400 s, --max-wait-ms at most 60000")
     check_detector(args)
     check_device(args.device)
     check_extras(args)
@@ -95,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         timeout=args.timeout,
         max_body_mb=args.max_body_mb,
+        max_boxes=args.max_boxes,
         flip=not args.no_flip,
     )
     serve(app, args.host, args.port, args.timeout)

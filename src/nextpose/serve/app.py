@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from importlib import resources
 from pathlib import PurePath
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from ..boxes import BOX_FORMATS, as_boxes, outside_image
 from ..config import DECODINGS
+from ..data.coco import are_json_numbers
 from ..data.images import decode_image
 from ..engine import Detector
 from ..errors import (
@@ -51,6 +53,7 @@ FIELDS = (
 )  # fmt: skip
 FORMATS = ("nextpose", "coco")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only, and within int64
 
 
 class RequestError(Exception):
@@ -89,17 +92,30 @@ def _number(name: str, text: str) -> float:
     return value
 
 
-def parse_boxes(text: str, shape: tuple[int, ...], name: str, bbox_format: str) -> np.ndarray:
+def parse_boxes(
+    text: str, shape: tuple[int, ...], name: str, bbox_format: str, max_boxes: int = 100
+) -> np.ndarray:
     """(N, 5) xyxy + score boxes from the request's JSON ``boxes``; refuses bad JSON (400),
-    bad shapes or numbers (422) and boxes entirely outside the image (422)."""
+    bad shapes or numbers, more than ``max_boxes`` boxes and boxes entirely outside the image
+    (422)."""
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"boxes: not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSONDecodeError is one
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise RequestError(400, f"boxes: not valid JSON ({reason})") from None
+    shape_help = "boxes must be a JSON list of boxes [[x1, y1, x2, y2, score?], ...]"
     if not isinstance(value, list):
+        raise RequestError(422, shape_help)
+    if len(value) > max_boxes:
         raise RequestError(
-            422, "boxes must be a JSON list of boxes [[x1, y1, x2, y2, score?], ...]"
+            422, f"{len(value)} boxes: at most {max_boxes} per request (--max-boxes)"
         )
+    for i, box in enumerate(value):
+        if not (isinstance(box, list) and len(box) in (4, 5) and are_json_numbers(box)):
+            raise RequestError(
+                422, f"{shape_help}: box {i} is not 4 or 5 numbers (finite, in float32 range)"
+            )
+    value = [box if len(box) == 5 else [*box, 1.0] for box in value]  # a missing score is 1
     try:
         boxes = as_boxes(value, shape, f"{name}: boxes", bbox_format)  # type: ignore[arg-type]
     except NextposeError as e:
@@ -162,6 +178,7 @@ def create_app(
     max_queue: int = 256,
     timeout: float = 30.0,
     max_body_mb: float = 32.0,
+    max_boxes: int = 100,
     flip: bool = True,
 ) -> Any:
     """The FastAPI app serving ``estimator`` (see the module doc); its batcher starts with the
@@ -171,12 +188,15 @@ def create_app(
         max_batch, max_wait_ms, max_queue: the batcher's (crops, milliseconds, requests).
         timeout: seconds a request may wait for its poses (then 504).
         max_body_mb: largest request body, MiB (then 413).
+        max_boxes: most boxes one request may give (then 422): one request's crops run
+            before the next request's, so this bounds how long it can hold the others up.
         flip: the flip test of requests that do not say.
     """
     fastapi = require("fastapi", "serve", "nextpose serve")
     responses = require("fastapi.responses", "serve", "nextpose serve")
     formparsers = require("starlette.formparsers", "serve", "nextpose serve")
-    require("multipart", "serve", "nextpose serve")  # python-multipart, for uploads
+    # python-multipart, for uploads: starlette imports it (under either of its names)
+    require("multipart", "serve", "nextpose serve", load=False)
     concurrency = require("starlette.concurrency", "serve", "nextpose serve")
     exceptions = require("starlette.exceptions", "serve", "nextpose serve")
     JSONResponse, Request = responses.JSONResponse, fastapi.Request
@@ -206,11 +226,11 @@ def create_app(
     async def http_error(request: Any, e: Any) -> Any:
         return error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
-    @app.get("/", response_class=responses.HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=responses.HTMLResponse)
     async def index() -> Any:
         return responses.HTMLResponse(page)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers, curl -I
     async def healthz() -> dict:
         return {"status": "ok", "waiting": batcher.waiting}
 
@@ -241,7 +261,7 @@ def create_app(
     async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
         """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
         fields: dict[str, str] = dict(request.query_params)
-        kind = request.headers.get("content-type", "")
+        kind = request.headers.get("content-type", "").lower()  # media types ignore case
         if not kind.startswith("multipart/form-data"):
             return body, fields, None
 
@@ -292,11 +312,13 @@ def create_app(
             else None
         )
         stem = PurePath(name).stem
-        image_id = int(stem) if stem.isdigit() else 0
+        image_id = int(stem) if _INTEGER.fullmatch(stem) and stem[0] != "-" else 0
         if "image_id" in fields:
             text = fields["image_id"].strip()
-            if not text.lstrip("-").isdigit():
-                raise RequestError(422, f"image_id must be an integer, not {text!r}")
+            if not _INTEGER.fullmatch(text):
+                raise RequestError(
+                    422, f"image_id must be an integer of at most 18 digits, not {text[:40]!r}"
+                )
             image_id = int(text)
         try:
             image = await concurrency.run_in_threadpool(decode_image, data, name)
@@ -304,7 +326,7 @@ def create_app(
             raise RequestError(_status(e), str(e)) from None
         boxes = None
         if "boxes" in fields:
-            boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format)
+            boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format, max_boxes)
         try:
             future = batcher.submit(image, boxes, use_flip, name, decode)
         except ServiceBusyError as e:
