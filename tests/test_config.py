@@ -114,3 +114,12 @@ def test_config_command_prints_a_readable_config_with_the_custom_head(tmp_path, 
     assert config.model.num_keypoints == 3 and config.keypoints.flip_indices == (2, 1, 0)
     assert config.train.lr == 3e-4
     assert PoseNet(config.model)(torch.zeros(1, 3, 96, 64)).shape == (1, 3, 24, 16)
+
+
+def test_a_table_set_on_a_section_changes_only_its_keys():
+    tiny = PRESETS["tiny_coco_96x64"].config
+    merged = tiny.override(["model={groups=8}", "data={augment={flip_prob=0.0}}"])
+    assert merged == tiny.override(["model.groups=8", "data.augment.flip_prob=0.0"])
+    assert merged.model.blocks == tiny.model.blocks and merged.model.input_size == (64, 96)
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.grups'"):
+        tiny.override(["model={grups=8}"])

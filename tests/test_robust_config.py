@@ -2,6 +2,7 @@
 a message naming the key, file or argument, before any model is built or data is read."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,11 +125,13 @@ def test_wrong_type_in_a_toml_file_names_file_and_key(tmp_path):
         ("data.padding=nan", r"data\.padding=nan must be a finite number"),
         ("data.seed=-1", r"data\.seed=-1 must be in \[0, "),
         ("inference.padding=inf", r"inference\.padding=inf must be a finite number"),
-        ("codec.sigma=nan", r"codec\.sigma=nan must be a finite number > 0"),
+        ("codec.sigma=nan", r"codec\.sigma=nan must be a finite number in \(0, 100\]"),
+        ("codec.sigma=1e5", r"codec\.sigma=100000\.0 must be a finite number in \(0, 100\]"),
+        ("model={blocks=[1]}", r"model\.blocks"),
         ("train.epochs=0", r"train\.epochs=0 must be >= 1"),
         ("data.workers=-1", r"data\.workers=-1 must be in \[0, 1024\]"),
         ("data.augment.flip_prob=1.5", r"flip_prob=1\.5 must be a finite number in \[0, 1\]"),
-        ("codec.sigma=0", r"codec\.sigma=0\.0 must be a finite number > 0"),
+        ("codec.sigma=0", r"codec\.sigma=0\.0 must be a finite number in \(0, 100\]"),
         ("model.input_size=[190, 256]", "multiples of 32 .the trunk downsamples by 32"),
         ("model.input_size=[0, 96]", "positive multiples of 32"),
         ("model.input_size=[32000, 96]", "positive multiples of 32"),
@@ -350,3 +353,25 @@ def test_moderately_nested_values_get_a_short_message():
     with pytest.raises(ConfigError) as err:
         TINY.override([f"train.milestones={value}"])
     assert "train.milestones: expected int, got [[[[...]]]]" in str(err.value)
+
+
+def test_a_run_folder_never_takes_the_inputs_place(no_work, tmp_path, capsys):
+    """A run writes config.toml, run.json, ... into --out: not over the config it was given,
+    not among the training images; the validation options need their annotation file."""
+    project = tmp_path / "project"
+    project.mkdir()
+    mine = project / "config.toml"
+    mine.write_text("# my recipe\n" + TINY.to_toml())
+    args = ["train", str(mine), "--pretrained", "none", "--ann-file", str(ANN_FILE)]
+    assert main([*args, "--images", str(COCO), "--out", str(project)]) == 2
+    assert "would write config.toml over the input" in capsys.readouterr().err
+    assert mine.read_text().startswith("# my recipe")
+    images = tmp_path / "images"
+    shutil.copytree(COCO, images)
+    assert main([*args, "--images", str(images), "--out", str(images)]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert main([*args, "--images", str(COCO), "--out", ""]) == 2
+    assert "--out: an empty path" in capsys.readouterr().err
+    assert _train(tmp_path, "--val-images", str(COCO)) == 2
+    assert "--val-images needs --val-ann-file" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in COCO.iterdir())

@@ -136,7 +136,9 @@ class CodecConfig:
     blur_kernel_size: int = 11  # DARK decoding's Gaussian modulation, odd, heatmap pixels
 
     def __post_init__(self) -> None:
-        _check_number("codec.sigma", self.sigma, 0, low_open=True)
+        # The target's Gaussian patch is (6 sigma + 1)^2: beyond 100 heatmap pixels it is no
+        # keypoint target, and it grows to gigabytes.
+        _check_number("codec.sigma", self.sigma, 0, 100, low_open=True)
         if not isinstance(self.unbiased, bool):
             raise ConfigError(f"codec.unbiased={_short(self.unbiased)} must be true or false")
         _check_number("codec.blur_kernel_size", self.blur_kernel_size, 1, 255, integer=True)
@@ -339,7 +341,7 @@ class Config:
                 node = node[part]
             if path[-1] not in node:
                 return self._unknown(key.strip(), node)
-            node[path[-1]] = value
+            _assign(node, path[-1], value, key.strip())
         return Config.from_dict(data)
 
     @staticmethod
@@ -348,6 +350,19 @@ class Config:
         hint = difflib.get_close_matches(name, list(node), n=1)
         suggestion = f"; did you mean '{parent + '.' if parent else ''}{hint[0]}'?" if hint else ""
         raise ConfigError(f"unknown config key '{key}'{suggestion}")
+
+
+def _assign(node: dict[str, Any], name: str, value: Any, key: str) -> None:
+    """``node[name] = value``; a table given for a table (``model={groups=8}``) changes only
+    the keys it names, as ``model.groups=8`` does, instead of dropping the others."""
+    old = node[name]
+    if not (isinstance(old, dict) and isinstance(value, dict)):
+        node[name] = value
+        return
+    for sub, item in value.items():
+        if sub not in old:
+            Config._unknown(f"{key}.{sub}", old)
+        _assign(old, sub, item, f"{key}.{sub}")
 
 
 def _toml_table(data: dict[str, Any], prefix: str, lines: list[str]) -> None:

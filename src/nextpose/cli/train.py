@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..presets import PRESETS
@@ -89,12 +90,38 @@ def _require(path: Path | None, what: str) -> Path:
     return path
 
 
+RUN_FILES = ("config.toml", "run.json", "metrics.jsonl", "last.pth", "best.pth", "train.lock")
+
+
+def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
+    """Refuse a run folder that is an input folder or inside one, or whose run files
+    (config.toml, run.json, ...) would replace an input file (a resumed run may read its own
+    config.toml)."""
+    from ..errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: exists and is not a folder")
+    folder = out.resolve()
+    for path in inputs:
+        where = path.resolve()
+        if path.is_dir() and folder.is_relative_to(where):
+            raise OutputError(f"--out {out}: inside the input folder {path}; train elsewhere")
+        own = resume and where.name == "config.toml"
+        if where.parent == folder and where.name in (*RUN_FILES, "tb") and not own:
+            raise OutputError(
+                f"--out {out}: the run would write {where.name} over the input {path}; "
+                "train into another folder"
+            )
+
+
 def train(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training import Dataset
     from ..training import train as run_training
     from ._options import check_device
 
+    if not args.out.strip():
+        raise InputError("--out: an empty path (give the run folder)")
     cfg = resolve_config(args.model, args.set, args.keypoints)
     check_device(args.device)
     root = Path(args.coco_root) if args.coco_root else None
@@ -113,6 +140,9 @@ def train(args: argparse.Namespace) -> int:
             val_images = val_images or root / COCO_VAL_IMAGES
             if val_boxes is None and (root / COCO_VAL_DETECTIONS).is_file():
                 val_boxes = root / COCO_VAL_DETECTIONS
+        if val_ann is None and (val_images or val_boxes):
+            given = "--val-images" if val_images else "--val-bbox-file"
+            raise InputError(f"{given} needs --val-ann-file (or --coco-root)")
         if val_ann is not None:
             val_data = Dataset(
                 _require(val_ann, "validation annotation file"),
@@ -121,16 +151,27 @@ def train(args: argparse.Namespace) -> int:
             )
     if args.resume and not (Path(args.out) / "last.pth").is_file():
         raise InputError(f"--resume: {Path(args.out) / 'last.pth'} does not exist")
-    summary = run_training(
-        cfg,
-        train_data,
-        args.out,
-        val_data,
-        args.pretrained,
-        args.resume,
-        args.device,
-        progress=not args.quiet,
-    )
+    read = [args.model, ann, images, args.keypoints, args.pretrained]
+    if val_data is not None:
+        read += [val_data.ann_file, val_data.image_dir, val_data.bbox_file]
+    inputs = [Path(f) for f in read if f and Path(f).exists()]
+    _check_run_folder(Path(args.out), inputs, args.resume)
+    try:
+        summary = run_training(
+            cfg,
+            train_data,
+            args.out,
+            val_data,
+            args.pretrained,
+            args.resume,
+            args.device,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        last = Path(args.out) / "last.pth"
+        where = f"--resume continues from {last}" if last.is_file() else "no epoch was finished"
+        print(f"\ninterrupted; {where}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0

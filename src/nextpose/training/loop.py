@@ -8,6 +8,7 @@ same parts. The run folder's files are described in :mod:`nextpose.training.run_
 """
 
 import logging
+import math
 import multiprocessing
 import platform
 import subprocess
@@ -410,7 +411,8 @@ def train(
                 if env.is_main:
                     _save(run, learner, config, state, metrics)
                 dist.barrier()
-        return {"epochs": state.epoch, "iterations": state.iteration, "best_ap": state.best_ap,
+        best = state.best_ap if math.isfinite(state.best_ap) else None  # None: not validated
+        return {"epochs": state.epoch, "iterations": state.iteration, "best_ap": best,
                 "skipped_samples": state.skipped, "out_dir": str(Path(out_dir))}  # fmt: skip
     finally:
         dist.shutdown()

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import checkpoint
 from ..errors import TrainingError
+from ..fileio import atomic_write_text
 
 try:
     import fcntl
@@ -176,7 +177,7 @@ class RunFolder:
         for stale in self.path.glob(".*.pth.*.tmp"):  # a run killed while saving left these
             stale.unlink(missing_ok=True)
         self._trim_metrics(iteration)
-        (self.path / "config.toml").write_text(config_toml)
+        atomic_write_text(self.path / "config.toml", config_toml)  # the file to resume from
         with open(self.path / "run.json", "a") as f:
             f.write(json.dumps(info) + "\n")
         try:
