@@ -375,3 +375,15 @@ def test_a_run_folder_never_takes_the_inputs_place(no_work, tmp_path, capsys):
     assert _train(tmp_path, "--val-images", str(COCO)) == 2
     assert "--val-images needs --val-ann-file" in capsys.readouterr().err
     assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in COCO.iterdir())
+
+
+def test_ctrl_c_while_training_ends_with_a_line_and_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "last.pth").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    assert _train(tmp_path) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; --resume continues from {tmp_path / 'run' / 'last.pth'}" in err
