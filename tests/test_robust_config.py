@@ -269,6 +269,12 @@ FOUR = {"names": ["head", "l_hand", "r_hand", "tail"], "sigmas": [0.05, 0.05, 0.
         ({"skeleton": [[0, 7]]}, "keypoint index 7 is out of range for 4 keypoints"),
         ({"flip_indices": [0, 1, 1, 3]}, "is not a permutation"),
         ({"upper_body": ["head", "wings"]}, "unknown keypoint name 'wings'"),
+        ({"flip_pair": [[1, 2]]}, "unknown key 'flip_pair'; did you mean 'flip_pairs'"),
+        ({"flip_pairs": None, "flip_indices": [1, 2, 0, 3]}, "swap no left/right pairs"),
+        ({"flip_pairs": [[True, False]]}, "keypoint index True is out of range"),
+        ({"sigmas": [True, 0.05, 0.05, 0.05]}, r"and 'sigmas' \(K numbers\)"),
+        ({"names": [1.5, "l_hand", "r_hand", "tail"]}, r"needs 'names' \(K strings\)"),
+        ({"names": ["head", "l_hand", "r_hand", "head"]}, r"names \['head'\] occur more than"),
     ],
 )
 def test_bad_keypoint_metainfo(tmp_path, change, message, capsys, no_work):

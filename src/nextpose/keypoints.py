@@ -1,5 +1,6 @@
 """Keypoint sets: names, left/right mirror partners, OKS sigmas and skeleton (COCO-17 built in)."""
 
+import difflib
 import json
 import tomllib
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ class KeypointSet:
             raise ConfigError(
                 f"keypoint set: flip_indices {self.flip_indices} is not a permutation"
             )
+        twice = [i for i, j in enumerate(self.flip_indices) if self.flip_indices[j] != i]
+        if twice:  # a mirror image mirrored again is the original
+            raise ConfigError(
+                f"keypoint set: flip_indices {self.flip_indices} swap no left/right pairs: "
+                f"keypoint {twice[0]} goes to {self.flip_indices[twice[0]]}, which does not "
+                "go back"
+            )
+        seen = {n for n in self.names if self.names.count(n) > 1}
+        if seen:
+            raise ConfigError(f"keypoint set: names {sorted(seen)} occur more than once")
         if not all(0 < s < np.inf for s in self.sigmas):
             raise ConfigError(f"keypoint set: sigmas {self.sigmas} must all be positive numbers")
         for pair in self.skeleton:
@@ -76,6 +87,11 @@ COCO_KEYPOINTS = KeypointSet(
 )  # fmt: skip
 
 
+METAINFO_KEYS = (
+    "names", "sigmas", "flip_indices", "flip_pairs", "skeleton", "upper_body", "lower_body",
+)  # fmt: skip
+
+
 def load_keypoint_set(path: str | Path) -> KeypointSet:
     """A keypoint set from a JSON or TOML file (a custom dataset's metainfo).
 
@@ -95,11 +111,23 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
         raise ConfigError(f"{path}: cannot parse ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object with 'names', 'sigmas', 'flip_pairs', ...")
-    try:
-        names = tuple(str(n) for n in data["names"])
-        sigmas = tuple(float(s) for s in data["sigmas"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{path}: needs 'names' (K strings) and 'sigmas' (K numbers)") from None
+    unknown = sorted(set(data) - set(METAINFO_KEYS))
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], METAINFO_KEYS, n=1)
+        also = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(
+            f"{path}: unknown key '{unknown[0]}'{also} (keys: {', '.join(METAINFO_KEYS)})"
+        )
+    names, sigmas = data.get("names"), data.get("sigmas")
+    numbers = isinstance(sigmas, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in sigmas
+    )
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and numbers):
+        raise ConfigError(f"{path}: needs 'names' (K strings) and 'sigmas' (K numbers)")
+    names, sigmas = tuple(names), tuple(float(x) for x in sigmas)
+    twice = sorted({n for n in names if names.count(n) > 1})  # names are also indices here
+    if twice:
+        raise ConfigError(f"{path}: names {twice} occur more than once")
     index = {n: i for i, n in enumerate(names)}
 
     def idx(v: int | str) -> int:
@@ -107,7 +135,7 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
             if v not in index:
                 raise ConfigError(f"unknown keypoint name '{v}'")
             return index[v]
-        if not isinstance(v, int) or not 0 <= v < len(names):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(names):
             raise ConfigError(f"keypoint index {v!r} is out of range for {len(names)} keypoints")
         return v
 
@@ -136,5 +164,5 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
             upper_body=tuple(idx(i) for i in data.get("upper_body", [])),
             lower_body=tuple(idx(i) for i in data.get("lower_body", [])),
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError too
         raise ConfigError(f"{path}: {e}") from None
