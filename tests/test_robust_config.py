@@ -196,6 +196,9 @@ def test_unknown_device_is_refused_before_the_model_loads(no_work, tmp_path, cap
     eval_args = ["--ann-file", str(ANN_FILE), "--images", str(COCO), "--out", str(tmp_path)]
     code = main(["eval", "tiny_coco_96x64", *eval_args, "--device", "tpu"])
     refused(code, "error: --device tpu: ", capsys)
+    code = _train(tmp_path, "--device", "meta")  # a torch device, but no data comes out
+    refused(code, "error: --device meta: nextpose runs on cpu, cuda or mps", capsys)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -241,6 +241,8 @@ def check_device(device: str | None) -> None:
         dev = torch.device(device)
     except RuntimeError as e:
         raise InputError(f"--device {device}: {e}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no pixels come out
+        raise InputError(f"--device {device}: nextpose runs on cpu, cuda or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
