@@ -56,6 +56,8 @@ real_fsync, saves = os.fsync, []
 
 def stalling_fsync(fd):  # checkpoint.save: torch.save to a temp file, fsync, rename
     real_fsync(fd)
+    if ".pth." not in os.readlink(f"/proc/self/fd/{fd}"):
+        return  # config.toml, written atomically too: not a checkpoint
     saves.append(fd)
     if len(saves) == stall:
         note("saving")
