@@ -9,7 +9,7 @@ import stat
 
 import numpy as np
 import pytest
-from conftest import IMAGES
+from conftest import ANN_FILE, IMAGES
 
 import nextpose
 from nextpose import predictor
@@ -193,7 +193,7 @@ def test_outputs_never_replace_the_boxes_or_weights_read(tiny_checkpoint, tmp_pa
         assert "would overwrite an input" in capsys.readouterr().err
     assert [p.read_bytes() for p in read] == before
 
-    from conftest import ANN_FILE, COCO
+    from conftest import COCO
 
     ann = tmp_path / "ev" / "keypoints.json"
     ann.parent.mkdir()
@@ -245,6 +245,10 @@ def test_out_in_the_draw_folder_keeps_both(tiny_checkpoint, tmp_path, capsys):
         (["export", "{ckpt}", "{tmp}/folder.onnx"], "is a folder, not a file"),
         (["convert", "{ckpt}", "{tmp}/folder.safetensors"], "is a folder, not a file"),
         (["convert", "{ckpt}", "{image}/w.safetensors"], "is a file, not a folder"),
+        (
+            ["eval", "--results", "{image}", "--ann-file", "{ann}", "--out", "{tmp}/ev"],
+            "is a folder, not a file",
+        ),
     ],
 )
 def test_outputs_that_cannot_be_files_are_refused_up_front(
@@ -254,8 +258,9 @@ def test_outputs_that_cannot_be_files_are_refused_up_front(
     shutil.copy(IMAGES[0], image)
     (tmp_path / "folder.onnx").mkdir()
     (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "ev" / "metrics.json").mkdir(parents=True)
     before = _snapshot(tmp_path)
-    names = {"ckpt": tiny_checkpoint, "image": image, "tmp": tmp_path}
+    names = {"ckpt": tiny_checkpoint, "image": image, "tmp": tmp_path, "ann": ANN_FILE}
     assert main([a.format(**names) for a in verb]) == 2
     assert message in capsys.readouterr().err
     assert _snapshot(tmp_path) == before  # no temporary file left either

@@ -256,9 +256,9 @@ def _kept(paths: list[str]) -> None:
 
 def read_files(args: argparse.Namespace) -> list[str]:
     """The files other than the inputs that the command reads (boxes, weights), which no
-    output may replace."""
+    output may replace (a preset name or URL names no file: the guard skips it)."""
     given = (args.model, args.checkpoint, args.boxes, args.detector_weights)
-    return [f for f in given if f and "://" not in f]
+    return [f for f in given if f]
 
 
 def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
