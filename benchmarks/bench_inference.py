@@ -46,22 +46,26 @@ import torch
 import nextpose
 from nextpose import checkpoint
 from nextpose.evaluation import evaluate
-from nextpose.geometry import crop_region, crop_to_image, cut_crops, warp_crops
+from nextpose.geometry import crop_region, crop_to_image, cut_crops
+from nextpose.geometry_torch import warp_crops
 from nextpose.model import PoseNet
 from nextpose.optimize import (
-    KEEP_FP32,
     ReducedPrecision,
-    cpu_capability,
-    cpu_supports_bf16,
-    cpu_supports_fp16,
     emulate_autocast,
     prepack,
     prepare_for_inference,
     subpixel_deconvolutions,
 )
+from nextpose.options import (
+    KEEP_FP32,
+    RunOptions,
+    cpu_capability,
+    cpu_supports_bf16,
+    cpu_supports_fp16,
+)
 from nextpose.predictor import PoseEstimator
 from nextpose.presets import get_preset
-from nextpose.runtime import REDUCED, RunOptions, TorchNetwork
+from nextpose.runtime import REDUCED, TorchNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = ROOT / "tests" / "data" / "coco-mini"

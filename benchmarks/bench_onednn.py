@@ -23,9 +23,10 @@ import torch
 
 import nextpose
 from nextpose.model import PoseNet
-from nextpose.optimize import KEEP_FP32, ReducedPrecision, cpu_features, prepare_for_inference
+from nextpose.optimize import ReducedPrecision, cpu_features, prepare_for_inference
+from nextpose.options import KEEP_FP32, RunOptions
 from nextpose.presets import get_preset
-from nextpose.runtime import RunOptions, build_network
+from nextpose.runtime import build_network
 
 
 def verbose_lines(net: torch.nn.Module, x: torch.Tensor) -> list[str]:

@@ -22,7 +22,7 @@ import time
 import torch
 
 from nextpose import get_preset
-from nextpose.optimize import cpu_supports_bf16
+from nextpose.options import cpu_supports_bf16
 from nextpose.training import Learner, build_learner, build_model
 
 

@@ -12,13 +12,8 @@ from conftest import ANN_FILE, COCO, IMAGES, ORACLE, ORACLE_RUNS, crops_of
 import nextpose
 from nextpose import checkpoint
 from nextpose.cli import main
-from nextpose.codec import (
-    decode_heatmaps,
-    decode_heatmaps_torch,
-    encode_heatmaps,
-    modulate,
-    modulate_torch,
-)
+from nextpose.codec import decode_heatmaps, encode_heatmaps, modulate
+from nextpose.codec_torch import decode_heatmaps_torch, modulate_torch
 from nextpose.config import Config, ConfigError, InferenceConfig
 from nextpose.data.images import read_image
 from nextpose.model import PoseNet

@@ -18,16 +18,14 @@ from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
 
 import nextpose
 from nextpose import runtime
-from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
+from nextpose.codec import decode_heatmaps
+from nextpose.codec_torch import decode_heatmaps_torch
 from nextpose.engine import ordered_map
-from nextpose.geometry import (
+from nextpose.geometry import crop, crop_region, crop_to_image, image_to_crop_matrix
+from nextpose.geometry_torch import (
     affine_matrix_torch,
-    crop,
-    crop_region,
     crop_region_torch,
-    crop_to_image,
     crop_to_image_torch,
-    image_to_crop_matrix,
     warp_crops,
 )
 from nextpose.model import PoseNet
@@ -37,24 +35,23 @@ from nextpose.optimize import (
     ReducedPrecision,
     SubpixelConvTranspose2d,
     aot_compile,
-    cpu_capability,
-    cpu_supports_bf16,
     emulate_autocast,
     fold_batchnorm,
     prepack,
     prepare_for_inference,
     subpixel_deconvolutions,
 )
-from nextpose.predictor import PoseEstimator
-from nextpose.presets import get_preset
-from nextpose.runtime import (
+from nextpose.options import (
     PRECISIONS,
     RunOptions,
-    TorchNetwork,
     auto_backend,
-    compiled_cache_path,
+    cpu_capability,
+    cpu_supports_bf16,
     onnxruntime_available,
 )
+from nextpose.predictor import PoseEstimator
+from nextpose.presets import get_preset
+from nextpose.runtime import TorchNetwork, compiled_cache_path
 
 TINY = get_preset("tiny_coco_96x64").config
 SIZE = TINY.model.input_size

@@ -9,8 +9,10 @@ from conftest import ANN_FILE, COCO, DET_FILE
 from test_training import DATA, _config, _losses
 
 import nextpose
-from nextpose.codec import decode_heatmaps, decode_heatmaps_torch
-from nextpose.geometry import crop, crop_region, warp_crops
+from nextpose.codec import decode_heatmaps
+from nextpose.codec_torch import decode_heatmaps_torch
+from nextpose.geometry import crop, crop_region
+from nextpose.geometry_torch import warp_crops
 from nextpose.training import train
 
 pytestmark = [

@@ -1,8 +1,9 @@
 """The package's modules sit in layers: every import points down this list, there is no
 import cycle, and no nextpose module is imported inside a function to dodge one (only the CLI
 loads the library inside its verbs, for start-up time; third-party imports inside functions,
-of optional or heavy dependencies, are fine; so is the pipeline's import of ``detection``,
-whose torchvision costs 2.4 s that a pipeline over given boxes does not pay)."""
+of optional or heavy dependencies, are fine; so are the pipeline's import of ``detection``,
+whose torchvision costs 2.4 s that a pipeline over given boxes does not pay, and the predictor's
+of the PyTorch backends, which a run on a cached ONNX graph does without)."""
 
 import ast
 import os
@@ -22,10 +23,11 @@ SRC = Path(nextpose.__file__).parent
 LAYERS = [
     ["_version", "errors", "fileio", "opencv", "progress", "distributed"],
     ["keypoints"],
-    ["config", "presets", "visualize"],
+    ["config", "presets", "visualize", "options"],
     ["structures", "geometry", "codec", "data.images", "data.coco"],
-    ["boxes", "data.transforms", "model.backbone", "model.head", "model.posenet", "model",
-     "model.tta", "optimize", "checkpoint", "data.datasets", "data"],
+    ["boxes", "data.transforms", "geometry_torch", "codec_torch", "model.backbone", "model.head",
+     "model.posenet", "model", "model.tta", "optimize", "checkpoint", "data.datasets", "data"],
+    ["onnxgraph"],
     ["export"],
     ["runtime"],
     ["engine"],
@@ -41,10 +43,12 @@ LAYERS = [
      "cli.serve", "cli.train", "cli", "__main__", "__init__"],
 ]  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-# Modules that import the library inside functions: `nextpose --help` stays fast, and a
-# pipeline without a detector does not import torchvision.
+# Modules that import the library inside functions: `nextpose --help` stays fast, a pipeline
+# without a detector does not import torchvision, and an estimator whose ONNX graph is cached
+# imports no torch (the predictor loads the PyTorch backends and model when it needs them).
 LAZY_MODULES = {
     "pipeline",
+    "predictor",
     "cli.benchmark",
     "cli.convert",
     "cli._options",
@@ -146,13 +150,10 @@ def test_help_and_version_import_no_torch():
 def test_the_clis_torch_free_lists_are_the_librarys():
     """cli/_options.py spells the choices out so that --help needs no torch; they must stay
     what the library accepts."""
-    from nextpose import detection, pipeline, runtime
+    from nextpose import detection, pipeline
     from nextpose.cli import _options
     from nextpose.training import pretrained
 
-    assert _options.BACKENDS == runtime.BACKENDS
-    assert _options.PRECISIONS == runtime.PRECISIONS
-    assert _options.KEEP_FP32 == runtime.KEEP_FP32
     assert tuple(detection.DETECTORS) == _options.DETECTORS
     assert _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
     assert pipeline.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR

@@ -340,7 +340,7 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from nextpose import geometry  # noqa: E402
+from nextpose import geometry, geometry_torch  # noqa: E402
 from nextpose.geometry import crop, crop_region  # noqa: E402
 
 SRC = str(Path(nextpose.__file__).parents[1])
@@ -371,7 +371,7 @@ def test_huge_image_crops_equal_the_fixed_point_reference(monkeypatch):
     image = _wide_image(33000, 300)
     boxes = np.array([[32000.3, 10.7, 32100.1, 250.2], [31000, 0, 31500.5, 299], [-5, 3, 40, 90]])
     center, scale = crop_region(boxes, (48, 64))
-    fixed = geometry.warp_crops(
+    fixed = geometry_torch.warp_crops(
         torch.from_numpy(image), torch.from_numpy(center), torch.from_numpy(scale), (48, 64)
     )
     for i in range(len(boxes)):

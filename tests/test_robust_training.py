@@ -154,7 +154,7 @@ def _disk_full_on_save(monkeypatch, when: int, error: Exception = NO_SPACE) -> N
         f.write(b"PK\x03\x04 half a checkpoint")
         raise error
 
-    monkeypatch.setattr(checkpoint.torch, "save", save)
+    monkeypatch.setattr(torch, "save", save)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from conftest import DET_FILE, IMAGES
 
 import nextpose
 from nextpose.cli import main
-from nextpose.runtime import auto_backend
+from nextpose.options import auto_backend
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("fastapi")

@@ -48,7 +48,7 @@ _EXPORTS = {
     "list_images": "data.images",
     "read_image": "data.images",
     "PoseNet": "model",
-    "RunOptions": "runtime",
+    "RunOptions": "options",
     "Engine": "engine",
     "Task": "engine",
     "PoseEstimator": "predictor",

@@ -17,8 +17,8 @@ from .boxes import whole_image_box
 from .data.images import read_image
 from .errors import InputError, NextposeError
 from .geometry import crop_region, cut_crops
+from .options import BACKENDS, PRECISIONS, RunOptions
 from .predictor import PoseEstimator
-from .runtime import BACKENDS, PRECISIONS, RunOptions
 
 TOLERANCE_PX = 1e-3  # keypoints closer than this to the fp32 eager model's count as equal
 

@@ -6,6 +6,8 @@ Accepted layouts: the published mmpose 0.x files (``keypoint_head.*``), mmpose 1
 ``.safetensors`` files (weights only; a nextpose config, if any, in their metadata as JSON).
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import http.client
@@ -25,14 +27,15 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import Config
 from .errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where a file is read or written, not to find one
+    import torch
+    from torch import nn
 
 # mmpose files are named "<name>-<first 8 hex digits of sha256>_<date>.pth".
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})(?:_\d{8})?\.(?:pth?|safetensors)$")
@@ -46,9 +49,17 @@ _ST_META = "nextpose.meta"
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights are kept: ``$NEXTPOSE_CACHE`` or ``<torch hub dir>/checkpoints``."""
+    """Where downloaded weights are kept: ``$NEXTPOSE_CACHE`` or ``<torch hub dir>/checkpoints``
+    (``torch.hub.get_dir()``: ``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``)."""
     env = os.environ.get("NEXTPOSE_CACHE")
-    return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
+    if env:
+        return Path(env)
+    torch = sys.modules.get("torch")  # in use: its hub folder may have been set
+    if torch is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def is_url(source: str) -> bool:
@@ -67,6 +78,32 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _config_record(digest: str) -> Path:
+    return cache_dir() / "configs" / f"{digest}.json"
+
+
+def remember_config(digest: str, config: Mapping[str, Any]) -> None:
+    """Keep the config that the checkpoint file with sha256 ``digest`` carries in the cache
+    folder, so that a later process can know it without reading the file (which needs torch).
+    A cache folder that cannot be written is no error: the file is read again next time."""
+    record = _config_record(digest)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(record, lambda tmp: tmp.write_text(json.dumps(config, sort_keys=True)))
+    except OSError:
+        pass
+
+
+def carried_config(digest: str) -> dict[str, Any] | None:
+    """The config kept by :func:`remember_config` for the file with sha256 ``digest``, or None
+    (never kept, or unreadable: the file itself is read then)."""
+    try:
+        config = json.loads(_config_record(digest).read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 LOCAL_FILE_HINT = "--checkpoint PATH in the CLI, or nextpose.load(..., checkpoint=PATH)"
@@ -406,6 +443,8 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def _read_torch(path: Path) -> Any:
+    import torch
+
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it parses fine
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -507,6 +546,8 @@ def _foreign_globals(path: Path) -> list[str]:
 def _weights_of(obj: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     """The mapping holding a checkpoint's weights, checked: a ``state_dict`` entry must map
     names (str) to tensors; a bare file must name its tensors by str and hold at least one."""
+    import torch
+
     wrapped = "state_dict" in obj
     state = obj["state_dict"] if wrapped else obj
     where = "its 'state_dict'" if wrapped else "it"
@@ -540,13 +581,15 @@ def _some(items: list[str], shown: int = 5) -> str:
 
 def extract_state_dict(
     obj: dict[str, Any], source: str = "checkpoint"
-) -> "OrderedDict[str, torch.Tensor]":
+) -> OrderedDict[str, torch.Tensor]:
     """The model weights of a checkpoint, renamed to nextpose's keys (§5.4).
 
     Raises:
         CheckpointError: naming ``source``, for a ``state_dict`` that is not a dict of named
             tensors (a list, integer keys, other values).
     """
+    import torch
+
     state = _weights_of(obj, source)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():
@@ -628,6 +671,8 @@ def load_into(model: nn.Module, obj: dict[str, Any], source: str, expected: str)
 def _owned(t: torch.Tensor) -> torch.Tensor:
     """``t`` if it is contiguous and alone in its storage, else a contiguous copy: a parameter
     taken from a checkpoint must not be a strided view or keep a larger buffer alive."""
+    import torch
+
     whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
     if t.is_contiguous() and t.storage_offset() == 0 and whole:
         return t
@@ -643,6 +688,8 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` with torch.save atomically: a temp file in the same folder, then rename.
 
     The file gets the mode the umask gives, as any new file."""
+
+    import torch
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

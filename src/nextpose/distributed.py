@@ -5,16 +5,26 @@ machines through torchrun's rendezvous); without torchrun it is one process and 
 here is a no-op. Only rank 0 writes results and shows progress.
 """
 
+from __future__ import annotations
+
 import os
+import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _group() -> Any:
+    """``torch.distributed`` when a process group is up, else None (a process that never
+    imported it has none: torch is not imported to ask)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_initialized() else None
 
 
 @dataclass(frozen=True)
@@ -36,23 +46,31 @@ class DistInfo:
 
 def current() -> DistInfo:
     """The initialised process group's rank and size (one process when there is none)."""
-    if not dist.is_initialized():
+    dist = _group()
+    if dist is None:
         return DistInfo()
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
-def init(device: str | None = None) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes in the environment (if any); pick the device.
+def init(device: str | None = None) -> tuple[DistInfo, str]:
+    """Join the process group torchrun describes in the environment (if any); pick the device
+    (returned as a string, e.g. ``"cuda:1"``).
 
-    Without torchrun this is a single process. The backend is NCCL on CUDA, Gloo on CPU; a
-    ``cuda`` device without an index becomes the local rank's GPU.
+    Without torchrun this is a single process (on the CPU, torch is not imported). The backend
+    is NCCL on CUDA, Gloo on CPU; a ``cuda`` device without an index becomes the local rank's
+    GPU.
 
     Raises:
         InputError: more processes on this machine than GPUs.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device == "cpu" and not info.enabled:
+        return info, device
+    import torch
+    import torch.distributed as dist
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -68,22 +86,25 @@ def init(device: str | None = None) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(dev)
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return info, dev
+    return info, str(dev)
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.barrier()
 
 
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (a one-item list without DDP)."""
-    if not dist.is_initialized():
+    dist = _group()
+    if dist is None:
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -92,7 +113,8 @@ def gather_objects(obj: Any) -> list[Any]:
 
 def gather_to_main(obj: Any) -> list[Any] | None:
     """Every rank's ``obj`` in rank order on rank 0 (None on the others)."""
-    if not dist.is_initialized():
+    dist = _group()
+    if dist is None:
         return [obj]
     main = dist.get_rank() == 0
     out: list[Any] | None = [None] * dist.get_world_size() if main else None
@@ -104,7 +126,8 @@ def gather_to_main(obj: Any) -> list[Any] | None:
 
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
+    dist = _group()
+    if dist is None:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -112,7 +135,8 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         value = value.clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()
@@ -159,7 +183,7 @@ class JobProgress:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         if self.info.enabled and enabled is not False:  # nobody shows it: no need to sum
-            self._group = dist.new_group(backend="gloo")
+            self._group = _group().new_group(backend="gloo")
             self._interval = interval
             self._thread = threading.Thread(target=self._sum, daemon=True)
             self._thread.start()
@@ -174,13 +198,15 @@ class JobProgress:
         self.bar.set_postfix(**values)
 
     def _sum(self) -> None:
+        import torch
+
         shown = 0
         while True:
             # Every rank runs this loop the same number of times: it ends when the summed
             # "closed" flags say that all ranks are done, which every rank sees alike.
             closed = self._closed.is_set()
             counts = torch.tensor([self.count, int(closed)], dtype=torch.int64)
-            dist.all_reduce(counts, group=self._group)
+            torch.distributed.all_reduce(counts, group=self._group)
             total, done = (int(v) for v in counts)
             self.total_count = total
             if total > shown:
@@ -195,6 +221,6 @@ class JobProgress:
         self._closed.set()
         if self._thread is not None:
             self._thread.join()
-            dist.destroy_process_group(self._group)
+            _group().destroy_process_group(self._group)
         self.bar.close()
         return self.total_count

@@ -33,15 +33,14 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-import torch
 
 from .boxes import BoxFormat, as_boxes
 from .config import Config, check_decode
 from .data.images import as_rgb_image, read_image
 from .errors import ImageError, NextposeError, NumericsError
-from .geometry import crop_region, crop_to_image, cut_crops, warp_crops
+from .geometry import crop_region, crop_to_image, cut_crops
 from .opencv import cv2
-from .runtime import Network, RunOptions
+from .options import Network, RunOptions
 from .structures import Poses
 
 ImageSource = str | Path | np.ndarray | Callable[[], np.ndarray]
@@ -103,7 +102,7 @@ class _Chunk:
 
     item: "_Item"
     start: int  # index of the first crop among the image's boxes
-    crops: np.ndarray | torch.Tensor  # (n, h, w, 3) uint8
+    crops: Any  # (n, h, w, 3) uint8: an array, or a tensor on the device (device crops)
     centers: np.ndarray  # (n, 2) float32
     scales: np.ndarray  # (n, 2) float32
 
@@ -221,6 +220,17 @@ def ordered_map(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _join(crops: list[Any]) -> Any:
+    """The crops of several chunks as one batch (arrays, or tensors on the device)."""
+    if len(crops) == 1:
+        return crops[0]
+    if isinstance(crops[0], np.ndarray):
+        return np.concatenate(crops)
+    import torch
+
+    return torch.cat(crops)
+
+
 def _per_image(error: Exception, where: str) -> NextposeError:
     """An error at a per-image step as the :class:`ImageError` that skips that image."""
     if isinstance(error, NextposeError):
@@ -251,7 +261,7 @@ class Engine:
         self.detector = detector
         # On a CPU the detector and the pose network compete for the same cores: one forward
         # pass at a time is faster than two interleaved ones. On a GPU they overlap.
-        cpu = network.device.type == "cpu"
+        cpu = options.device_type == "cpu"
         self._compute = threading.Lock() if cpu else contextlib.nullcontext()
         self.batch_sizes: Counter[int] = Counter()  # crops per network batch -> batches run
 
@@ -392,9 +402,9 @@ class Engine:
             c, s = centers[start : start + step], scales[start : start + step]
             try:
                 if self.options.device_crops:
-                    to = self.network.to_device
-                    on_device = on_device if on_device is not None else to(image)
-                    crops: Any = warp_crops(on_device, to(c), to(s), size).to(torch.uint8)
+                    if on_device is None:
+                        on_device = self.network.to_device(image)
+                    crops: Any = self.network.cut_crops(on_device, c, s)
                 else:
                     crops = cut_crops(image, c, s, size, label)
             except (cv2.error, ImageError, RuntimeError) as e:
@@ -511,18 +521,11 @@ class Engine:
                 )
                 rest = [back, *pending[i + 1 :]]
                 break
-        crops = [c.crops for c in taken]
-        joined = (
-            crops[0]
-            if len(crops) == 1
-            else torch.cat(crops)
-            if isinstance(crops[0], torch.Tensor)
-            else np.concatenate(crops)
-        )
+        joined = _join([c.crops for c in taken])
         with self._compute:
             self.batch_sizes[size] += 1
             keypoints, scores = self.network.keypoints(joined, *how)
-        if isinstance(keypoints, torch.Tensor):
+        if not isinstance(keypoints, np.ndarray):  # tensors on the device
             keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()
         try:
             self._check_finite(scores)

@@ -22,11 +22,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .codec import decode_heatmaps_torch
+from .codec_torch import decode_heatmaps_torch
 from .config import Config, check_decode
 from .errors import InputError, require
 from .fileio import atomic_write_bytes
-from .geometry import WarpMethod, crop_region_torch, crop_to_image_torch, warp_crops
+from .geometry_torch import WarpMethod, crop_region_torch, crop_to_image_torch, warp_crops
 from .model.tta import flip_test, normalize
 from .optimize import prepare_for_inference
 
@@ -73,7 +73,7 @@ class CropsGraph(nn.Module):
 
 class ImageGraph(nn.Module):
     """uint8 RGB image (H, W, 3) + xyxy boxes (N, 4) -> keypoints (N, K, 2) image pixels and
-    scores (N, K): the crop (``warp``, see :func:`~nextpose.geometry.warp_crops`), the crops
+    scores (N, K): the crop (``warp``, see :func:`~nextpose.geometry_torch.warp_crops`), the crops
     graph, and the reference's map back to the image, all inside."""
 
     def __init__(

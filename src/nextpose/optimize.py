@@ -17,13 +17,13 @@ import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
 from .errors import InputError
 from .model.backbone import Bottleneck, ResNeXt
+from .options import KEEP_FP32, KeepFp32
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm  # BatchNorm2d and SyncBatchNorm
 
@@ -310,10 +310,6 @@ def _fuse_relus(model: nn.Module) -> None:
                     parent[j] = nn.Identity()
 
 
-KeepFp32 = Literal["none", "final", "ends", "head"]
-KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
-
-
 class ReducedPrecision(nn.Module):
     """A prepared PoseNet with its weights in ``dtype`` (bf16 or fp16) but for the layers
     ``keep_fp32`` names, which stay float32 (each choice keeps those of the one before):
@@ -435,22 +431,6 @@ def cpu_features() -> tuple[str, ...]:
     ``("avx2", "avx512", "avx512_bf16", "vnni")``."""
     names = ("avx2", "avx512", "avx512_bf16", "vnni", "amx_tile", "amx_fp16")
     return tuple(n for n in names if getattr(torch.cpu, f"_is_{n}_supported", lambda: False)())
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AVX-512 BF16 or AMX); without them
-    oneDNN emulates bf16 and it is slower than float32."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def cpu_supports_fp16() -> bool:
-    """Whether this CPU runs float16 convolutions natively (AVX-512 FP16 or AMX-FP16)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-
-
-def cpu_capability() -> str:
-    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512"."""
-    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def emulate_autocast(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -3,19 +3,23 @@ of the :class:`~nextpose.engine.Engine`; and :func:`load`, which makes one from 
 
 >>> estimator = nextpose.load("resnext50_coco_256x192")
 >>> poses = estimator.predict("street.jpg", boxes=[[48, 30, 210, 400, 0.98]])
+
+With the ``onnxruntime`` backend and the graph of the weights in the cache, nothing here imports
+torch: the weights are read (and the PyTorch backends loaded) only when something needs them.
 """
+
+from __future__ import annotations
 
 import copy
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from . import checkpoint as weights
 from .boxes import BoxFormat
@@ -25,11 +29,15 @@ from .engine import Detector, Engine, ImageSource, Task
 from .errors import CheckpointError, InputError
 from .geometry import crop_to_image
 from .keypoints import KeypointSet
-from .model import PoseNet
-from .optimize import KeepFp32
+from .onnxgraph import GraphNetwork, is_cached
+from .options import Backend, KeepFp32, Network, Precision, RunOptions, onnxruntime_available
 from .presets import PRESETS, get_preset
-from .runtime import Backend, Network, Precision, RunOptions, build_network
 from .structures import Poses
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import PoseNet
 
 _SHARED_NETWORK = (
     "device",
@@ -45,16 +53,20 @@ class PoseEstimator:
     decoding, and back to image pixels, exactly as the reference computes them.
 
     Args:
-        model: the network (put in eval mode on the device).
+        model: the network (put in eval mode on the device), or a function that returns it,
+            called when the weights are first needed (:func:`load` passes one when the
+            ``onnxruntime`` backend finds their graph in the cache).
         config: what the model is (input size, keypoint set, pixel statistics, padding).
         device, backend, precision, device_crops, batch_size, read_threads, keep_fp32: how it
-            runs, see :class:`~nextpose.runtime.RunOptions` (or pass ``options=`` whole).
+            runs, see :class:`~nextpose.options.RunOptions` (or pass ``options=`` whole).
         name: how messages and ``repr`` name it (the preset or file).
+        digest: names the weights in the backends' caches (the checkpoint file's sha256, as
+            :func:`load` gives it); None: hashed from the model when a cache needs it.
     """
 
     def __init__(
         self,
-        model: PoseNet,
+        model: PoseNet | Callable[[], PoseNet],
         config: Config,
         device: str | torch.device = "cpu",
         name: str = "custom",
@@ -67,6 +79,7 @@ class PoseEstimator:
         keep_fp32: KeepFp32 = "ends",
         options: RunOptions | None = None,
         workers: int | None = None,
+        digest: str | None = None,
     ):
         if workers is not None:
             warnings.warn(
@@ -87,9 +100,16 @@ class PoseEstimator:
         self.options = options.resolve()
         self.config = config
         self.name = name
-        self.model = model.eval().to(self.options.torch_device)
+        self.digest = digest
+        self._model: PoseNet | None = None
+        self._read: Callable[[], PoseNet] | None = None
+        if callable(model) and not hasattr(model, "state_dict"):
+            self._read = model
+        else:
+            self._model = model.eval().to(self.options.torch_device)
         self._network: Network | None = None
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     def __repr__(self) -> str:
         w, h = self.input_size
@@ -113,6 +133,16 @@ class PoseEstimator:
         return self.options.torch_device
 
     @property
+    def model(self) -> PoseNet:
+        """The PyTorch network (eval mode, on the device); read now if it was not yet."""
+        with self._model_lock:
+            if self._model is None:
+                assert self._read is not None
+                self._model = self._read().eval().to(self.options.torch_device)
+                self._read = None
+            return self._model
+
+    @property
     def backend(self) -> str:
         """The backend in use (``auto`` resolved)."""
         return self.options.backend
@@ -122,8 +152,37 @@ class PoseEstimator:
         """The backend's network, built on first use (folding, compiling or exporting)."""
         with self._lock:
             if self._network is None:
-                self._network = build_network(self.model, self.config, self.options)
+                if self._model is None and self.options.backend == "onnxruntime":
+                    self._network = self._graph_network()
+                else:
+                    from .runtime import build_network
+
+                    self._network = build_network(
+                        self.model, self.config, self.options, self.digest
+                    )
             return self._network
+
+    def _graph_network(self) -> Network:
+        """The ``onnxruntime`` network before the weights are read: the cached graph, and the
+        PyTorch side (the export, ``heatmaps``) made from the weights only if asked for."""
+        torch_side: list[Network] = []
+
+        def backed() -> Any:
+            if not torch_side:
+                from .runtime import OnnxNetwork
+
+                torch_side.append(OnnxNetwork(self.model, self.config, self.options, self.digest))
+            return torch_side[0]
+
+        assert self.digest is not None
+        digest = self.digest
+        return GraphNetwork(
+            self.config,
+            self.options,
+            digest=lambda: digest,
+            export=lambda flip: backed().export(flip),
+            plain=lambda: backed().plain,
+        )
 
     def warm_up(self, flips: tuple[bool, ...] = (True, False)) -> float:
         """Build the network and run a blank crop through it once per flip setting, so that
@@ -136,7 +195,7 @@ class PoseEstimator:
             self.network.keypoints(blank, flip, self.config.inference.decode)
         return time.perf_counter() - start
 
-    def with_options(self, **changes: Any) -> "PoseEstimator":
+    def with_options(self, **changes: Any) -> PoseEstimator:
         """This estimator with other run options (``batch_size=8``, ``backend="eager"``...;
         ``auto`` is chosen again for the new device and precision); the weights are shared
         (copied for another device, so this one keeps its own), and so is the built network
@@ -146,9 +205,15 @@ class PoseEstimator:
         if unknown:
             raise InputError(f"unknown run options {unknown}; choose from {sorted(names)}")
         options = replace(self._asked, **changes)
-        same_device = options.torch_device == self.device
-        model = self.model if same_device else copy.deepcopy(self.model)
-        other = PoseEstimator(model, self.config, name=self.name, options=options)
+        same_device = options.device == self.options.device
+        model: PoseNet | Callable[[], PoseNet]
+        if same_device:  # the same weights, read once for both if not read yet
+            model = self._model if self._model is not None else lambda: self.model
+        else:
+            model = copy.deepcopy(self.model)
+        other = PoseEstimator(
+            model, self.config, name=self.name, options=options, digest=self.digest
+        )
         if all(getattr(other.options, k) == getattr(self.options, k) for k in _SHARED_NETWORK):
             other._network = self._network
         return other
@@ -275,10 +340,16 @@ def load(
     options = RunOptions(
         str(device), backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32
     )
-    options.resolve()  # a bad option fails before any download
+    resolved = options.resolve()  # a bad option fails before any download
     if decode is not None:
         check_decode(decode)
+    # The onnxruntime backend keys its graphs by the weights file's sha256: when the graph is
+    # cached, the file is not read (nor torch imported) until something needs the model.
+    graph = resolved.backend == "onnxruntime" and not resolved.device_crops
+    graph = graph and onnxruntime_available()
     model = str(model)
+    own: Path | None = None  # the file that carries the config
+    config: Config | None = None
     if model in PRESETS:
         preset = get_preset(model)
         config, name = preset.config, preset.name
@@ -286,27 +357,83 @@ def load(
         if source is None:
             raise CheckpointError(f"preset '{name}' has no published weights; pass a checkpoint")
         path = weights.resolve(source, progress)
-        obj = weights.read(path)
     else:
         if not (weights.is_url(model) or Path(model).exists()):
             raise InputError(
                 f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file"
             )
+        name = Path(model).stem
         path = weights.resolve(checkpoint or model, progress)
-        obj = weights.read(path)
-        own = weights.read(weights.resolve(model, progress)) if checkpoint else obj
-        if "config" not in own:
+        own = weights.resolve(model, progress) if checkpoint else path
+    digest = _sha256(path) if graph else None
+    own_digest = digest if own == path else _sha256(own) if graph and own else None
+    if own is not None and own_digest is not None:
+        config = _recorded_config(own_digest)
+    if config is not None and decode is not None:
+        config = replace(config, inference=replace(config.inference, decode=decode))
+    if (
+        config is not None
+        and digest is not None
+        and is_cached(digest, config, config.inference.flip)
+    ):
+        known = config
+
+        def read() -> PoseNet:
+            return _read_model(weights.read(path), known, str(path), name)
+
+        return PoseEstimator(read, config, name=name, options=options, digest=digest)
+    obj = weights.read(path)
+    if own is not None:
+        carried = weights.read(own) if own != path else obj
+        if "config" not in carried:
             raise CheckpointError(
                 f"{model}: the file carries no nextpose config; name a preset as MODEL and pass "
                 "this file as the checkpoint"
             )
-        try:
-            config, name = Config.from_dict(own["config"]), Path(model).stem
-        except ValueError as e:
-            raise CheckpointError(f"{model}: the config it carries is invalid: {e}") from None
-    if decode is not None:
-        config = replace(config, inference=replace(config.inference, decode=decode))
+        config = _config_of(carried["config"], model)
+        if own_digest is not None:
+            weights.remember_config(own_digest, carried["config"])
+        if decode is not None:
+            config = replace(config, inference=replace(config.inference, decode=decode))
+    assert config is not None
+    net = _read_model(obj, config, str(path), name)
+    return PoseEstimator(net, config, name=name, options=options, digest=digest)
+
+
+def _sha256(path: Path) -> str | None:
+    """The file's sha256; None if it cannot be read (:func:`~nextpose.checkpoint.read` then
+    says why)."""
+    try:
+        return weights.sha256_of(path)
+    except OSError:
+        return None
+
+
+def _recorded_config(digest: str) -> Config | None:
+    """The config the file with sha256 ``digest`` carries, as the cache recorded it; None if it
+    has no (valid) record: the file is read then."""
+    recorded = weights.carried_config(digest)
+    try:
+        return None if recorded is None else Config.from_dict(recorded)
+    except ValueError:
+        return None
+
+
+def _config_of(carried: Any, model: str) -> Config:
+    """The config a checkpoint file carries, checked."""
+    try:
+        return Config.from_dict(carried)
+    except ValueError as e:
+        raise CheckpointError(f"{model}: the config it carries is invalid: {e}") from None
+
+
+def _read_model(obj: dict[str, Any], config: Config, source: str, name: str) -> PoseNet:
+    """The network of ``config`` with the weights of checkpoint ``obj``."""
+    import torch
+
+    from .model import PoseNet
+
     with torch.device("meta"):  # no random initialisation of weights about to be replaced
         net = PoseNet(config.model)
-    weights.load_into(net, obj, str(path), name)
-    return PoseEstimator(net, config, name=name, options=options)
+    weights.load_into(net, obj, source, name)
+    return net

@@ -1,7 +1,7 @@
-"""How the network runs: backends behind one small interface, and the options of a run.
+"""How the network runs: the backends behind one small interface.
 
-A :class:`Network` turns uint8 crops into keypoints in crop pixels (and normalised inputs into
-heatmaps), flip test included. :func:`build_network` makes one for a backend:
+A :class:`~nextpose.options.Network` turns uint8 crops into keypoints in crop pixels (and
+normalised inputs into heatmaps), flip test included. :func:`build_network` makes one for a backend:
 
 * ``eager``: the plain PyTorch model, exactly the reference's op sequence (two flip passes);
 * ``fast``: BatchNorm folded into the convolutions, channels-last, optional reduced precision;
@@ -11,25 +11,23 @@ heatmaps), flip test included. :func:`build_network` makes one for a backend:
 * ``compile``: the fast graph compiled by inductor: ahead of time on a CPU, kept in the cache
   folder (:class:`PackagedModel`); ``torch.compile`` with CUDA graphs on a GPU;
 * ``onnxruntime``: the exported crops graph (flip test and decoding inside) on ONNX Runtime,
-  exported once per weights and kept in the cache folder;
-* ``auto``: the fastest of these for the device and precision (:func:`auto_backend`).
+  exported once per weights and kept in the cache folder (:mod:`nextpose.onnxgraph`);
+* ``auto``: the fastest of these for the device and precision
+  (:func:`~nextpose.options.auto_backend`).
 
-:class:`RunOptions` says how a run goes (device, backend, precision, batch size, threads); none of
-it is part of the model or saved with it.
+:class:`~nextpose.options.RunOptions` says how a run goes (device, backend, precision, batch
+size, threads); none of it is part of the model or saved with it.
 """
 
 import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import logging
 import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,164 +35,31 @@ from torch import nn
 
 from ._version import __version__
 from .checkpoint import cache_dir
-from .codec import decode_heatmaps, decode_heatmaps_torch
+from .codec import decode_heatmaps
+from .codec_torch import decode_heatmaps_torch
 from .config import Config
-from .errors import InputError, require
+from .errors import require
 from .export import export_onnx
 from .fileio import AtomicFile
+from .geometry_torch import warp_crops
 from .model.tta import flip_test, normalize
+from .onnxgraph import GRAPH_EXPORT, GraphNetwork
 from .optimize import (
-    KEEP_FP32,
-    KeepFp32,
     ReducedPrecision,
     aot_compile,
     compile_model,
-    cpu_capability,
     cpu_features,
-    cpu_supports_bf16,
-    cpu_supports_fp16,
     load_compiled,
     prepack,
     prepare_for_inference,
     require_cpp_compiler,
     subpixel_deconvolutions,
 )
+from .options import Network, RunOptions
 
-Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
-Precision = Literal["fp32", "bf16", "fp16"]
-BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends): measured fastest per crop
 log = logging.getLogger(__name__)
-
-
-def onnxruntime_available() -> bool:
-    """Whether the ``onnx`` extra (onnx and onnxruntime) is installed."""
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-
-
-def auto_backend(
-    device: torch.device,
-    precision: str,
-    onnxruntime: bool | None = None,
-    capability: str | None = None,
-) -> str:
-    """The backend ``auto`` runs, by measurement (BENCHMARKS.md, the same keypoints on all):
-    on an AVX2-only CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (14 %
-    ahead of ``fast`` there); ``fast`` everywhere else: on AVX-512 CPUs in fp32 (ahead of or
-    tied with ONNX Runtime on an AVX-512 BF16 EPYC and an AMX Xeon), in bf16/fp16 (ONNX
-    Runtime runs fp32 only) and on a GPU. ``onnxruntime`` says whether the extra is installed,
-    ``capability`` the CPU's SIMD level (:func:`~nextpose.optimize.cpu_capability`; None: look).
-    """
-    if device.type != "cpu" or precision != "fp32":
-        return "fast"
-    if (capability or cpu_capability()).upper().startswith("AVX512"):
-        return "fast"
-    if onnxruntime is None:
-        onnxruntime = onnxruntime_available()
-    return "onnxruntime" if onnxruntime else "fast"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How an estimator runs (not what it computes); chosen per machine, never saved.
-
-    Attributes:
-        device: where the network runs, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-        backend: see the module docstring; ``auto`` resolves by :func:`auto_backend` to a
-            backend whose keypoints equal eager's on the reference sample (BENCHMARKS.md).
-        precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or fp16
-            only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
-        keep_fp32: with bf16/fp16 on the ``fast`` and ``compile`` backends, the layers left in
-            float32 (:class:`~nextpose.optimize.ReducedPrecision`): ``ends`` (the stem and the
-            1x1 heatmap layer, ~2 % of the FLOPs), ``final``, ``head`` (25 %) or ``none``.
-            ``eager`` autocasts everything.
-    """
-
-    device: str = "cpu"
-    backend: Backend = "auto"
-    precision: Precision = "fp32"
-    device_crops: bool = False
-    batch_size: int = 32
-    read_threads: int = 2
-    cudnn_benchmark: bool = True
-    keep_fp32: KeepFp32 = "ends"
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
-            )
-        if self.keep_fp32 not in KEEP_FP32:
-            raise InputError(
-                f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {self.keep_fp32!r}"
-            )
-        for name in ("batch_size", "read_threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(f"{name} must be an integer, not {value!r}")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, not {self.batch_size}")
-        if self.read_threads < 0:
-            raise InputError(f"read_threads must be >= 0, not {self.read_threads}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise InputError(f"device {self.device!r}: {e}") from None
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
-
-    def resolve(self) -> "RunOptions":
-        """These options with ``auto`` replaced by a backend, checked against the device."""
-        device = self.torch_device
-        backend = self.backend
-        if backend == "auto":
-            backend = auto_backend(device, self.precision)
-        if backend == "onnxruntime":
-            if device.type != "cpu":
-                raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")
-            if self.precision != "fp32":
-                raise InputError("the onnxruntime backend runs in fp32 only")
-        if device.type == "cpu" and self.precision != "fp32":
-            native = cpu_supports_bf16() if self.precision == "bf16" else cpu_supports_fp16()
-            if not native:
-                raise InputError(
-                    f"this CPU has no native {self.precision} (AVX-512 BF16/FP16 or AMX); "
-                    "it would run slower than fp32: use precision='fp32'"
-                )
-        return replace(self, backend=backend)
-
-
-class Network(Protocol):
-    """A pose network as the engine calls it: tensors in, tensors (or arrays) out."""
-
-    device: torch.device
-
-    def keypoints(
-        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
-    ) -> tuple[Any, Any]:
-        """Keypoints (N, K, 2) in crop pixels and scores (N, K) of uint8 RGB crops
-        (N, h, w, 3), averaged with the mirrored crops' when ``flip``, decoded by ``decode``
-        (``msra`` or ``dark``); tensors left on the device (a GPU is not waited for) or NumPy
-        arrays."""
-        ...
-
-    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
-        """Heatmaps (N, K, h/4, w/4) float32 of normalised inputs (N, 3, h, w)."""
-        ...
-
-    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """An array or tensor on the network's device."""
-        ...
-
-    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(N, h, w, 3) uint8 crops -> (N, 3, h, w) float32 network input on the device."""
-        ...
 
 
 class _CudaSwitches:
@@ -308,6 +173,12 @@ class TorchNetwork:
             mean, std, _ = self.constants
             return normalize(self.to_device(crops), mean, std)
 
+    def cut_crops(
+        self, image: torch.Tensor, centers: np.ndarray, scales: np.ndarray
+    ) -> torch.Tensor:
+        to = self.to_device
+        return warp_crops(image, to(centers), to(scales), self.input_size).to(torch.uint8)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             # Copied here, in inference mode, when not already an inference tensor: a normal
@@ -383,22 +254,6 @@ def _cache_key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
-def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:
-    """Where the onnxruntime backend keeps the graph of the weights with ``digest``
-    (:func:`weights_digest`) exported with ``export`` (keywords of
-    :func:`~nextpose.export.export_onnx`), as ONNX Runtime optimized it for this CPU:
-    ``<cache>/onnx/<key>.onnx``, the key a sha256 of the digest, the config, the export options,
-    the versions that make and run the graph and the CPU's instruction sets (the optimized
-    graph has kernels for them)."""
-    import onnxruntime
-
-    # onnx's version from its metadata: importing it (0.6 s) is needed only to export
-    onnx = importlib.metadata.version("onnx")
-    versions = (__version__, torch.__version__, onnx, onnxruntime.__version__)
-    key = _cache_key(digest, versions, config.to_dict(), sorted(export.items()), cpu_features())
-    return cache_dir() / "onnx" / f"{key}.onnx"
-
-
 def compiled_cache_path(digest: str, config: Config, options: RunOptions) -> Path:
     """Where the ``compile`` backend keeps the AOTInductor package of the weights with
     ``digest`` for a CPU: ``<cache>/inductor/<key>.pt2``, the key a sha256 of the digest, the
@@ -467,108 +322,43 @@ class PackagedModel:
         return self._compiled(x)
 
 
-class OnnxNetwork:
-    """ONNX Runtime sessions of the exported crops graph (uint8 crops in, crop-pixel keypoints and
-    scores out, flip test and MSRA decoding inside), one per flip setting, made on first use.
-    DARK decodes the graph's heatmaps with the reference's NumPy/OpenCV arithmetic, as the
-    PyTorch CPU backends do. ``heatmaps`` runs the plain PyTorch model (the graph takes uint8
-    crops, not inputs).
+class OnnxNetwork(GraphNetwork):
+    """The ``onnxruntime`` backend of a PyTorch model: :class:`~nextpose.onnxgraph.GraphNetwork`
+    exporting the model's crops graph for a flip setting not in the cache yet (1-10 s for
+    resnext50; later processes load the optimized graph, ~0.15 s); ``heatmaps`` runs the plain
+    model.
 
-    The export (1-10 s for resnext50) and ONNX Runtime's optimization of the graph are done once
-    per weights and CPU: the optimized graph is kept in the cache folder
-    (:func:`onnx_cache_path`) and later processes load it from there (~0.15 s).
+    Args:
+        digest: names the weights in the cache (a checkpoint file's sha256); None: the model's
+            :func:`weights_digest`, hashed on first use.
     """
 
-    def __init__(self, model: nn.Module, config: Config, options: RunOptions):
-        self.onnxruntime = require("onnxruntime", "onnx", "the onnxruntime backend")
+    def __init__(
+        self, model: nn.Module, config: Config, options: RunOptions, digest: str | None = None
+    ):
         require("onnx", "onnx", "the onnxruntime backend", load=False)  # imported to export
         self.model = model
-        self.config = config
-        self.device = options.torch_device
-        self.plain = TorchNetwork(model, config, options)
-        self._sessions: dict[bool, Any] = {}
-        self._lock = threading.Lock()
-        self._digest: str | None = None  # of the weights, hashed once
-
-    def _session(self, graph: str | bytes, keep: Path | None = None) -> Any:
-        """A session of ``graph`` (a file already optimized, or exported bytes, which ONNX Runtime
-        optimizes for this CPU and, with ``keep``, saves there)."""
-        ort = self.onnxruntime
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        # Idle threads sleep instead of spinning: the image-reading threads need the cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # not the notice that a saved graph fits this CPU only
-        if isinstance(graph, str):
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        out = None
-        if keep is not None:
-            try:
-                out = AtomicFile(keep, "wb", suffix=".onnx")
-                options.optimized_model_filepath = str(out.tmp)
-            except OSError as e:  # a read-only cache: export again next time
-                warnings.warn(f"could not keep the ONNX graph in {keep.parent}: {e}", stacklevel=4)
-        try:
-            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        except BaseException:
-            if out is not None:
-                out.discard()
-            raise
-        if out is not None:
-            out.commit()
-        return session
-
-    def session(self, flip: bool) -> Any:
-        with self._lock:
-            if flip not in self._sessions:
-                if self._digest is None:
-                    self._digest = weights_digest(self.model)
-                export = {"flip": flip, "heatmaps": True}
-                path = onnx_cache_path(self._digest, self.config, **export)
-                session = None
-                if path.is_file():
-                    try:
-                        session = self._session(str(path))
-                    except Exception:  # a damaged file: export again
-                        path.unlink(missing_ok=True)
-                if session is None:
-                    graph = export_onnx(self.model, self.config, None, **export)
-                    session = self._session(graph, keep=path)
-                self._sessions[flip] = session
-            return self._sessions[flip]
-
-    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.plain.to_device(array)
-
-    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.plain.normalize(crops)
-
-    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
-        return self.plain.heatmaps(inputs, flip)
-
-    def keypoints(
-        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
-    ) -> tuple[Any, Any]:
-        if isinstance(crops, torch.Tensor):
-            crops = crops.cpu().numpy()
-        crops = np.ascontiguousarray(crops, dtype=np.uint8)
-        keypoints, scores, heatmaps = self.session(flip).run(None, {"crops": crops})
-        if decode == "dark":
-            kernel = self.config.codec.blur_kernel_size
-            locations, scores = decode_heatmaps(heatmaps, decode, kernel)
-            keypoints = crop_pixels(torch.from_numpy(locations), heatmaps.shape, self.config)
-            return keypoints.numpy(), scores
-        return keypoints, scores
+        super().__init__(
+            config,
+            options,
+            digest=lambda: digest or weights_digest(model),
+            export=lambda flip: export_onnx(model, config, None, flip=flip, **GRAPH_EXPORT),
+            plain=lambda: TorchNetwork(model, config, options),
+        )
 
 
-def build_network(model: nn.Module, config: Config, options: RunOptions) -> Network:
-    """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device)."""
+def build_network(
+    model: nn.Module, config: Config, options: RunOptions, digest: str | None = None
+) -> Network:
+    """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device);
+    ``digest`` names its weights in the cache (a checkpoint file's sha256; None: hashed from the
+    model when a cache needs it)."""
     options = options.resolve()
     device = options.torch_device
     if options.backend == "eager":  # the reference's op sequence: two passes, default layout
         return TorchNetwork(model, config, options)
     if options.backend == "onnxruntime":  # the export folds BatchNorm itself
-        return OnnxNetwork(model, config, options)
+        return OnnxNetwork(model, config, options, digest)
     fast: nn.Module = prepare_for_inference(model, device, fold=True, channels_last=True)
     dtype = REDUCED.get(options.precision)
     cuda = device.type == "cuda"
@@ -584,7 +374,7 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         net = compile_model(fast, device)
     elif options.backend == "compile":
         net = PackagedModel(
-            fast, lambda: compiled_cache_path(weights_digest(model), config, options)
+            fast, lambda: compiled_cache_path(digest or weights_digest(model), config, options)
         )
     elif device.type == "cpu":  # weights in oneDNN's layout once, not per call: same outputs
         w, h = config.model.input_size

@@ -5,11 +5,9 @@ import argparse
 from collections.abc import Callable
 
 from ..config import DECODINGS
+from ..options import BACKENDS, KEEP_FP32, PRECISIONS
 from ..presets import PRESETS
 
-BACKENDS = ("auto", "eager", "fast", "compile", "onnxruntime")  # = runtime.BACKENDS
-PRECISIONS = ("fp32", "bf16", "fp16")  # = runtime.PRECISIONS
-KEEP_FP32 = ("none", "final", "ends", "head")  # = runtime.KEEP_FP32
 DETECTORS = (  # = detection.DETECTORS
     "keypointrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
@@ -231,7 +229,7 @@ def run_options(args: argparse.Namespace) -> dict:
 
 def check_device(device: str | None) -> None:
     """Refuse a device string torch cannot use before any model is loaded."""
-    if device is None:
+    if device is None or device == "cpu":  # no torch to import for the CPU
         return
     import torch
 

@@ -266,16 +266,15 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     process's share)."""
     from pathlib import Path
 
-    import torch
-
     from .. import distributed, sharded
+    from ..options import device_type
 
     described = ("model", "checkpoint", "boxes", "bbox_format", "detector", "detector_weights",
                  "detector_score", "detector_min_size", "max_people", "smooth", "draw",
                  "score_threshold", "backend", "precision", "batch_size", "decode",
                  "device_crops")  # fmt: skip
     options = {name: getattr(args, name) for name in described}
-    options["device"] = torch.device(args.device).type
+    options["device"] = device_type(args.device)
     try:
         summary = sharded.predict_job(
             pipeline,

@@ -364,7 +364,8 @@ def train(
         TrainingError: the data, run folder, resume file or device cannot work; the loss became
             non-finite; a checkpoint could not be written (the previous one is kept).
     """
-    env, dev = dist.init(device)
+    env, name = dist.init(device)
+    dev = torch.device(name)
     try:
         check_device(config.train, dev)
         # The data is checked before the run folder is touched and before the network is built

@@ -1,0 +1,200 @@
+"""How a run goes: the backends, the run options, and the interface the engine calls a network
+by. Nothing here is part of a model or saved with it.
+
+This module imports no torch: a run on a cached ONNX graph (:mod:`nextpose.onnxgraph`) needs
+none. PyTorch is asked about the CPU only where the answer is needed (``auto``, reduced
+precision on a CPU, a device other than ``cpu``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
+Precision = Literal["fp32", "bf16", "fp16"]
+KeepFp32 = Literal["none", "final", "ends", "head"]
+BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
+
+
+def device_type(device: str) -> str:
+    """The kind of a device string: ``"cuda:1"`` -> ``"cuda"``."""
+    return device.split(":", 1)[0]
+
+
+def cpu_capability() -> str:
+    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512"."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (AVX-512 BF16 or AMX); without them
+    oneDNN emulates bf16 and it is slower than float32."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_supports_fp16() -> bool:
+    """Whether this CPU runs float16 convolutions natively (AVX-512 FP16 or AMX-FP16)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def onnxruntime_available() -> bool:
+    """Whether the ``onnx`` extra (onnx and onnxruntime) is installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def auto_backend(
+    device: str | torch.device,
+    precision: str,
+    onnxruntime: bool | None = None,
+    capability: str | None = None,
+) -> str:
+    """The backend ``auto`` runs, by measurement (BENCHMARKS.md, the same keypoints on all):
+    on an AVX2-only CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (14 %
+    ahead of ``fast`` there); ``fast`` everywhere else: on AVX-512 CPUs in fp32 (ahead of or
+    tied with ONNX Runtime on an AVX-512 BF16 EPYC and an AMX Xeon), in bf16/fp16 (ONNX
+    Runtime runs fp32 only) and on a GPU. ``onnxruntime`` says whether the extra is installed,
+    ``capability`` the CPU's SIMD level (:func:`cpu_capability`; None: look).
+    """
+    if device_type(str(device)) != "cpu" or precision != "fp32":
+        return "fast"
+    if (capability or cpu_capability()).upper().startswith("AVX512"):
+        return "fast"
+    if onnxruntime is None:
+        onnxruntime = onnxruntime_available()
+    return "onnxruntime" if onnxruntime else "fast"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an estimator runs (not what it computes); chosen per machine, never saved.
+
+    Attributes:
+        device: where the network runs, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        backend: see :mod:`nextpose.runtime`; ``auto`` resolves by :func:`auto_backend` to a
+            backend whose keypoints equal eager's on the reference sample (BENCHMARKS.md).
+        precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or fp16
+            only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
+        keep_fp32: with bf16/fp16 on the ``fast`` and ``compile`` backends, the layers left in
+            float32 (:class:`~nextpose.optimize.ReducedPrecision`): ``ends`` (the stem and the
+            1x1 heatmap layer, ~2 % of the FLOPs), ``final``, ``head`` (25 %) or ``none``.
+            ``eager`` autocasts everything.
+    """
+
+    device: str = "cpu"
+    backend: Backend = "auto"
+    precision: Precision = "fp32"
+    device_crops: bool = False
+    batch_size: int = 32
+    read_threads: int = 2
+    cudnn_benchmark: bool = True
+    keep_fp32: KeepFp32 = "ends"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
+        if self.keep_fp32 not in KEEP_FP32:
+            raise InputError(
+                f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {self.keep_fp32!r}"
+            )
+        for name in ("batch_size", "read_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be an integer, not {value!r}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.read_threads < 0:
+            raise InputError(f"read_threads must be >= 0, not {self.read_threads}")
+        if not isinstance(self.device, str):  # a torch.device
+            object.__setattr__(self, "device", str(self.device))
+        if self.device != "cpu":  # "cpu" needs no torch to check
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise InputError(f"device {self.device!r}: {e}") from None
+
+    @property
+    def device_type(self) -> str:
+        """``cpu``, ``cuda``, ``mps``: the device without its index."""
+        return device_type(self.device)
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    def resolve(self) -> RunOptions:
+        """These options with ``auto`` replaced by a backend, checked against the device."""
+        kind = self.device_type
+        backend = self.backend
+        if backend == "auto":
+            backend = auto_backend(self.device, self.precision)
+        if backend == "onnxruntime":
+            if kind != "cpu":
+                raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")
+            if self.precision != "fp32":
+                raise InputError("the onnxruntime backend runs in fp32 only")
+        if kind == "cpu" and self.precision != "fp32":
+            native = cpu_supports_bf16() if self.precision == "bf16" else cpu_supports_fp16()
+            if not native:
+                raise InputError(
+                    f"this CPU has no native {self.precision} (AVX-512 BF16/FP16 or AMX); "
+                    "it would run slower than fp32: use precision='fp32'"
+                )
+        return replace(self, backend=backend)
+
+
+class Network(Protocol):
+    """A pose network as the engine calls it: tensors in, tensors (or arrays) out."""
+
+    device: torch.device
+
+    def keypoints(
+        self, crops: np.ndarray | torch.Tensor, flip: bool, decode: str = "msra"
+    ) -> tuple[Any, Any]:
+        """Keypoints (N, K, 2) in crop pixels and scores (N, K) of uint8 RGB crops
+        (N, h, w, 3), averaged with the mirrored crops' when ``flip``, decoded by ``decode``
+        (``msra`` or ``dark``); tensors left on the device (a GPU is not waited for) or NumPy
+        arrays."""
+        ...
+
+    def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
+        """Heatmaps (N, K, h/4, w/4) float32 of normalised inputs (N, 3, h, w)."""
+        ...
+
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An array or tensor on the network's device."""
+        ...
+
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, h, w, 3) uint8 crops -> (N, 3, h, w) float32 network input on the device."""
+        ...
+
+    def cut_crops(
+        self, image: torch.Tensor, centers: np.ndarray, scales: np.ndarray
+    ) -> torch.Tensor:
+        """uint8 RGB crops (N, h, w, 3) of an (H, W, 3) uint8 image on the device, for crop
+        regions (N, 2) in image pixels, cut there (``device_crops``) with OpenCV's pixels."""
+        ...

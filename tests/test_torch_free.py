@@ -1,0 +1,198 @@
+"""A run on a cached ONNX graph needs no torch: the onnxruntime backend keys its graphs by the
+weights file's sha256, so a later process finds the graph without reading the file, and the
+engine, predictor, pipeline and job import torch only for what needs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DET_FILE, IMAGES
+
+import nextpose
+from nextpose import checkpoint, onnxgraph
+from nextpose.config import Config
+from nextpose.errors import CheckpointError
+from nextpose.options import RunOptions
+from nextpose.presets import get_preset
+
+pytest.importorskip("onnxruntime")
+TINY = "tiny_coco_96x64"
+BOXES = [[30.5, 20.0, 200.0, 300.0, 0.9], [100.0, 40.0, 180.0, 220.0, 0.8]]
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path) -> Path:
+    """An empty cache folder of this test's own."""
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint's weights alone (no config): for the preset as MODEL."""
+    obj = torch.load(tiny_checkpoint, weights_only=True)
+    path = tmp_path_factory.mktemp("weights") / "tiny_weights.pth"
+    torch.save({"state_dict": obj["state_dict"]}, path)
+    return path
+
+
+def test_the_inference_modules_import_no_torch():
+    """The modules a cached-graph run passes through import no torch, and neither do the
+    CPU's run options nor a single process's job set-up."""
+    code = (
+        "import sys\n"
+        "from nextpose import distributed, engine, onnxgraph, pipeline, predictor, sharded\n"
+        "from nextpose.options import RunOptions\n"
+        "options = RunOptions('cpu', 'onnxruntime', batch_size=4).resolve()\n"
+        "assert options.backend == 'onnxruntime' and options.device_type == 'cpu'\n"
+        "assert distributed.init('cpu')[1] == 'cpu' and distributed.current().world_size == 1\n"
+        "assert distributed.gather_objects(3) == [3]\n"
+        "from nextpose import checkpoint; checkpoint.cache_dir()\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_run_options_check_other_devices_with_torch():
+    with pytest.raises(nextpose.InputError, match="device 'gpu'"):
+        RunOptions("gpu")
+    assert RunOptions(torch.device("cpu")).device == "cpu"
+    assert RunOptions("cuda:1").device_type == "cuda"
+
+
+@pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "/t/home"}, {"XDG_CACHE_HOME": "/x/cache"}])
+def test_the_cache_folder_is_torch_hubs_without_torch(monkeypatch, env):
+    """Without torch imported, the cache folder is still ``torch.hub.get_dir()/checkpoints``."""
+    monkeypatch.delenv("NEXTPOSE_CACHE")
+    for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    want = Path(torch.hub.get_dir()) / "checkpoints"
+    monkeypatch.delitem(sys.modules, "torch")
+    assert checkpoint.cache_dir() == want
+
+
+def test_a_cached_graph_is_found_without_reading_the_weights(tiny_weights, cache):
+    """The second load of the same file finds its graph: the weights are read only when the
+    model is asked for, and everything gives what the first estimator gives."""
+    first = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    assert first._model is not None  # nothing cached yet: read, and the graph exported
+    want = first.predict(IMAGES[0], BOXES)
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+    second = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    assert second._model is None and second.backend == "onnxruntime"
+    got = second.predict(IMAGES[0], BOXES)
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    dark = second.predict(IMAGES[0], BOXES, decode="dark")  # the graph's heatmaps, decoded here
+    want_dark = first.predict(IMAGES[0], BOXES, decode="dark")
+    np.testing.assert_array_equal(dark.keypoints, want_dark.keypoints)
+    other = second.with_options(batch_size=1)
+    np.testing.assert_array_equal(other.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
+    assert second._model is None and other._model is None
+    no_flip = second.predict(IMAGES[0], BOXES, flip=False)  # not cached: exported from the file
+    np.testing.assert_array_equal(
+        no_flip.keypoints, first.predict(IMAGES[0], BOXES, flip=False).keypoints
+    )
+    assert second._model is not None
+    torch.testing.assert_close(second.model.state_dict(), first.model.state_dict(), rtol=0, atol=0)
+    inputs = first.normalize(np.zeros((1, 128, 96, 3), np.uint8))
+    torch.testing.assert_close(second.heatmaps(inputs), first.heatmaps(inputs), rtol=0, atol=0)
+
+
+def test_a_checkpoint_carrying_its_config_is_known_by_its_hash(tiny_checkpoint, cache):
+    """A nextpose checkpoint as MODEL: its config is kept in the cache by the file's sha256, so
+    a later load needs neither; a damaged record means reading the file again."""
+    first = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    want = first.predict(IMAGES[0], BOXES)
+    (record,) = (cache / "configs").glob("*.json")
+    assert record.stem == checkpoint.sha256_of(tiny_checkpoint)
+    assert Config.from_dict(json.loads(record.read_text())) == first.config
+    again = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    assert again._model is None and again.name == first.name == "tiny"
+    np.testing.assert_array_equal(again.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
+    for damage in ("{", json.dumps({"model": {"input_size": "wide"}}), "[]"):
+        record.write_text(damage)
+        read = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+        assert read._model is not None, damage  # the file was read: the record made again
+        np.testing.assert_array_equal(read.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
+        assert Config.from_dict(json.loads(record.read_text())) == first.config
+
+
+def test_other_bytes_or_options_are_not_taken_for_the_cached_graph(tiny_weights, cache, tmp_path):
+    nextpose.load(TINY, tiny_weights, backend="onnxruntime").warm_up()
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(tiny_weights.read_bytes()[:-200])  # other bytes: not the cached file
+    with pytest.raises(CheckpointError):  # and read, so its damage is found
+        nextpose.load(TINY, copy, backend="onnxruntime")
+    assert nextpose.load(TINY, tiny_weights, backend="eager")._model is not None
+    crops = nextpose.load(TINY, tiny_weights, backend="onnxruntime", device_crops=True)
+    assert crops._model is not None  # device crops cut with torch
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        nextpose.load(TINY, missing, backend="onnxruntime")
+
+
+def test_the_graph_key_names_weights_flip_config_and_cpu(monkeypatch):
+    config = get_preset(TINY).config
+    keys = {
+        onnxgraph.onnx_cache_path("a", config, flip=True, heatmaps=True),
+        onnxgraph.onnx_cache_path("b", config, flip=True, heatmaps=True),
+        onnxgraph.onnx_cache_path("a", config, flip=False, heatmaps=True),
+        onnxgraph.onnx_cache_path("a", get_preset("resnext50_coco_256x192").config, flip=True),
+    }
+    assert len(keys) == 4
+    same = onnxgraph.onnx_cache_path("a", config, flip=True, heatmaps=True)
+    assert same in keys and onnxgraph.cpu_fingerprint() == onnxgraph.cpu_fingerprint()
+    monkeypatch.setattr(onnxgraph, "cpu_fingerprint", lambda: "another CPU")
+    assert onnxgraph.onnx_cache_path("a", config, flip=True, heatmaps=True) not in keys
+
+
+def test_crop_pixels_of_the_numpy_path_equal_the_tensor_path():
+    from nextpose import runtime
+
+    config = get_preset(TINY).config
+    locations = np.random.default_rng(0).uniform(-1, 24, (5, 17, 2)).astype(np.float32)
+    want = runtime.crop_pixels(torch.from_numpy(locations), (5, 17, 32, 24), config).numpy()
+    got = onnxgraph.crop_pixels(locations, (5, 17, 32, 24), config)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+CLI = """
+import sys
+from nextpose.cli import main
+code = main(sys.argv[1:])
+print("torch imported:", "torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["preset", "checkpoint"])
+def test_the_second_predict_on_onnxruntime_imports_no_torch(
+    how, tiny_checkpoint, tiny_weights, tmp_path
+):
+    """``nextpose predict --backend onnxruntime``, twice: the first exports the graph into the
+    cache, the second runs on it without torch and writes the same bytes."""
+    model = [TINY, "--checkpoint", str(tiny_weights)] if how == "preset" else [str(tiny_checkpoint)]
+    env = {**os.environ, "NEXTPOSE_CACHE": str(tmp_path / "cache")}
+    outputs = []
+    for run in ("first", "second"):
+        out = tmp_path / f"{run}.json"
+        args = ["predict", *model, str(IMAGES[0]), str(IMAGES[1]), "--boxes", str(DET_FILE),
+                "--backend", "onnxruntime", "--out", str(out), "--no-progress"]  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append((out.read_bytes(), done.stdout.strip()))
+    assert outputs[0][1] == "torch imported: True"  # it exported the graph
+    assert outputs[1][1] == "torch imported: False"
+    assert outputs[1][0] == outputs[0][0] and len(json.loads(outputs[0][0])) > 2
