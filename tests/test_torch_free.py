@@ -2,6 +2,7 @@
 weights file's sha256, so a later process finds the graph without reading the file, and the
 engine, predictor, pipeline and job import torch only for what needs it."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DET_FILE, IMAGES
+from conftest import ANN_FILE, COCO, DET_FILE, IMAGES
 
 import nextpose
 from nextpose import checkpoint, onnxgraph
@@ -177,22 +178,58 @@ sys.exit(code)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["preset", "checkpoint"])
-def test_the_second_predict_on_onnxruntime_imports_no_torch(
+def test_the_second_predict_and_eval_on_onnxruntime_import_no_torch(
     how, tiny_checkpoint, tiny_weights, tmp_path
 ):
-    """``nextpose predict --backend onnxruntime``, twice: the first exports the graph into the
-    cache, the second runs on it without torch and writes the same bytes."""
+    """``nextpose predict`` and ``nextpose eval`` with ``--backend onnxruntime``, twice each:
+    the first exports the graph into the cache, the second runs on it without torch and
+    writes the same bytes."""
     model = [TINY, "--checkpoint", str(tiny_weights)] if how == "preset" else [str(tiny_checkpoint)]
     env = {**os.environ, "NEXTPOSE_CACHE": str(tmp_path / "cache")}
-    outputs = []
-    for run in ("first", "second"):
-        out = tmp_path / f"{run}.json"
-        args = ["predict", *model, str(IMAGES[0]), str(IMAGES[1]), "--boxes", str(DET_FILE),
-                "--backend", "onnxruntime", "--out", str(out), "--no-progress"]  # fmt: skip
+
+    def run(*args: str) -> str:
         done = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-        outputs.append((out.read_bytes(), done.stdout.strip()))
+        return done.stdout.strip().splitlines()[-1]
+
+    outputs = []
+    for attempt in ("first", "second"):
+        out = tmp_path / f"{attempt}.json"
+        imported = run("predict", *model, str(IMAGES[0]), str(IMAGES[1]), "--boxes", str(DET_FILE),
+                       "--backend", "onnxruntime", "--out", str(out), "--no-progress")  # fmt: skip
+        outputs.append((out.read_bytes(), imported))
     assert outputs[0][1] == "torch imported: True"  # it exported the graph
     assert outputs[1][1] == "torch imported: False"
     assert outputs[1][0] == outputs[0][0] and len(json.loads(outputs[0][0])) > 2
+    results = []
+    for attempt in ("first", "second"):
+        out = tmp_path / f"eval-{attempt}"
+        imported = run("eval", *model, "--images", str(COCO), "--ann-file", str(ANN_FILE),
+                       "--bbox-file", str(DET_FILE), "--backend", "onnxruntime", "--out",
+                       str(out), "--no-progress")  # fmt: skip
+        assert imported == "torch imported: False"  # the graph was cached by predict
+        results.append((out / "keypoints.json").read_bytes())
+    assert results[0] == results[1]
+
+
+def test_an_estimator_reads_a_model_function_once_and_when_needed(tiny_checkpoint, cache):
+    """``PoseEstimator(read, ...)``: without a digest the weights are read to be hashed, once;
+    assigning ``model`` replaces them."""
+    from nextpose.predictor import PoseEstimator
+
+    ready = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
+    calls = []
+
+    def read():
+        calls.append(1)
+        return copy.deepcopy(ready.model)
+
+    est = PoseEstimator(read, ready.config, backend="onnxruntime")
+    assert calls == []
+    want = ready.predict(IMAGES[0], BOXES).keypoints
+    np.testing.assert_array_equal(est.predict(IMAGES[0], BOXES).keypoints, want)
+    assert calls == [1] and est.model is est.model and calls == [1]
+    other = copy.deepcopy(ready.model)
+    est.model = other
+    assert est.model is other and calls == [1]

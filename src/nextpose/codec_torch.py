@@ -31,13 +31,7 @@ def decode_heatmaps_torch(
         return _decode_dark_torch(heatmaps, blur_kernel_size)
     h, w = heatmaps.shape[-2:]
     flat = heatmaps.flatten(2)  # (N, K, Hh * Wh), row-major
-    index = flat.argmax(dim=2, keepdim=True)  # the first maximum
-    scores = flat.gather(2, index)
-    x = torch.remainder(index, w)
-    y = torch.div(index, w, rounding_mode="floor")
-    valid = scores > 0
-    x = torch.where(valid, x, torch.full_like(x, -1))
-    y = torch.where(valid, y, torch.full_like(y, -1))
+    index, scores, x, y = _argmax(flat, w)
 
     def at(dx: int, dy: int) -> torch.Tensor:  # the value dx, dy away (clamped; masked below)
         return flat.gather(2, (index + dy * w + dx).clamp(0, h * w - 1))
@@ -51,6 +45,19 @@ def decode_heatmaps_torch(
     locations = torch.cat([x, y], dim=2).to(heatmaps.dtype)
     locations = locations + 0.25 * torch.sign(torch.cat([dx, dy], dim=2))
     return locations, scores.squeeze(2)
+
+
+def _argmax(
+    flat: torch.Tensor, w: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first maximum of row-major heatmaps (N, K, Hh * Wh): its index, value and x, y
+    (N, K, 1); x and y are -1 where the maximum is <= 0."""
+    index = flat.argmax(dim=2, keepdim=True)
+    scores = flat.gather(2, index)
+    valid = scores > 0
+    x = torch.where(valid, torch.remainder(index, w), torch.full_like(index, -1))
+    y = torch.where(valid, torch.div(index, w, rounding_mode="floor"), torch.full_like(index, -1))
+    return index, scores, x, y
 
 
 def modulate_torch(heatmaps: torch.Tensor, blur_kernel_size: int = 11) -> torch.Tensor:
@@ -72,14 +79,7 @@ def _decode_dark_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_decode_dark` in tensor operations (float64 where the reference is)."""
     h, w = heatmaps.shape[-2:]
-    flat = heatmaps.flatten(2)
-    index = flat.argmax(dim=2, keepdim=True)
-    scores = flat.gather(2, index)
-    x = torch.remainder(index, w)
-    y = torch.div(index, w, rounding_mode="floor")
-    valid = scores > 0
-    x = torch.where(valid, x, torch.full_like(x, -1))
-    y = torch.where(valid, y, torch.full_like(y, -1))
+    index, scores, x, y = _argmax(heatmaps.flatten(2), w)
     logs = modulate_torch(heatmaps, blur_kernel_size).flatten(2)
 
     def at(dx: int, dy: int) -> torch.Tensor:  # float32, dx, dy away (clamped; masked below)

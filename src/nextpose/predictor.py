@@ -142,6 +142,11 @@ class PoseEstimator:
                 self._read = None
             return self._model
 
+    @model.setter
+    def model(self, model: PoseNet) -> None:
+        with self._model_lock:
+            self._model, self._read = model, None
+
     @property
     def backend(self) -> str:
         """The backend in use (``auto`` resolved)."""
@@ -152,7 +157,8 @@ class PoseEstimator:
         """The backend's network, built on first use (folding, compiling or exporting)."""
         with self._lock:
             if self._network is None:
-                if self._model is None and self.options.backend == "onnxruntime":
+                unread = self._model is None and self.digest is not None
+                if unread and self.options.backend == "onnxruntime":
                     self._network = self._graph_network()
                 else:
                     from .runtime import build_network
