@@ -166,3 +166,22 @@ def test_python_warnings_print_as_the_commands_warnings(tiny_checkpoint, tmp_pat
     assert run.returncode == 0, run.stderr
     assert "warning: " in run.stderr and "ignored 1 checkpoint entry outside model" in run.stderr
     assert "UserWarning" not in run.stderr and ".py:" not in run.stderr  # no code location
+
+
+def test_options_that_have_no_effect_are_named(tiny_checkpoint, tmp_path, recwarn):
+    """Detector options without --detector and --keep-fp32 in fp32 change nothing: each gets a
+    warning (the run goes on); used as meant, none."""
+    out = tmp_path / "poses.json"
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--out", str(out), "--no-progress"]
+    extra = ["--detector-score", "0.3", "--max-people", "2", "--keep-fp32", "head"]
+    assert main([*args, *extra]) == 0
+    said = [str(w.message) for w in recwarn if "has no effect" in str(w.message)]
+    assert said == [
+        "--detector-score has no effect without --detector",
+        "--max-people has no effect without --detector",
+        "--keep-fp32 has no effect without --precision bf16/fp16",
+    ]
+    assert len(json.loads(out.read_text())) == 1
+    recwarn.clear()
+    assert main([*args, "--detector-score", "0.5", "--keep-fp32", "ends"]) == 0
+    assert not [w for w in recwarn if "has no effect" in str(w.message)]

@@ -611,3 +611,24 @@ def test_serve_options_that_would_expose_or_crash_are_refused(
     assert says in capsys.readouterr().err
     assert main(["serve", str(tiny_checkpoint), "--timeout", "1e10"]) == 2
     assert "--timeout must be at most 86400" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_said_before_the_model_loads(tiny_checkpoint, capsys, monkeypatch):
+    """The port is bound first: one in use (or a host that is not this machine's) is a clear
+    error, before any weights are read and without a "serving on" line."""
+    from nextpose import predictor
+    from nextpose.cli import main
+
+    loads = []
+    monkeypatch.setattr(predictor, "load", lambda *a, **k: loads.append(1))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(tiny_checkpoint), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot serve on 127.0.0.1:{port}: Address already in use" in err, err
+    assert "serving on" not in err and loads == []
+    assert main(["serve", str(tiny_checkpoint), "--host", "no-such-host.invalid"]) == 2
+    assert "error: --host no-such-host.invalid:" in capsys.readouterr().err
+    assert loads == []

@@ -122,6 +122,22 @@ def check_detector(args: argparse.Namespace) -> None:
         raise InputError("--detector-weights needs --detector")
 
 
+def note_ignored(args: argparse.Namespace) -> None:
+    """A warning for each option given that this command's other options make meaningless
+    (detector options without --detector, --keep-fp32 in fp32)."""
+    import warnings
+
+    detector = {"detector_score": 0.5, "detector_min_size": 32.0, "max_people": None,
+                "detector_batch_size": None}  # fmt: skip
+    if hasattr(args, "detector") and not args.detector:
+        for name, default in detector.items():
+            if getattr(args, name, default) != default:
+                flag = "--" + name.replace("_", "-")
+                warnings.warn(f"{flag} has no effect without --detector", stacklevel=2)
+    if getattr(args, "keep_fp32", "ends") != "ends" and args.precision == "fp32":
+        warnings.warn("--keep-fp32 has no effect without --precision bf16/fp16", stacklevel=2)
+
+
 def load_detector_of(args: argparse.Namespace, device: str | None = None):
     """The detector the --detector options ask for (on ``device``, else --device), or None."""
     check_detector(args)

@@ -12,6 +12,7 @@ from ._options import (
     add_runtime,
     check_device,
     check_extras,
+    note_ignored,
     number,
     run_options,
 )
@@ -142,6 +143,8 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         if args.model in PRESETS:  # the metric's own checks of the ground truth, up front too
             k = PRESETS[args.model].config.model.num_keypoints
             read_ground_truth(ann_file, k)
+        if env.is_main:
+            note_ignored(args)
         # Rank 0 first: a download lands in the cache once, the other ranks read it there.
         if not env.is_main:
             distributed.barrier()

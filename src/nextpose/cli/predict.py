@@ -14,6 +14,7 @@ from ._options import (
     check_extras,
     count,
     load_detector_of,
+    note_ignored,
     number,
     run_options,
 )
@@ -138,6 +139,8 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
     check_detector(args)
+    if main:
+        note_ignored(args)
     # glob patterns are expanded: the files they name are inputs; so are the boxes and weights
     guard = Guard(
         [p for kind, source in groups if kind != "camera"

@@ -12,6 +12,7 @@ from ._options import (
     check_extras,
     count,
     load_detector_of,
+    note_ignored,
     number,
     run_options,
 )
@@ -108,26 +109,33 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout > 86400 or args.max_wait_ms > 60000:
         raise InputError("--timeout must be at most 86400 s, --max-wait-ms at most 60000")
     check_detector(args)
+    note_ignored(args)
     check_device(args.device)
     check_extras(args)
     from ..serve import create_app, serve
+    from ..serve.app import bind
 
-    estimator = load(args.model, args.checkpoint, **run_options(args))
-    detector = load_detector_of(args)
-    # Before the port opens: no request waits for a compile or an export, and /healthz
-    # answers only once the network is ready.
-    seconds = estimator.warm_up()  # both flip settings: a request may ask for either
-    print(f"network ready ({estimator.backend}) in {seconds:.1f} s", file=sys.stderr, flush=True)
-    app = create_app(
-        estimator,
-        detector,
-        max_batch=args.batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        timeout=args.timeout,
-        max_body_mb=args.max_body_mb,
-        max_boxes=args.max_boxes,
-        flip=not args.no_flip,
-    )
-    serve(app, args.host, args.port, args.timeout)
+    sock = bind(args.host, args.port)  # a port in use is said now, not after the model loads
+    try:
+        estimator = load(args.model, args.checkpoint, **run_options(args))
+        detector = load_detector_of(args)
+        # Before the port opens: no request waits for a compile or an export, and /healthz
+        # answers only once the network is ready.
+        seconds = estimator.warm_up()  # both flip settings: a request may ask for either
+        ready = f"network ready ({estimator.backend}) in {seconds:.1f} s"
+        print(ready, file=sys.stderr, flush=True)
+        app = create_app(
+            estimator,
+            detector,
+            max_batch=args.batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            timeout=args.timeout,
+            max_body_mb=args.max_body_mb,
+            max_boxes=args.max_boxes,
+            flip=not args.no_flip,
+        )
+        serve(app, timeout=args.timeout, sock=sock)
+    finally:
+        sock.close()
     return 0

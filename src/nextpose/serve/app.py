@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import socket
 from importlib import resources
 from pathlib import PurePath
 from typing import Any
@@ -344,17 +345,45 @@ def create_app(
     return app
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0) -> None:
-    """Run ``app`` with uvicorn until SIGTERM or Ctrl-C; the requests in flight are answered
-    (for at most ``timeout`` seconds) before it stops."""
+def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (not listening yet: connections are refused
+    until :func:`serve` runs), so that a port in use is reported before a model is loaded.
+
+    Raises:
+        InputError: the address cannot be had (in use, not this machine's, unknown name).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise InputError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    timeout: float = 30.0,
+    sock: socket.socket | None = None,
+) -> None:
+    """Run ``app`` with uvicorn on ``sock`` (from :func:`bind`; None: bind ``host``:``port``
+    now) until SIGTERM or Ctrl-C; the requests in flight are answered (for at most
+    ``timeout`` seconds) before it stops."""
     uvicorn = require("uvicorn", "serve", "nextpose serve")
+    sock = sock if sock is not None else bind(host, port)
     config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=max(1, math.ceil(timeout)),
+        app, log_level="warning", timeout_graceful_shutdown=max(1, math.ceil(timeout))
     )
     server = uvicorn.Server(config)
-    log.info(f"serving on http://{host}:{port}/ (the web page; POST /v1/poses); Ctrl-C stops")
-    server.run()
+    host, port = sock.getsockname()[:2]
+    where = f"[{host}]" if ":" in host else host
+    log.info(f"serving on http://{where}:{port}/ (the web page; POST /v1/poses); Ctrl-C stops")
+    server.run(sockets=[sock])
