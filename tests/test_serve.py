@@ -539,6 +539,50 @@ def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(ti
     assert batcher.waiting == 0 and batcher.answered == 2
 
 
+def test_requests_abandoned_while_queued_are_not_computed(tiny_checkpoint):
+    """A request whose future is cancelled (its client's timeout) while it still waits behind
+    a busy network is skipped: its crops never run, the queue count comes back to zero, and
+    the other requests get their poses."""
+    from nextpose.serve import Batcher
+
+    estimator = nextpose.load(str(tiny_checkpoint))
+    network = estimator.network
+    release, entered = threading.Event(), threading.Event()
+    keypoints = network.keypoints
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return keypoints(*args, **kwargs)
+
+    network.keypoints = held
+    batcher = Batcher(estimator, max_batch=2, max_wait=0.0)
+    image = nextpose.read_image(IMAGES[0])
+    box = np.array([[10.0, 20.0, 150.0, 300.0, 0.9]])
+    try:
+        first = batcher.submit(image, box, True)
+        assert entered.wait(60)  # the network is busy with the first request
+        rest = [batcher.submit(image, box, True) for _ in range(10)]
+        time.sleep(0.5)  # the engine has read ahead what it can
+        for future in rest[5:]:
+            assert future.cancel()
+        release.set()
+        done = [f.result(60) for f in [first, *rest[:5]]]
+        deadline = time.monotonic() + 60
+        while batcher.waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        release.set()
+        batcher.close(60)
+        network.keypoints = keypoints
+    stats = batcher.stats()
+    assert stats["waiting"] == 0 and stats["answered"] + stats["abandoned"] >= 6
+    assert stats["abandoned"] >= 1 and stats["crops"] == 11 - stats["abandoned"]
+    want = estimator.predict(image, box).keypoints
+    for poses in done:
+        np.testing.assert_array_equal(poses.keypoints, want)
+
+
 @pytest.mark.slow
 def test_the_page_shows_the_webcam_poses(server):
     """The webcam button: Chromium's fake camera (a test pattern) through getUserMedia, each

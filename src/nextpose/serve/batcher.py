@@ -61,6 +61,7 @@ class Batcher:
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.answered = 0  # requests finished (poses or error)
+        self.abandoned = 0  # requests their clients stopped waiting for before they ran
         self._lock = threading.Lock()
         self._waiting = 0  # accepted and not finished
         self._closed = False
@@ -102,13 +103,15 @@ class Batcher:
 
     def stats(self) -> dict[str, Any]:
         """Batches run so far: ``batches``, ``crops``, ``mean_batch`` (crops per batch),
-        ``batch_sizes`` ({crops: batches}), ``answered`` and ``waiting`` requests."""
+        ``batch_sizes`` ({crops: batches}), ``answered`` and ``waiting`` requests, and those
+        ``abandoned`` by their clients before they ran (not computed)."""
         sizes = dict(self.engine.batch_sizes)  # one C-level copy: safe beside the engine thread
         batches = sum(sizes.values())
         crops = sum(k * v for k, v in sizes.items())
         return {
             "answered": self.answered,
             "waiting": self._waiting,
+            "abandoned": self.abandoned,
             "batches": batches,
             "crops": crops,
             "mean_batch": crops / batches if batches else 0.0,
@@ -148,6 +151,11 @@ class Batcher:
                 return
             if task is _CLOSE:
                 return
+            if task.tag.cancelled():  # its client stopped waiting (timeout): skip its crops
+                with self._lock:
+                    self._waiting -= 1
+                    self.abandoned += 1
+                continue
             running.add(task.tag)
             yield task
 
