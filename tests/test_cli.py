@@ -70,7 +70,7 @@ def test_corrupt_image_is_reported_and_skipped(tiny_checkpoint, tmp_path, capsys
     out = tmp_path / "poses.json"
     assert main(["predict", str(tiny_checkpoint), str(bad), str(IMAGES[1]), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "broken.jpg: not a readable image" in err and "1 of 2 images could not be read" in err
+    assert "broken.jpg: not a readable image" in err and "1 of 2 images were skipped" in err
     assert [r["image"] for r in json.loads(out.read_text())] == [IMAGES[1].name]
 
 
@@ -185,3 +185,16 @@ def test_options_that_have_no_effect_are_named(tiny_checkpoint, tmp_path, recwar
     recwarn.clear()
     assert main([*args, "--detector-score", "0.5", "--keep-fp32", "ends"]) == 0
     assert not [w for w in recwarn if "has no effect" in str(w.message)]
+
+
+def test_an_image_whose_boxes_are_refused_is_skipped_not_called_unreadable(
+    tiny_checkpoint, tmp_path, capsys
+):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"image_id": int(IMAGES[0].stem), "bbox": [0, 0, 1e30, 1e30]}]))
+    out = tmp_path / "poses.json"
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[0]), "--boxes", str(boxes), "--out"]
+    assert main([*args, str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {IMAGES[0].name}: boxes must be finite numbers of at most 1e9 pixels" in err
+    assert "warning: 1 of 1 images were skipped" in err and "could not be read" not in err

@@ -227,7 +227,7 @@ def test_cli_on_folder_and_video_with_detector(tiny_checkpoint, detector_weights
     assert code == 0
     err = capsys.readouterr().err
     assert "broken.jpg: not a readable image" in err
-    assert "1 of 5 inputs could not be read" in err
+    assert "1 of 5 inputs were skipped" in err
     records = json.loads(out.read_text())
     names = [r["image"] for r in records]
     assert set(names) == {"b9.JPG", "b10.jpg", "sub/c.png", "walk.mp4"}

@@ -243,7 +243,7 @@ def test_pipeline_skips_bad_images_in_a_folder_and_counts_them(estimator, tmp_pa
     messages = [r.getMessage() for r in caplog.records]
     for name in BAD:
         assert any(name in m for m in messages), name
-    assert messages[-1] == "4 of 7 images could not be read and were skipped"
+    assert messages[-1] == "4 of 7 images were skipped"
 
 
 def test_pipeline_on_error_handler_gets_every_bad_image(estimator, tmp_path):
@@ -264,7 +264,7 @@ def test_predict_cli_on_a_folder_with_bad_images(tiny_checkpoint, tmp_path, caps
     for name in BAD:
         assert f"warning: skipped {folder / name}" in err, name
     assert "20000 x 20000 pixels" in err
-    assert "warning: 4 of 7 images could not be read" in err
+    assert "warning: 4 of 7 images were skipped" in err
     assert len(json.loads(out.read_text())) == 3
 
 
@@ -273,7 +273,7 @@ def test_predict_cli_exits_1_when_nothing_could_be_read(tiny_checkpoint, tmp_pat
     out = tmp_path / "poses.json"
     args = ["predict", str(tiny_checkpoint), str(tmp_path / "cut.jpg"), "--out", str(out)]
     assert main(args) == 1
-    assert "1 of 1 images could not be read" in capsys.readouterr().err
+    assert "1 of 1 images were skipped" in capsys.readouterr().err
     assert json.loads(out.read_text()) == []  # still a valid (empty) file
 
 
@@ -287,7 +287,7 @@ def test_predict_cli_on_a_folder_without_images(tiny_checkpoint, tmp_path, capsy
 def test_predict_cli_missing_input(tiny_checkpoint, tmp_path, capsys):
     assert main(["predict", str(tiny_checkpoint), str(tmp_path / "nope.jpg")]) == 1
     err = capsys.readouterr().err
-    assert "nope.jpg: no such image file" in err and "1 of 1 images could not be read" in err
+    assert "nope.jpg: no such image file" in err and "1 of 1 images were skipped" in err
 
 
 # -- the evaluation data loader ------------------------------------------------------------------

@@ -227,7 +227,7 @@ class PosePipeline:
                 yield Frame(entry.index, entry.name, entry.image_id, poses, result.image,
                             entry.path, entry.frame, entry.time, stream.fps, ids)  # fmt: skip
             if skipped and count_errors:
-                log.warning("%d of %d images could not be read and were skipped", skipped, seen)
+                log.warning("%d of %d images were skipped", skipped, seen)
         finally:
             results.close()  # stops the engine's threads
             bar.close()

@@ -237,7 +237,7 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         print(f"drew {len(drawer.written)} files in {args.draw}", file=sys.stderr)
     if failed:
         what = "inputs" if videos else "images"
-        print(f"warning: {len(failed)} of {inputs} {what} could not be read", file=sys.stderr)
+        print(f"warning: {len(failed)} of {inputs} {what} were skipped", file=sys.stderr)
     if table is not None and table.misses:
         print(
             f"warning: {table.misses} of {table.lookups} images had no entry in {args.boxes}; "
@@ -322,7 +322,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
         print(f"drew {summary.drawn} files in {args.draw}", file=sys.stderr)
     if summary.failed:
         what = "inputs" if videos else "images"
-        print(f"warning: {len(summary.failed)} of {summary.inputs} {what} could not be read",
+        print(f"warning: {len(summary.failed)} of {summary.inputs} {what} were skipped",
               file=sys.stderr)  # fmt: skip
     if summary.box_misses:
         print(

@@ -325,7 +325,8 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
     Everything the evaluation reads is checked (:class:`AnnotationError` naming ``source``, the
     entry and the problem): ``images`` with integer ids, a ``categories`` list, and per annotation
     an integer ``id``/``image_id``/``category_id``, ``keypoints`` (3K finite numbers), ``area``
-    (a finite number), ``bbox`` (4 finite numbers) and ``iscrowd`` (0/1 or true/false) if given.
+    (a finite number), ``bbox`` (4 finite numbers) and ``iscrowd`` (an integer or boolean;
+    non-zero is a crowd, as in xtcocotools) if given.
     Other fields (``segmentation``: polygons or RLE) play no part in keypoint evaluation.
     """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -400,7 +401,9 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
             )
         iscrowd = ann.get("iscrowd", 0)
         if not isinstance(iscrowd, int | bool):
-            raise AnnotationError(f"{where}: 'iscrowd' must be 0 or 1, got {iscrowd!r:.40}")
+            raise AnnotationError(
+                f"{where}: 'iscrowd' must be 0 or 1 (an integer), got {iscrowd!r:.40}"
+            )
         anns.append(
             {
                 "id": i + 1,
