@@ -583,6 +583,82 @@ def test_requests_abandoned_while_queued_are_not_computed(tiny_checkpoint):
         np.testing.assert_array_equal(poses.keypoints, want)
 
 
+class ThreadServer:
+    """``create_app`` served by uvicorn in a thread of this process (so that the test can
+    patch the app's module), on a free port of 127.0.0.1."""
+
+    def __init__(self, estimator, **options):
+        import uvicorn
+
+        from nextpose.serve import create_app
+        from nextpose.serve.app import bind
+
+        sock = bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(estimator, **options), log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]})
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def test_a_body_that_stops_arriving_is_answered_408(tiny_checkpoint):
+    """A client that announces more body than it sends does not hold its connection for ever:
+    after --timeout it gets 408, and the service goes on."""
+    s = ThreadServer(nextpose.load(str(tiny_checkpoint)), timeout=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as raw:
+            raw.sendall(b"POST /v1/poses HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + b"\xff" * 10)  # fmt: skip
+            start = time.monotonic()
+            answer = raw.recv(65536).decode("latin-1")
+            waited = time.monotonic() - start
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "did not arrive within 1 s" in answer and 0.5 < waited < 20
+        assert post(s, IMAGES[0]).status_code == 200
+    finally:
+        s.stop()
+
+
+def test_images_are_decoded_two_at_a_time(tiny_checkpoint, monkeypatch):
+    """Concurrent requests' images are decoded at most DECODES at a time (each may take up to
+    ~1.6 GB), and every request is answered."""
+    from nextpose.serve import app as app_module
+
+    inside, most, lock = 0, 0, threading.Lock()
+    real = app_module.decode_image
+
+    def slow(*args, **kwargs):
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(app_module, "decode_image", slow)
+    s = ThreadServer(nextpose.load(str(tiny_checkpoint)), max_wait_ms=1.0)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: post(s, IMAGES[0]), range(6)))
+    finally:
+        s.stop()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert most == app_module.DECODES == 2
+
+
 @pytest.mark.slow
 def test_the_page_shows_the_webcam_poses(server):
     """The webcam button: Chromium's fake camera (a test pattern) through getUserMedia, each

@@ -78,8 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=number,
         default=30.0,
         metavar="S",
-        help="seconds a request may wait for its poses (then 504), and for the requests in "
-        "flight when the service stops (default 30)",
+        help="seconds a request's body may take to arrive (then 408) and to wait for its poses "
+        "(then 504), and for the requests in flight when the service stops (default 30)",
     )
     p.add_argument(
         "--max-body-mb",

@@ -47,6 +47,7 @@ from ..structures import Frame, Poses
 from .batcher import Batcher
 
 log = logging.getLogger("nextpose")
+DECODES = 2  # images decoded at the same time, at most
 
 FIELDS = (
     "image", "boxes", "bbox_format", "flip", "decode", "score_threshold", "format", "name",
@@ -187,7 +188,8 @@ def create_app(
 
     Args:
         max_batch, max_wait_ms, max_queue: the batcher's (crops, milliseconds, requests).
-        timeout: seconds a request may wait for its poses (then 504).
+        timeout: seconds a request's body may take to arrive (then 408), and that it may
+            wait for its poses (then 504).
         max_body_mb: largest request body, MiB (then 413).
         max_boxes: most boxes one request may give (then 422): one request's crops run
             before the next request's, so this bounds how long it can hold the others up.
@@ -203,6 +205,9 @@ def create_app(
     JSONResponse, Request = responses.JSONResponse, fastapi.Request
 
     batcher = Batcher(estimator, detector, max_batch, max_wait_ms / 1000, max_queue)
+    # Decoding is CPU work, and an image just under the pixel limit takes ~1.6 GB while it is
+    # decoded: two at a time keep the memory bounded and still outpace the network.
+    decoding = asyncio.Semaphore(DECODES)
     max_body = int(max_body_mb * 2**20)
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
@@ -249,14 +254,24 @@ def create_app(
             raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
                                f"limit of {max_body} bytes (--max-body-mb)")  # fmt: skip
         parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > max_body:
-                raise RequestError(
-                    413, f"the request body is larger than the limit of {max_body} bytes "
-                    "(--max-body-mb)"
-                )  # fmt: skip
-            parts.append(part)
+
+        async def read() -> None:
+            nonlocal size
+            async for part in request.stream():
+                size += len(part)
+                if size > max_body:
+                    raise RequestError(
+                        413, f"the request body is larger than the limit of {max_body} bytes "
+                        "(--max-body-mb)"
+                    )  # fmt: skip
+                parts.append(part)
+
+        try:  # a client that stops sending mid-body would hold its connection for ever
+            await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            raise RequestError(
+                408, f"the request body did not arrive within {timeout:g} s (--timeout)"
+            ) from None
         return b"".join(parts)
 
     async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
@@ -322,7 +337,8 @@ def create_app(
                 )
             image_id = int(text)
         try:
-            image = await concurrency.run_in_threadpool(decode_image, data, name)
+            async with decoding:
+                image = await concurrency.run_in_threadpool(decode_image, data, name)
         except NextposeError as e:
             raise RequestError(_status(e), str(e)) from None
         boxes = None
