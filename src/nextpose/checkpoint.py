@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .config import Config
 from .errors import CheckpointError
+from .fileio import cache_dir
 
 if TYPE_CHECKING:  # torch is imported where a file is read or written, not to find one
     import torch
@@ -46,20 +47,6 @@ DEFAULT_DOWNLOAD_TIMEOUT = (15.0, 60.0)
 # Keys of the safetensors metadata (a str -> str map) that nextpose writes and reads.
 _ST_CONFIG = "nextpose.config"
 _ST_META = "nextpose.meta"
-
-
-def cache_dir() -> Path:
-    """Where downloaded weights are kept: ``$NEXTPOSE_CACHE`` or ``<torch hub dir>/checkpoints``
-    (``torch.hub.get_dir()``: ``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``)."""
-    env = os.environ.get("NEXTPOSE_CACHE")
-    if env:
-        return Path(env)
-    torch = sys.modules.get("torch")  # in use: its hub folder may have been set
-    if torch is not None:
-        return Path(torch.hub.get_dir()) / "checkpoints"
-    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
-    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
-    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def is_url(source: str) -> bool:

@@ -239,7 +239,7 @@ def _per_image(error: Exception, where: str) -> NextposeError:
 
 
 class Engine:
-    """Runs :class:`Task` s through a :class:`~nextpose.runtime.Network` (see the module doc).
+    """Runs :class:`Task` s through a :class:`~nextpose.options.Network` (see the module doc).
 
     Args:
         network: the pose network (:func:`~nextpose.runtime.build_network`).

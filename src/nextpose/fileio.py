@@ -1,4 +1,5 @@
-"""Writing files without losing any: a file appears complete under its name or not at all.
+"""Writing files without losing any: a file appears complete under its name or not at all; and
+the folder nextpose keeps its downloads and caches in (:func:`cache_dir`).
 
 Every output nextpose writes goes through :class:`AtomicFile`: the data is written to a hidden
 temporary file beside the target, flushed to disk, given the permissions a plain ``open`` would
@@ -6,11 +7,26 @@ give (the process umask, not ``mkstemp``'s 0600) and renamed over the target onl
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``$NEXTPOSE_CACHE`` or ``<torch hub dir>/checkpoints``
+    (``torch.hub.get_dir()``: ``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``)."""
+    env = os.environ.get("NEXTPOSE_CACHE")
+    if env:
+        return Path(env)
+    torch = sys.modules.get("torch")  # in use: its hub folder may have been set
+    if torch is not None:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
 def check_writable(path: str | Path, option: str) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import platform
 import sys
 import threading
 import warnings
@@ -23,33 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._version import __version__
-from .checkpoint import cache_dir
 from .codec import decode_heatmaps
 from .config import Config
 from .errors import require
-from .fileio import AtomicFile
-from .options import Network, RunOptions
+from .fileio import AtomicFile, cache_dir
+from .options import Network, RunOptions, cpu_fingerprint
 
 if TYPE_CHECKING:
     import torch
 
 GRAPH_EXPORT = {"heatmaps": True}  # export options of the backend's graphs, besides the flip
-
-
-def cpu_fingerprint() -> str:
-    """The machine and its instruction sets, which an optimized graph is specific to (its
-    blocked layouts follow the SIMD width): Linux's ``/proc/cpuinfo`` flags, elsewhere the
-    processor's name."""
-    flags: list[str] = []
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith(("flags", "Features")):
-                    flags = sorted(set(line.split(":", 1)[1].split()))
-                    break
-    except OSError:
-        pass
-    return repr((platform.machine(), flags or platform.processor()))
 
 
 def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:

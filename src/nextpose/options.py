@@ -8,11 +8,18 @@ precision on a CPU, a device other than ``cpu``).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import os
+import platform
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import InputError
+from .fileio import atomic_write_text, cache_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,11 +38,48 @@ def device_type(device: str) -> str:
     return device.split(":", 1)[0]
 
 
+def cpu_fingerprint() -> str:
+    """The machine and its instruction sets, which an optimized graph is specific to (its
+    blocked layouts follow the SIMD width): Linux's ``/proc/cpuinfo`` flags, elsewhere the
+    processor's name."""
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    flags = sorted(set(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return repr((platform.machine(), flags or platform.processor()))
+
+
+def _capability_record() -> Path:
+    import importlib.metadata
+
+    key = repr((cpu_fingerprint(), importlib.metadata.version("torch"),
+                os.environ.get("ATEN_CPU_CAPABILITY")))  # fmt: skip
+    return cache_dir() / "cpu" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
+
+
 def cpu_capability() -> str:
-    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512"."""
+    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512". PyTorch is asked
+    once per machine and torch version; the answer is kept in the cache folder, so that a
+    process without torch (``auto`` on a cached ONNX graph) need not import it to know."""
+    record = _capability_record()
+    if "torch" not in sys.modules:
+        try:
+            kept = record.read_text().strip()
+        except OSError:
+            kept = ""
+        if kept:
+            return kept
     import torch
 
-    return str(torch.backends.cpu.get_cpu_capability())
+    level = str(torch.backends.cpu.get_cpu_capability())
+    with contextlib.suppress(OSError):  # a cache that cannot be written: ask again next time
+        atomic_write_text(record, level)
+    return level
 
 
 def cpu_supports_bf16() -> bool:

@@ -329,7 +329,7 @@ def load(
         device: where to run, e.g. "cpu" or "cuda".
         progress: show a progress bar while downloading.
         backend, precision, device_crops, batch_size, read_threads, keep_fp32: how the network
-            runs, see :class:`~nextpose.runtime.RunOptions`.
+            runs, see :class:`~nextpose.options.RunOptions`.
         decode: ``msra`` or ``dark``, instead of the model's own decoding (its config's
             ``inference.decode``: ``msra`` for the ResNeXt and ResNet presets, ``dark`` for the
             DARK ones).
