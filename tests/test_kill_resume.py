@@ -144,3 +144,55 @@ def test_sigkill_at_random_points_then_resume_gives_the_unbroken_weights(tmp_pat
     # The log has each step once, as the unbroken run's: records after the last checkpoint
     # of a killed run were dropped on resume.
     assert (broken / "metrics.jsonl").read_text().count('"loss"') == EPOCHS * STEPS_PER_EPOCH
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes started by ``pid`` and by them, as /proc tells (Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_training_leaves_no_loader_workers(tmp_path):
+    """SIGKILL of a training with forkserver loader workers: the workers (children of the fork
+    server, which they keep open) notice that the trainer is gone and end, and so does the
+    fork server; nothing of the run is left running."""
+    settings = ["train.epochs=200", "train.batch_size=4", "data.workers=2",
+                "data.start_method=forkserver"]  # fmt: skip
+    args = [sys.executable, "-m", "nextpose", *TRAIN[: -len(SETTINGS) * 2], "--out",
+            str(tmp_path / "run"), *[x for s in settings for x in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_descendants(proc.pid)) < 4:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few batches
+        started = _descendants(proc.pid)  # resource tracker, fork server, two workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [p for p in started if Path(f"/proc/{p}").exists()]
+        if not left:
+            break
+        time.sleep(0.2)
+    for pid in left:  # what would have leaked: clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} of {len(started)} processes of the run left running"

@@ -236,13 +236,15 @@ def test_an_estimator_reads_a_model_function_once_and_when_needed(tiny_checkpoin
 
 
 def test_auto_knows_the_cpu_without_torch(tiny_weights, cache):
-    """``auto`` needs PyTorch's SIMD level: asked once and kept in the cache, a later process
-    knows it without importing torch; where it means onnxruntime (an AVX2 CPU, here a record
-    saying so) the whole estimate runs without torch."""
+    """``auto`` needs PyTorch's SIMD level: kept in the cache with the ONNX graphs, a later
+    process knows it without importing torch; where it means onnxruntime (an AVX2 CPU, here a
+    record saying so) the whole estimate runs without torch."""
     from nextpose import options
 
     level = options.cpu_capability()
     assert level == str(torch.backends.cpu.get_cpu_capability())
+    assert not options._capability_record().exists()  # kept only with an ONNX graph
+    nextpose.load(TINY, tiny_weights, backend="onnxruntime").warm_up()  # the graphs, cached
     assert options._capability_record().read_text() == level
     code = (
         "import sys\nfrom nextpose import options\n"
@@ -250,7 +252,6 @@ def test_auto_knows_the_cpu_without_torch(tiny_weights, cache):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == [level, "False"], done.stderr[-2000:]
-    nextpose.load(TINY, tiny_weights, backend="onnxruntime").warm_up()  # the graphs, cached
     options._capability_record().write_text("AVX2")
     code = (
         "import sys, nextpose\n"

@@ -59,27 +59,30 @@ def _capability_record() -> Path:
 
     key = repr((cpu_fingerprint(), importlib.metadata.version("torch"),
                 os.environ.get("ATEN_CPU_CAPABILITY")))  # fmt: skip
-    return cache_dir() / "cpu" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
+    return cache_dir() / "onnx" / f"cpu-{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
 
 
 def cpu_capability() -> str:
-    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512". PyTorch is asked
-    once per machine and torch version; the answer is kept in the cache folder, so that a
-    process without torch (``auto`` on a cached ONNX graph) need not import it to know."""
-    record = _capability_record()
+    """The SIMD level PyTorch's CPU kernels use here, e.g. "AVX2" or "AVX512". A process without
+    torch reads it from the cache folder when it is kept there (:func:`keep_cpu_capability`,
+    with every ONNX graph), so that ``auto`` on a cached graph need not import torch."""
     if "torch" not in sys.modules:
-        try:
-            kept = record.read_text().strip()
-        except OSError:
-            kept = ""
-        if kept:
-            return kept
+        with contextlib.suppress(OSError):
+            kept = _capability_record().read_text().strip()
+            if kept:
+                return kept
     import torch
 
-    level = str(torch.backends.cpu.get_cpu_capability())
-    with contextlib.suppress(OSError):  # a cache that cannot be written: ask again next time
-        atomic_write_text(record, level)
-    return level
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def keep_cpu_capability() -> None:
+    """Keep PyTorch's :func:`cpu_capability` for this machine and torch version in the cache
+    (once; a cache that cannot be written is no error)."""
+    record = _capability_record()
+    if not record.is_file():
+        with contextlib.suppress(OSError):
+            atomic_write_text(record, cpu_capability())
 
 
 def cpu_supports_bf16() -> bool:

@@ -55,7 +55,7 @@ from .optimize import (
     require_cpp_compiler,
     subpixel_deconvolutions,
 )
-from .options import Network, RunOptions
+from .options import Network, RunOptions, keep_cpu_capability
 
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_CHUNK = 8  # crops per forward pass on a CPU (fast backends): measured fastest per crop
@@ -322,6 +322,13 @@ class PackagedModel:
         return self._compiled(x)
 
 
+def _export(model: nn.Module, config: Config, flip: bool) -> bytes:
+    """The crops graph of the onnxruntime backend; PyTorch's view of the CPU is kept beside it
+    (``auto`` on the cached graph then needs no torch)."""
+    keep_cpu_capability()
+    return export_onnx(model, config, None, flip=flip, **GRAPH_EXPORT)
+
+
 class OnnxNetwork(GraphNetwork):
     """The ``onnxruntime`` backend of a PyTorch model: :class:`~nextpose.onnxgraph.GraphNetwork`
     exporting the model's crops graph for a flip setting not in the cache yet (1-10 s for
@@ -342,7 +349,7 @@ class OnnxNetwork(GraphNetwork):
             config,
             options,
             digest=lambda: digest or weights_digest(model),
-            export=lambda flip: export_onnx(model, config, None, flip=flip, **GRAPH_EXPORT),
+            export=lambda flip: _export(model, config, flip),
             plain=lambda: TorchNetwork(model, config, options),
         )
 

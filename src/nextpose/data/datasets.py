@@ -1,5 +1,8 @@
 """PyTorch datasets that turn person instances into network-ready crops."""
 
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +139,32 @@ def collate_train(items: list[dict]) -> dict[str, Any]:
     batch["index"] = torch.tensor([i["index"] for i in items])
     batch["error"] = [i.get("error", "") for i in items]
     return batch
+
+
+def watch_trainer(pid: int, worker_id: int) -> None:
+    """A loader worker's init (``functools.partial(watch_trainer, os.getpid())``): the worker
+    ends itself once the training process ``pid`` is gone. Under forkserver a worker's parent
+    is the fork server, which outlives a killed trainer (its workers keep it open), so
+    PyTorch's own check of the parent never fires and the workers would run on for ever."""
+
+    def watch() -> None:
+        while _alive(pid):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="nextpose-watch-trainer").start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): kill's answer
+        return True

@@ -7,9 +7,11 @@ epoch. The builders are public, so a custom loop (``benchmarks/bench_overfit.py`
 same parts. The run folder's files are described in :mod:`nextpose.training.run_folder`.
 """
 
+import functools
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import subprocess
 import sys
@@ -29,7 +31,7 @@ from .._version import __version__
 from ..checkpoint import read as read_checkpoint
 from ..config import Config, TrainConfig
 from ..data.coco import CocoKeypoints, PersonInstance
-from ..data.datasets import TrainDataset, collate_train
+from ..data.datasets import TrainDataset, collate_train, watch_trainer
 from ..errors import TrainingError
 from ..evaluation.evaluate import predict_instances_sharded, score_instances
 from ..model import PoseNet
@@ -229,6 +231,7 @@ def build_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         multiprocessing_context=_start_context(config.data.start_method) if workers else None,
+        worker_init_fn=functools.partial(watch_trainer, os.getpid()) if workers else None,
     )
 
 
