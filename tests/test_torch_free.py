@@ -113,18 +113,27 @@ def test_a_checkpoint_carrying_its_config_is_known_by_its_hash(tiny_checkpoint, 
     a later load needs neither; a damaged record means reading the file again."""
     first = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
     want = first.predict(IMAGES[0], BOXES)
-    (record,) = (cache / "configs").glob("*.json")
+    (record,) = (cache / "files").glob("*.json")
     assert record.stem == checkpoint.sha256_of(tiny_checkpoint)
-    assert Config.from_dict(json.loads(record.read_text())) == first.config
+    facts = json.loads(record.read_text())
+    assert Config.from_dict(facts["config"]) == first.config
+    assert facts["weights"] == checkpoint.weights_digest(first.model)
     again = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
     assert again._model is None and again.name == first.name == "tiny"
     np.testing.assert_array_equal(again.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
-    for damage in ("{", json.dumps({"model": {"input_size": "wide"}}), "[]"):
+    damages = [
+        "{",
+        "[]",
+        json.dumps({**facts, "config": {"model": {"input_size": "wide"}}}),
+        json.dumps({**facts, "weights": "0" * 64}),
+        json.dumps({"config": facts["config"]}),
+    ]
+    for damage in damages:
         record.write_text(damage)
         read = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
         assert read._model is not None, damage  # the file was read: the record made again
         np.testing.assert_array_equal(read.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
-        assert Config.from_dict(json.loads(record.read_text())) == first.config
+        assert json.loads(record.read_text()) == facts
 
 
 def test_other_bytes_or_options_are_not_taken_for_the_cached_graph(tiny_weights, cache, tmp_path):
@@ -261,3 +270,124 @@ def test_auto_knows_the_cpu_without_torch(tiny_weights, cache):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.split() == ["onnxruntime", "2", "False"], done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def other_weights(tiny_checkpoint, tmp_path_factory) -> Path:
+    """Other weights of the tiny preset (the head's convolution weights reversed in order)."""
+    obj = torch.load(tiny_checkpoint, weights_only=True)
+    state = {k: v.flip(0) if k.startswith("head.") and v.ndim == 4 else v
+             for k, v in obj["state_dict"].items()}  # fmt: skip
+    path = tmp_path_factory.mktemp("weights") / "other.pth"
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def _eager(weights: Path, flip: bool = True) -> np.ndarray:
+    return nextpose.load(TINY, weights, backend="eager").predict(IMAGES[0], BOXES, flip).keypoints
+
+
+def test_changed_weights_never_land_under_the_files_graph(tiny_weights, other_weights, cache):
+    """A model replaced or edited before its first use is exported under its own weights, not
+    under the file's: a later load of the file still gives the file's keypoints."""
+    est = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    est.model = nextpose.load(TINY, other_weights, backend="eager").model
+    np.testing.assert_array_equal(est.predict(IMAGES[0], BOXES).keypoints, _eager(other_weights))
+    edited = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    with torch.no_grad():
+        edited.model.head.final_layer.weight.mul_(-1)
+    edited.predict(IMAGES[0], BOXES)
+    fresh = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    assert fresh._model is not None  # no graph of the file's own weights yet: read
+    np.testing.assert_array_equal(fresh.predict(IMAGES[0], BOXES).keypoints, _eager(tiny_weights))
+    fresh = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    assert fresh._model is None  # now there is
+    np.testing.assert_array_equal(fresh.predict(IMAGES[0], BOXES).keypoints, _eager(tiny_weights))
+    fresh.model = nextpose.load(TINY, other_weights, backend="eager").model  # built again
+    np.testing.assert_array_equal(fresh.predict(IMAGES[0], BOXES).keypoints, _eager(other_weights))
+
+
+def test_a_file_replaced_under_a_loaded_estimator_is_refused(
+    tiny_weights, other_weights, cache, tmp_path
+):
+    """The weights file changes after ``load`` found its graph: reading the model (for the
+    graph of the other flip setting) says so instead of exporting other weights under the
+    file's graph, and a later load of the file sees the new weights."""
+    path = tmp_path / "w.pth"
+    path.write_bytes(tiny_weights.read_bytes())
+    nextpose.load(TINY, path, backend="onnxruntime").predict(IMAGES[0], BOXES)  # flip graph
+    est = nextpose.load(TINY, path, backend="onnxruntime")
+    assert est._model is None
+    path.write_bytes(other_weights.read_bytes())
+    with pytest.raises(CheckpointError, match=r"w\.pth: the file changed since nextpose\.load"):
+        est.predict(IMAGES[0], BOXES, flip=False)
+    again = nextpose.load(TINY, path, backend="onnxruntime")
+    np.testing.assert_array_equal(again.predict(IMAGES[0], BOXES).keypoints, _eager(path))
+    path.write_bytes(tiny_weights.read_bytes())
+    back = nextpose.load(TINY, path, backend="onnxruntime")
+    assert back._model is None
+    np.testing.assert_array_equal(
+        back.predict(IMAGES[0], BOXES, flip=False).keypoints, _eager(tiny_weights, flip=False)
+    )
+
+
+def test_either_flip_settings_graph_or_another_decoding_needs_no_read(tiny_weights, cache):
+    """Only the no-flip graph cached (``--no-flip`` runs): a later load finds it; so does a
+    load that decodes with DARK (the same graph, decoded outside)."""
+    nextpose.load(TINY, tiny_weights, backend="onnxruntime").warm_up(flips=(False,))
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+    est = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    assert est._model is None
+    est.predict(IMAGES[0], BOXES, flip=False)
+    assert est._model is None
+    dark = nextpose.load(TINY, tiny_weights, backend="onnxruntime", decode="dark")
+    dark.predict(IMAGES[0], BOXES, flip=False)
+    assert dark._model is None and len(list((cache / "onnx").glob("*.onnx"))) == 1
+
+
+def test_onnxruntime_threads_follow_torch_or_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert onnxgraph._threads() == torch.get_num_threads()
+    monkeypatch.delitem(sys.modules, "torch")
+    assert onnxgraph._threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert onnxgraph._threads() == 0  # ONNX Runtime's own choice
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert onnxgraph._threads() == 0
+
+
+def test_a_kept_cpu_capability_that_means_nothing_is_not_believed(cache):
+    from nextpose import options
+
+    record = options._capability_record()
+    record.parent.mkdir(parents=True)
+    record.write_text("garbage")
+    code = "from nextpose import options; print(options.cpu_capability())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == str(torch.backends.cpu.get_cpu_capability()), done.stderr
+
+
+def test_a_damaged_graph_in_a_cache_that_cannot_be_changed(tiny_weights, cache, monkeypatch):
+    """A cached graph that does not load, in a cache where it can be neither removed nor
+    replaced: exported again for this process, with a warning."""
+    want = nextpose.load(TINY, tiny_weights, backend="onnxruntime").predict(IMAGES[0], BOXES)
+    (graph,) = (cache / "onnx").glob("*.onnx")
+    graph.write_bytes(b"damaged")
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == graph:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(onnxgraph, "AtomicFile", lambda *a, **k: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied")))  # fmt: skip
+    est = nextpose.load(TINY, tiny_weights, backend="onnxruntime")
+    with pytest.warns(UserWarning, match="could not keep the ONNX graph"):
+        got = est.predict(IMAGES[0], BOXES)
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+
+
+def test_run_options_take_a_gpu_index_as_torch_does():
+    assert RunOptions(0).device == "cuda:0"

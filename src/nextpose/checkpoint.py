@@ -67,30 +67,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _config_record(digest: str) -> Path:
-    return cache_dir() / "configs" / f"{digest}.json"
+def _file_record(digest: str) -> Path:
+    return cache_dir() / "files" / f"{digest}.json"
 
 
-def remember_config(digest: str, config: Mapping[str, Any]) -> None:
-    """Keep the config that the checkpoint file with sha256 ``digest`` carries in the cache
-    folder, so that a later process can know it without reading the file (which needs torch).
-    A cache folder that cannot be written is no error: the file is read again next time."""
-    record = _config_record(digest)
+def remember_file(digest: str, **facts: Any) -> None:
+    """Keep ``facts`` about the checkpoint file with sha256 ``digest`` in the cache folder
+    (``weights``: the :func:`weights_digest` of the model it loads into; ``config``: the
+    config it carries), merged with those kept before, so that a later process can know them
+    without reading the file (which needs torch). A cache folder that cannot be written is no
+    error: the file is read again next time."""
+    record = _file_record(digest)
     try:
+        kept = {**(recalled_file(digest) or {}), **facts}
         record.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(record, lambda tmp: tmp.write_text(json.dumps(config, sort_keys=True)))
+        _atomic_write(record, lambda tmp: tmp.write_text(json.dumps(kept, sort_keys=True)))
     except OSError:
         pass
 
 
-def carried_config(digest: str) -> dict[str, Any] | None:
-    """The config kept by :func:`remember_config` for the file with sha256 ``digest``, or None
-    (never kept, or unreadable: the file itself is read then)."""
+def recalled_file(digest: str) -> dict[str, Any] | None:
+    """What :func:`remember_file` kept about the file with sha256 ``digest``, or None (never
+    kept, or unreadable: the file itself is read then)."""
     try:
-        config = json.loads(_config_record(digest).read_text())
+        facts = json.loads(_file_record(digest).read_text())
     except (OSError, ValueError):
         return None
-    return config if isinstance(config, dict) else None
+    return facts if isinstance(facts, dict) else None
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of ``model``'s state dict: names, dtypes, shapes and bytes."""
+    import torch
+
+    key = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        key.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        key.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return key.hexdigest()
 
 
 LOCAL_FILE_HINT = "--checkpoint PATH in the CLI, or nextpose.load(..., checkpoint=PATH)"

@@ -10,8 +10,10 @@ handed in by :mod:`nextpose.runtime` or the predictor, which read the weights on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
+import os
 import sys
 import threading
 import warnings
@@ -35,17 +37,22 @@ GRAPH_EXPORT = {"heatmaps": True}  # export options of the backend's graphs, bes
 
 
 def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:
-    """Where the onnxruntime backend keeps the graph of the weights ``digest`` names (a
-    checkpoint file's sha256, or :func:`~nextpose.runtime.weights_digest` of a model) exported
-    with ``export`` (keywords of :func:`~nextpose.export.export_onnx`), as ONNX Runtime
-    optimized it for this CPU: ``<cache>/onnx/<key>.onnx``, the key a sha256 of the digest, the
-    config, the export options, the versions that make and run the graph, and the CPU
-    (:func:`cpu_fingerprint`)."""
+    """Where the onnxruntime backend keeps the graph of the weights ``digest`` names
+    (:func:`~nextpose.checkpoint.weights_digest`) exported with ``export`` (keywords of
+    :func:`~nextpose.export.export_onnx`), as ONNX Runtime optimized it for this CPU:
+    ``<cache>/onnx/<key>.onnx``, the key a sha256 of the digest, the config (but for the flip
+    and decoding defaults: the graph has the flip of ``export`` and decodes MSRA, DARK decodes
+    its heatmaps outside), the export options, the versions that make and run the graph, and
+    the CPU (:func:`~nextpose.options.cpu_fingerprint`)."""
     import onnxruntime
 
     # torch's and onnx's versions from their metadata: importing them is needed only to export
     versions = tuple(importlib.metadata.version(m) for m in ("torch", "onnx"))
-    parts = (digest, (__version__, *versions, onnxruntime.__version__), config.to_dict())
+    described = config.to_dict()
+    described["inference"] = {
+        k: v for k, v in described["inference"].items() if k not in ("flip", "decode")
+    }
+    parts = (digest, (__version__, *versions, onnxruntime.__version__), described)
     key = repr((*parts, sorted(export.items()), cpu_fingerprint()))
     return cache_dir() / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
@@ -56,10 +63,14 @@ def is_cached(digest: str, config: Config, flip: bool) -> bool:
 
 
 def _threads() -> int:
-    """ONNX Runtime's threads: PyTorch's count when torch is in use (the user may have set it),
-    else 0, ONNX Runtime's own choice (one per physical core, as PyTorch's default)."""
+    """ONNX Runtime's threads, as PyTorch would take them: its count when torch is in use (the
+    user may have set it), else ``OMP_NUM_THREADS`` if set, else 0: ONNX Runtime's own choice,
+    one per physical core as PyTorch's default."""
     torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else 0
+    if torch is not None:
+        return torch.get_num_threads()
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(given) if given.isdigit() and int(given) > 0 else 0
 
 
 def ort_session(graph: str | bytes, keep: Path | None = None) -> Any:
@@ -157,7 +168,8 @@ class GraphNetwork:
                     try:
                         session = ort_session(str(path))
                     except Exception:  # a damaged file: export again
-                        path.unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):  # a read-only cache: not kept
+                            path.unlink(missing_ok=True)
                 if session is None:
                     session = ort_session(self.export(flip), keep=path)
                 self._sessions[flip] = session

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -31,6 +32,8 @@ KeepFp32 = Literal["none", "final", "ends", "head"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
+# What torch.backends.cpu.get_cpu_capability() answers (a kept answer must be one of them)
+CPU_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256", "SVE")
 
 
 def device_type(device: str) -> str:
@@ -55,8 +58,6 @@ def cpu_fingerprint() -> str:
 
 
 def _capability_record() -> Path:
-    import importlib.metadata
-
     key = repr((cpu_fingerprint(), importlib.metadata.version("torch"),
                 os.environ.get("ATEN_CPU_CAPABILITY")))  # fmt: skip
     return cache_dir() / "onnx" / f"cpu-{hashlib.sha256(key.encode()).hexdigest()[:32]}.txt"
@@ -69,7 +70,7 @@ def cpu_capability() -> str:
     if "torch" not in sys.modules:
         with contextlib.suppress(OSError):
             kept = _capability_record().read_text().strip()
-            if kept:
+            if kept in CPU_CAPABILITIES:
                 return kept
     import torch
 
@@ -171,8 +172,14 @@ class RunOptions:
             raise InputError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.read_threads < 0:
             raise InputError(f"read_threads must be >= 0, not {self.read_threads}")
-        if not isinstance(self.device, str):  # a torch.device
-            object.__setattr__(self, "device", str(self.device))
+        if not isinstance(self.device, str):  # a torch.device, or a GPU's index
+            import torch
+
+            try:
+                device = str(torch.device(self.device))
+            except (RuntimeError, TypeError) as e:
+                raise InputError(f"device {self.device!r}: {e}") from None
+            object.__setattr__(self, "device", device)
         if self.device != "cpu":  # "cpu" needs no torch to check
             import torch
 

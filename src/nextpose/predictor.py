@@ -60,8 +60,9 @@ class PoseEstimator:
         device, backend, precision, device_crops, batch_size, read_threads, keep_fp32: how it
             runs, see :class:`~nextpose.options.RunOptions` (or pass ``options=`` whole).
         name: how messages and ``repr`` name it (the preset or file).
-        digest: names the weights in the backends' caches (the checkpoint file's sha256, as
-            :func:`load` gives it); None: hashed from the model when a cache needs it.
+        digest: with ``model`` a function, the :func:`~nextpose.checkpoint.weights_digest` of
+            the model it returns, so that the ``onnxruntime`` backend can run a cached graph of
+            those weights without reading them (``load`` knows it from the cache).
     """
 
     def __init__(
@@ -144,8 +145,11 @@ class PoseEstimator:
 
     @model.setter
     def model(self, model: PoseNet) -> None:
+        """Other weights: the network is built again from them on next use."""
         with self._model_lock:
-            self._model, self._read = model, None
+            self._model, self._read = model.eval().to(self.options.torch_device), None
+        with self._lock:
+            self._network = None
 
     @property
     def backend(self) -> str:
@@ -163,9 +167,7 @@ class PoseEstimator:
                 else:
                     from .runtime import build_network
 
-                    self._network = build_network(
-                        self.model, self.config, self.options, self.digest
-                    )
+                    self._network = build_network(self.model, self.config, self.options)
             return self._network
 
     def _graph_network(self) -> Network:
@@ -177,7 +179,7 @@ class PoseEstimator:
             if not torch_side:
                 from .runtime import OnnxNetwork
 
-                torch_side.append(OnnxNetwork(self.model, self.config, self.options, self.digest))
+                torch_side.append(OnnxNetwork(self.model, self.config, self.options))
             return torch_side[0]
 
         assert self.digest is not None
@@ -349,8 +351,9 @@ def load(
     resolved = options.resolve()  # a bad option fails before any download
     if decode is not None:
         check_decode(decode)
-    # The onnxruntime backend keys its graphs by the weights file's sha256: when the graph is
-    # cached, the file is not read (nor torch imported) until something needs the model.
+    # A file's sha256 leads to what the cache knows of it (the weights' digest, the config it
+    # carries): when a graph of those weights is cached, the file is not read (nor torch
+    # imported) until something needs the model.
     graph = resolved.backend == "onnxruntime" and not resolved.device_crops
     graph = graph and onnxruntime_available()
     model = str(model)
@@ -373,21 +376,20 @@ def load(
         own = weights.resolve(model, progress) if checkpoint else path
     digest = _sha256(path) if graph else None
     own_digest = digest if own == path else _sha256(own) if graph and own else None
-    if own is not None and own_digest is not None:
-        config = _recorded_config(own_digest)
-    if config is not None and decode is not None:
-        config = replace(config, inference=replace(config.inference, decode=decode))
-    if (
-        config is not None
-        and digest is not None
-        and is_cached(digest, config, config.inference.flip)
-    ):
-        known = config
-
-        def read() -> PoseNet:
-            return _read_model(weights.read(path), known, str(path), name)
-
-        return PoseEstimator(read, config, name=name, options=options, digest=digest)
+    if digest is not None:
+        known = weights.recalled_file(digest) or {}
+        if own is not None:
+            carried = known if own == path else weights.recalled_file(own_digest or "") or {}
+            config = _recorded_config(carried.get("config"))
+        if config is not None and decode is not None:
+            config = replace(config, inference=replace(config.inference, decode=decode))
+        state = known.get("weights")
+        cached = isinstance(state, str) and config is not None
+        if cached and any(is_cached(state, config, flip) for flip in (True, False)):
+            return PoseEstimator(
+                _reader(path, config, name, state), config, name=name, options=options,
+                digest=state,
+            )  # fmt: skip
     obj = weights.read(path)
     if own is not None:
         carried = weights.read(own) if own != path else obj
@@ -398,12 +400,30 @@ def load(
             )
         config = _config_of(carried["config"], model)
         if own_digest is not None:
-            weights.remember_config(own_digest, carried["config"])
+            weights.remember_file(own_digest, config=carried["config"])
         if decode is not None:
             config = replace(config, inference=replace(config.inference, decode=decode))
     assert config is not None
     net = _read_model(obj, config, str(path), name)
-    return PoseEstimator(net, config, name=name, options=options, digest=digest)
+    if digest is not None and _sha256(path) == digest:  # the bytes read are those hashed
+        weights.remember_file(digest, weights=weights.weights_digest(net))
+    return PoseEstimator(net, config, name=name, options=options)
+
+
+def _reader(path: Path, config: Config, name: str, digest: str) -> Callable[[], PoseNet]:
+    """Reads the model of the weights file ``path`` when called, checking that its weights are
+    still those of ``digest`` (:func:`~nextpose.checkpoint.weights_digest`), as when
+    :func:`load` found them in the cache."""
+
+    def read() -> PoseNet:
+        net = _read_model(weights.read(path), config, str(path), name)
+        if weights.weights_digest(net) != digest:
+            raise CheckpointError(
+                f"{path}: the file changed since nextpose.load found its weights; load it again"
+            )
+        return net
+
+    return read
 
 
 def _sha256(path: Path) -> str | None:
@@ -415,12 +435,11 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _recorded_config(digest: str) -> Config | None:
-    """The config the file with sha256 ``digest`` carries, as the cache recorded it; None if it
-    has no (valid) record: the file is read then."""
-    recorded = weights.carried_config(digest)
+def _recorded_config(recorded: Any) -> Config | None:
+    """A config as the cache recorded it; None if there is none (or it is not valid): the file
+    is read then."""
     try:
-        return None if recorded is None else Config.from_dict(recorded)
+        return Config.from_dict(recorded) if isinstance(recorded, dict) else None
     except ValueError:
         return None
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .checkpoint import cache_dir
+from .checkpoint import cache_dir, weights_digest
 from .codec import decode_heatmaps
 from .codec_torch import decode_heatmaps_torch
 from .config import Config
@@ -241,15 +241,6 @@ def crop_pixels(locations: torch.Tensor, shape: tuple[int, ...], config: Config)
     return torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of ``model``'s state dict: names, dtypes, shapes and bytes."""
-    key = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        key.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        key.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return key.hexdigest()
-
-
 def _cache_key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
@@ -335,37 +326,30 @@ class OnnxNetwork(GraphNetwork):
     resnext50; later processes load the optimized graph, ~0.15 s); ``heatmaps`` runs the plain
     model.
 
-    Args:
-        digest: names the weights in the cache (a checkpoint file's sha256); None: the model's
-            :func:`weights_digest`, hashed on first use.
+    The graphs are keyed by the model's :func:`~nextpose.checkpoint.weights_digest`, taken on
+    first use: a model changed before then gets its own graph.
     """
 
-    def __init__(
-        self, model: nn.Module, config: Config, options: RunOptions, digest: str | None = None
-    ):
+    def __init__(self, model: nn.Module, config: Config, options: RunOptions):
         require("onnx", "onnx", "the onnxruntime backend", load=False)  # imported to export
         self.model = model
         super().__init__(
             config,
             options,
-            digest=lambda: digest or weights_digest(model),
+            digest=lambda: weights_digest(model),
             export=lambda flip: _export(model, config, flip),
             plain=lambda: TorchNetwork(model, config, options),
         )
 
 
-def build_network(
-    model: nn.Module, config: Config, options: RunOptions, digest: str | None = None
-) -> Network:
-    """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device);
-    ``digest`` names its weights in the cache (a checkpoint file's sha256; None: hashed from the
-    model when a cache needs it)."""
+def build_network(model: nn.Module, config: Config, options: RunOptions) -> Network:
+    """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device)."""
     options = options.resolve()
     device = options.torch_device
     if options.backend == "eager":  # the reference's op sequence: two passes, default layout
         return TorchNetwork(model, config, options)
     if options.backend == "onnxruntime":  # the export folds BatchNorm itself
-        return OnnxNetwork(model, config, options, digest)
+        return OnnxNetwork(model, config, options)
     fast: nn.Module = prepare_for_inference(model, device, fold=True, channels_last=True)
     dtype = REDUCED.get(options.precision)
     cuda = device.type == "cuda"
@@ -381,7 +365,7 @@ def build_network(
         net = compile_model(fast, device)
     elif options.backend == "compile":
         net = PackagedModel(
-            fast, lambda: compiled_cache_path(digest or weights_digest(model), config, options)
+            fast, lambda: compiled_cache_path(weights_digest(model), config, options)
         )
     elif device.type == "cpu":  # weights in oneDNN's layout once, not per call: same outputs
         w, h = config.model.input_size
