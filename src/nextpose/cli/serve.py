@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import create_app, serve
     from ..serve.app import bind
 
-    sock = bind(args.host, args.port)  # a port in use is said now, not after the model loads
+    sockets = bind(args.host, args.port)  # a port in use is said now, not after the model loads
     try:
         estimator = load(args.model, args.checkpoint, **run_options(args))
         detector = load_detector_of(args)
@@ -135,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
             max_boxes=args.max_boxes,
             flip=not args.no_flip,
         )
-        serve(app, timeout=args.timeout, sock=sock)
+        serve(app, timeout=args.timeout, sockets=sockets)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn answered what was in flight, then re-raised it
+        print("\nstopped", file=sys.stderr)
+        return 130
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return 0

@@ -48,6 +48,7 @@ from .batcher import Batcher
 
 log = logging.getLogger("nextpose")
 DECODES = 2  # images decoded at the same time, at most
+CLOSE = {"Connection": "close"}  # a body left unread: the connection cannot carry another request
 
 FIELDS = (
     "image", "boxes", "bbox_format", "flip", "decode", "score_threshold", "format", "name",
@@ -202,9 +203,11 @@ def create_app(
     require("multipart", "serve", "nextpose serve", load=False)
     concurrency = require("starlette.concurrency", "serve", "nextpose serve")
     exceptions = require("starlette.exceptions", "serve", "nextpose serve")
+    requests = require("starlette.requests", "serve", "nextpose serve")
     JSONResponse, Request = responses.JSONResponse, fastapi.Request
 
     batcher = Batcher(estimator, detector, max_batch, max_wait_ms / 1000, max_queue)
+    late = f"no answer within {timeout:g} s (the service is overloaded; --timeout)"
     # Decoding is CPU work, and an image just under the pixel limit takes ~1.6 GB while it is
     # decoded: two at a time keep the memory bounded and still outpace the network.
     decoding = asyncio.Semaphore(DECODES)
@@ -252,7 +255,7 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
-                               f"limit of {max_body} bytes (--max-body-mb)")  # fmt: skip
+                               f"limit of {max_body} bytes (--max-body-mb)", CLOSE)  # fmt: skip
         parts, size = [], 0
 
         async def read() -> None:
@@ -262,7 +265,7 @@ def create_app(
                 if size > max_body:
                     raise RequestError(
                         413, f"the request body is larger than the limit of {max_body} bytes "
-                        "(--max-body-mb)"
+                        "(--max-body-mb)", CLOSE,
                     )  # fmt: skip
                 parts.append(part)
 
@@ -270,8 +273,10 @@ def create_app(
             await asyncio.wait_for(read(), timeout)
         except TimeoutError:
             raise RequestError(
-                408, f"the request body did not arrive within {timeout:g} s (--timeout)"
+                408, f"the request body did not arrive within {timeout:g} s (--timeout)", CLOSE
             ) from None
+        except requests.ClientDisconnect:  # nobody to answer: not an error of the service
+            raise RequestError(400, "the client disconnected before its body arrived") from None
         return b"".join(parts)
 
     async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
@@ -304,6 +309,7 @@ def create_app(
 
     @app.post("/v1/poses")
     async def poses(request: Request) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout  # the body's, then the answer's
         body = await body_of(request)
         data, fields, filename = await fields_of(request, body)
         unknown = sorted(set(fields) - set(FIELDS))
@@ -336,11 +342,17 @@ def create_app(
                     422, f"image_id must be an integer of at most 18 digits, not {text[:40]!r}"
                 )
             image_id = int(text)
+        try:  # the wait for a decoder counts against the request's time; a decode runs to its end
+            async with asyncio.timeout_at(deadline):
+                await decoding.acquire()
+        except TimeoutError:
+            raise RequestError(504, late) from None
         try:
-            async with decoding:
-                image = await concurrency.run_in_threadpool(decode_image, data, name)
+            image = await concurrency.run_in_threadpool(decode_image, data, name)
         except NextposeError as e:
             raise RequestError(_status(e), str(e)) from None
+        finally:
+            decoding.release()
         boxes = None
         if "boxes" in fields:
             boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format, max_boxes)
@@ -349,11 +361,10 @@ def create_app(
         except ServiceBusyError as e:
             raise RequestError(503, str(e), {"Retry-After": "1"}) from None
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            async with asyncio.timeout_at(deadline):
+                result = await asyncio.wrap_future(future)
         except TimeoutError:
-            raise RequestError(
-                504, f"no answer within {timeout:g} s (the service is overloaded; --timeout)"
-            ) from None
+            raise RequestError(504, late) from None
         except (InputError, ImageError, NumericsError) as e:
             raise RequestError(_status(e), str(e)) from None
         return records(result, image, name, image_id, out_format == "coco", threshold)
@@ -361,26 +372,38 @@ def create_app(
     return app
 
 
-def bind(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (not listening yet: connections are refused
-    until :func:`serve` runs), so that a port in use is reported before a model is loaded.
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(host: str = "127.0.0.1", port: int = 8000) -> list[socket.socket]:
+    """TCP sockets bound to every address of ``host`` (``localhost``: IPv6 and IPv4) at
+    ``port``, not listening yet (connections are refused until :func:`serve` runs), so that a
+    port in use is reported before a model is loaded.
 
     Raises:
         InputError: the address cannot be had (in use, not this machine's, unknown name).
     """
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise InputError(f"--host {host}: {e.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    addresses = list(dict.fromkeys((family, address) for family, *_, address in infos))
+    sockets: list[socket.socket] = []
     try:
-        sock.bind(address)
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            if family == socket.AF_INET6 and len(addresses) > 1:  # as asyncio does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
     except OSError as e:
-        sock.close()
-        raise InputError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
-    return sock
+        for sock in sockets:
+            sock.close()
+        raise InputError(f"cannot serve on {_where(name, port)}: {e.strerror or e}") from None
+    return sockets
 
 
 def serve(
@@ -388,18 +411,27 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     timeout: float = 30.0,
-    sock: socket.socket | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Run ``app`` with uvicorn on ``sock`` (from :func:`bind`; None: bind ``host``:``port``
+    """Run ``app`` with uvicorn on ``sockets`` (from :func:`bind`; None: bind ``host``:``port``
     now) until SIGTERM or Ctrl-C; the requests in flight are answered (for at most
-    ``timeout`` seconds) before it stops."""
+    ``timeout`` seconds) before it stops.
+
+    Raises:
+        InputError: the port was taken meanwhile (another server started listening on it).
+    """
     uvicorn = require("uvicorn", "serve", "nextpose serve")
-    sock = sock if sock is not None else bind(host, port)
+    sockets = sockets if sockets is not None else bind(host, port)
+    for sock in sockets:
+        try:
+            sock.listen(2048)  # uvicorn's backlog
+        except OSError as e:
+            host, port = sock.getsockname()[:2]
+            raise InputError(f"cannot serve on {_where(host, port)}: {e.strerror or e}") from None
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=max(1, math.ceil(timeout))
     )
     server = uvicorn.Server(config)
-    host, port = sock.getsockname()[:2]
-    where = f"[{host}]" if ":" in host else host
-    log.info(f"serving on http://{where}:{port}/ (the web page; POST /v1/poses); Ctrl-C stops")
-    server.run(sockets=[sock])
+    where = ", ".join(f"http://{_where(*s.getsockname()[:2])}/" for s in sockets)
+    log.info(f"serving on {where} (the web page; POST /v1/poses); Ctrl-C stops")
+    server.run(sockets=sockets)

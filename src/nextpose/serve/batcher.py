@@ -61,7 +61,7 @@ class Batcher:
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.answered = 0  # requests finished (poses or error)
-        self.abandoned = 0  # requests their clients stopped waiting for before they ran
+        self.abandoned = 0  # requests their clients stopped waiting for
         self._lock = threading.Lock()
         self._waiting = 0  # accepted and not finished
         self._closed = False
@@ -93,8 +93,17 @@ class Batcher:
                     f"(--max-queue {self.max_queue}); try again shortly"
                 )
             self._waiting += 1
+            future.add_done_callback(self._cancelled)
             self._feed(how).put(Task(image, boxes, name=name, tag=future))
         return future
+
+    def _cancelled(self, future: Future) -> None:
+        """A request given up by its client (timeout) frees its place in the queue at once
+        (if it still waits there, the engine skips it when it comes to it)."""
+        if future.cancelled():
+            with self._lock:
+                self._waiting -= 1
+                self.abandoned += 1
 
     @property
     def waiting(self) -> int:
@@ -104,7 +113,7 @@ class Batcher:
     def stats(self) -> dict[str, Any]:
         """Batches run so far: ``batches``, ``crops``, ``mean_batch`` (crops per batch),
         ``batch_sizes`` ({crops: batches}), ``answered`` and ``waiting`` requests, and those
-        ``abandoned`` by their clients before they ran (not computed)."""
+        ``abandoned`` by their clients (timeouts: not computed if they had not started)."""
         sizes = dict(self.engine.batch_sizes)  # one C-level copy: safe beside the engine thread
         batches = sum(sizes.values())
         crops = sum(k * v for k, v in sizes.items())
@@ -152,9 +161,6 @@ class Batcher:
             if task is _CLOSE:
                 return
             if task.tag.cancelled():  # its client stopped waiting (timeout): skip its crops
-                with self._lock:
-                    self._waiting -= 1
-                    self.abandoned += 1
                 continue
             running.add(task.tag)
             yield task
@@ -189,12 +195,13 @@ class Batcher:
     ) -> None:
         with self._lock:
             self._running[how].discard(future)
-            self._waiting -= 1
-            self.answered += 1
         try:
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(poses)  # type: ignore[arg-type]
-        except InvalidStateError:  # cancelled: its client stopped waiting (timeout)
-            pass
+        except InvalidStateError:  # cancelled: its client stopped waiting (counted then)
+            return
+        with self._lock:
+            self._waiting -= 1
+            self.answered += 1
