@@ -264,3 +264,34 @@ def test_outputs_that_cannot_be_files_are_refused_up_front(
     assert main([a.format(**names) for a in verb]) == 2
     assert message in capsys.readouterr().err
     assert _snapshot(tmp_path) == before  # no temporary file left either
+
+
+def test_an_output_that_is_a_pipe_or_a_link_is_written_through(tiny_checkpoint, tmp_path):
+    """``--out`` naming a pipe (``/dev/stdout`` under ``|``) or a device is written to, never
+    renamed over (that replaced ``/dev/null`` itself); a link is written through to its file,
+    and the link stays."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    try:
+        assert main(["predict", str(tiny_checkpoint), str(IMAGES[0]), "--out", str(fifo),
+                     "--no-progress"]) == 0  # fmt: skip
+    finally:
+        if reader.is_alive():  # unblock the reader if nothing was written
+            with open(fifo, "wb"):
+                pass
+        reader.join(30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and len(json.loads(got[0])) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no parts, no temp files
+    real = tmp_path / "results" / "poses.json"
+    real.parent.mkdir()
+    real.write_text("[]")
+    link = tmp_path / "poses.json"
+    link.symlink_to(real)
+    assert main(["predict", str(tiny_checkpoint), str(IMAGES[0]), "--out", str(link),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert link.is_symlink() and len(json.loads(real.read_text())) == 1

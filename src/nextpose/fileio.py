@@ -7,6 +7,7 @@ give (the process umask, not ``mkstemp``'s 0600) and renamed over the target onl
 """
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -49,26 +50,49 @@ def _umask() -> int:
     return mask
 
 
+def is_special(path: str | Path) -> bool:
+    """Whether ``path`` (followed through links) is something other than a file or folder: a
+    device (``/dev/null``), a pipe (``/dev/stdout`` under ``|``), a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 class AtomicFile:
     """A file written under a temporary name and renamed to ``path`` by :meth:`commit`.
 
     :meth:`discard` (or leaving a ``with`` block by an exception) removes the temporary file and
-    leaves any earlier file at ``path`` as it was.
+    leaves any earlier file at ``path`` as it was. A ``path`` that is a link is written through
+    (the file it names is replaced, the link kept); one that is a device or a pipe
+    (:func:`is_special`) is written to directly: renaming over it would replace ``/dev/null``
+    itself.
     """
 
     def __init__(self, path: str | Path, mode: str = "w", suffix: str = ".tmp"):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        encoding = None if "b" in mode else "utf-8"
+        self.direct = is_special(self.path)
+        if self.direct:
+            self.tmp = self._target = self.path
+            self.file: IO[Any] = open(self.path, mode, encoding=encoding)  # noqa: SIM115
+            return
+        self._target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+        self._target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=suffix, dir=self.path.parent
+            prefix=f".{self._target.name}.", suffix=suffix, dir=self._target.parent
         )
         os.chmod(tmp, 0o666 & ~_umask())
         self.tmp = Path(tmp)
-        self.file: IO[Any] = os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+        self.file = os.fdopen(fd, mode, encoding=encoding)
 
     def commit(self, target: str | Path | None = None) -> Path:
         """Flush, sync and rename to ``target`` (default: ``path``); returns where it went."""
-        target = Path(target) if target is not None else self.path
+        if self.direct:
+            self.file.close()
+            return self.path
+        target = Path(target) if target is not None else self._target
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -82,7 +106,8 @@ class AtomicFile:
     def discard(self) -> None:
         if not self.file.closed:
             self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        if not self.direct:  # written straight to a device or pipe: nothing to take back
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> IO[Any]:
         return self.file

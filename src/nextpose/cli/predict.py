@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import distributed
     from ..errors import InputError
+    from ..fileio import is_special
     from ..sources import input_groups
 
     groups = input_groups(args.inputs)
@@ -113,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     shareable = all(
         kind == "images" or (kind == "video" and Path(source).is_file()) for kind, source in groups
     )
-    job = bool(args.out or args.jsonl) and shareable
+    # A device or pipe (--out /dev/stdout) is written as it comes: a job's parts go beside it.
+    special = any(is_special(p) for p in (args.out, args.jsonl) if p)
+    job = bool(args.out or args.jsonl) and shareable and not special
     if not job and (args.resume or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         what = "--resume" if args.resume else "predict under torchrun"
         raise InputError(
