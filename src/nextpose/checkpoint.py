@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .config import Config
 from .errors import CheckpointError
-from .fileio import cache_dir
+from .fileio import atomic_write_text, cache_dir
 
 if TYPE_CHECKING:  # torch is imported where a file is read or written, not to find one
     import torch
@@ -77,13 +77,9 @@ def remember_file(digest: str, **facts: Any) -> None:
     config it carries), merged with those kept before, so that a later process can know them
     without reading the file (which needs torch). A cache folder that cannot be written is no
     error: the file is read again next time."""
-    record = _file_record(digest)
-    try:
-        kept = {**(recalled_file(digest) or {}), **facts}
-        record.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(record, lambda tmp: tmp.write_text(json.dumps(kept, sort_keys=True)))
-    except OSError:
-        pass
+    kept = {**(recalled_file(digest) or {}), **facts}
+    with contextlib.suppress(OSError):
+        atomic_write_text(_file_record(digest), json.dumps(kept, sort_keys=True))
 
 
 def recalled_file(digest: str) -> dict[str, Any] | None:

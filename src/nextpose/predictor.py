@@ -29,7 +29,7 @@ from .engine import Detector, Engine, ImageSource, Task
 from .errors import CheckpointError, InputError
 from .geometry import crop_to_image
 from .keypoints import KeypointSet
-from .onnxgraph import GraphNetwork, is_cached
+from .onnxgraph import GraphNetwork, crop_pixels, is_cached
 from .options import Backend, KeepFp32, Network, Precision, RunOptions, onnxruntime_available
 from .presets import PRESETS, get_preset
 from .structures import Poses
@@ -252,9 +252,8 @@ class PoseEstimator:
         decode = self.config.inference.decode if decode is None else decode
         kernel = self.config.codec.blur_kernel_size
         locations, scores = decode_heatmaps(heatmaps, decode, kernel)
-        w, h = self.input_size
-        stride = np.array([w / heatmaps.shape[3], h / heatmaps.shape[2]], np.float32)
-        return crop_to_image(locations * stride, centers, scales, self.input_size), scores
+        pixels = crop_pixels(locations, heatmaps.shape, self.config)
+        return crop_to_image(pixels, centers, scales, self.input_size), scores
 
     def predict(
         self,
