@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,28 @@ def test_a_checkpoint_carrying_its_config_is_known_by_its_hash(tiny_checkpoint, 
         assert read._model is not None, damage  # the file was read: the record made again
         np.testing.assert_array_equal(read.predict(IMAGES[0], BOXES).keypoints, want.keypoints)
         assert json.loads(record.read_text()) == facts
+
+
+def test_what_reading_the_file_warned_about_is_said_again_on_a_cached_run(
+    tiny_weights, cache, tmp_path
+):
+    """An entry the load skips is warned about every time, also when the cached graph means
+    the file is not read; the warning names the file as it is called now."""
+    saved = torch.load(tiny_weights, weights_only=True)
+    saved["state_dict"]["ema.weight"] = torch.zeros(1)
+    first, moved = tmp_path / "ema.pth", tmp_path / "moved.pth"
+    torch.save(saved, first)
+    ignored = "ignored 1 checkpoint entry outside model 'tiny_coco_96x64': ema.weight"
+    with pytest.warns(UserWarning, match=f"ema.pth: {ignored}"):
+        nextpose.load(TINY, first, backend="onnxruntime").warm_up()
+    first.rename(moved)
+    with pytest.warns(UserWarning, match=f"moved.pth: {ignored}") as said:
+        again = nextpose.load(TINY, moved, backend="onnxruntime")
+    assert again._model is None and len(said) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file that skips nothing says nothing, read or not
+        for _ in range(2):
+            nextpose.load(TINY, tiny_weights, backend="onnxruntime").warm_up()
 
 
 def test_other_bytes_or_options_are_not_taken_for_the_cached_graph(tiny_weights, cache, tmp_path):

@@ -385,6 +385,9 @@ def load(
         state = known.get("weights")
         cached = isinstance(state, str) and config is not None
         if cached and any(is_cached(state, config, flip) for flip in (True, False)):
+            notes = known.get("warnings")  # what reading the file warned about
+            for note in notes if isinstance(notes, list) else []:
+                warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
             return PoseEstimator(
                 _reader(path, config, name, state), config, name=name, options=options,
                 digest=state,
@@ -403,9 +406,15 @@ def load(
         if decode is not None:
             config = replace(config, inference=replace(config.inference, decode=decode))
     assert config is not None
-    net = _read_model(obj, config, str(path), name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = _read_model(obj, config, str(path), name)
+    for w in caught:  # shown as they would have been, and kept for runs that skip the file
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     if digest is not None and _sha256(path) == digest:  # the bytes read are those hashed
-        weights.remember_file(digest, weights=weights.weights_digest(net))
+        prefix = f"{path}: "
+        notes = [str(w.message)[len(prefix) :] for w in caught if str(w.message).startswith(prefix)]
+        weights.remember_file(digest, weights=weights.weights_digest(net), warnings=notes)
     return PoseEstimator(net, config, name=name, options=options)
 
 
