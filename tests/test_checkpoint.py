@@ -211,3 +211,15 @@ def test_weights_stored_as_views_of_one_buffer_load_as_their_own_tensors(tiny_ch
     want = original.predict(IMAGES[0], np.array([[10, 20, 200, 300]], np.float32))
     np.testing.assert_array_equal(got.keypoints, want.keypoints)
     np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_saving_to_a_link_replaces_the_file_it_names(tmp_path):
+    """checkpoint.save and save_safetensors write through a link as every output does: the
+    file it names is replaced atomically, the link kept."""
+    for save, name in ((checkpoint.save, "w.pth"), (checkpoint.save_safetensors, "w.st")):
+        real, link = tmp_path / f"real-{name}", tmp_path / name
+        real.write_bytes(b"old")
+        link.symlink_to(real)
+        save(link, {"w": torch.ones(2)})
+        assert link.is_symlink() and real.read_bytes() != b"old"
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

@@ -215,6 +215,27 @@ def test_predict_decodes_as_the_preset_says_or_as_asked(tmp_path):
         nextpose.load(str(path), decode="udp")
 
 
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_a_preset_with_weights_decodes_as_asked(backend, tiny_checkpoint, tmp_path, monkeypatch):
+    """A preset name and a weights file: ``decode`` overrides the preset's decoding on every
+    backend, whether or not a cached graph is found."""
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "weights.pth"
+    torch.save(
+        {"state_dict": torch.load(tiny_checkpoint, weights_only=True)["state_dict"]}, weights
+    )
+    image, box = read_image(IMAGES[0]), [[280, 44, 499, 391]]
+    own = nextpose.load("tiny_coco_96x64", weights, backend=backend).predict(image, box)
+    want = nextpose.load(str(tiny_checkpoint), backend=backend).predict(image, box, decode="dark")
+    assert not np.array_equal(want.keypoints, own.keypoints)
+    for _ in range(2):  # the second onnxruntime load finds the graph cached
+        dark = nextpose.load("tiny_coco_96x64", weights, backend=backend, decode="dark")
+        assert dark.config.inference.decode == "dark"
+        np.testing.assert_array_equal(dark.predict(image, box).keypoints, want.keypoints)
+
+
 @pytest.mark.parametrize("backend", ["fast", "onnxruntime"])
 def test_every_backend_decodes_dark_as_the_reference_path(backend, tmp_path):
     pytest.importorskip("onnxruntime")

@@ -17,7 +17,6 @@ import os
 import pickle
 import pickletools
 import re
-import secrets
 import sys
 import urllib.error
 import urllib.parse
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .config import Config
 from .errors import CheckpointError
-from .fileio import atomic_write_text, cache_dir
+from .fileio import AtomicFile, atomic_write_text, cache_dir
 
 if TYPE_CHECKING:  # torch is imported where a file is read or written, not to find one
     import torch
@@ -264,9 +263,10 @@ def _fetch(
     opener = urllib.request.build_opener(_HTTPHandler(timeout[1]), _HTTPSHandler(timeout[1]))
     request = urllib.request.Request(url, headers={"User-Agent": f"nextpose/{__version__}"})
     digest, received = hashlib.sha256(), 0
-    tmp = _temporary(target, ".partial")
+    partial = AtomicFile(target, "wb", suffix=".partial")
+    tmp = partial.tmp
     try:
-        with opener.open(request, timeout=timeout[0]) as response, open(tmp, "wb") as out:
+        with opener.open(request, timeout=timeout[0]) as response, partial.file as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if progress:
@@ -314,31 +314,20 @@ def _fetch(
             target.parent.rmdir()  # a failed first download leaves no empty entry behind
 
 
-def _temporary(path: Path, suffix: str = ".tmp") -> Path:
-    """A new empty file beside ``path``, created with the mode the umask gives (not 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-
-
 def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, sync it, rename it to ``path``."""
-    path = Path(path)
-    tmp = _temporary(path)
+    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it to ``path``
+    (:class:`~nextpose.fileio.AtomicFile`: synced, links written through, devices direct)."""
+    out = AtomicFile(path, "wb")
     try:
-        mode = tmp.stat().st_mode & 0o777  # as the umask gives, whatever ``write`` does
-        write(tmp)
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        mode = out.tmp.stat().st_mode & 0o777
+        write(out.tmp)
+        if not out.direct:  # safetensors writes a new file (private, 0600) under the name
+            os.chmod(out.tmp, mode)
+            with open(out.tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        out.commit()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        out.discard()
         raise
 
 

@@ -44,8 +44,16 @@ def check_writable(path: str | Path, option: str) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+def umask() -> int:
+    """The process's umask, read without changing it where Linux (>= 4.7) reports it: setting
+    it to read it would give files other threads create meanwhile the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -83,7 +91,7 @@ class AtomicFile:
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self._target.name}.", suffix=suffix, dir=self._target.parent
         )
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, mode, encoding=encoding)
 

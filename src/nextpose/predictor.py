@@ -360,7 +360,7 @@ def load(
     config: Config | None = None
     if model in PRESETS:
         preset = get_preset(model)
-        config, name = preset.config, preset.name
+        config, name = _decoding(preset.config, decode), preset.name
         source = checkpoint or preset.weights_url
         if source is None:
             raise CheckpointError(f"preset '{name}' has no published weights; pass a checkpoint")
@@ -379,9 +379,7 @@ def load(
         known = weights.recalled_file(digest) or {}
         if own is not None:
             carried = known if own == path else weights.recalled_file(own_digest or "") or {}
-            config = _recorded_config(carried.get("config"))
-        if config is not None and decode is not None:
-            config = replace(config, inference=replace(config.inference, decode=decode))
+            config = _decoding(_recorded_config(carried.get("config")), decode)
         state = known.get("weights")
         cached = isinstance(state, str) and config is not None
         if cached and any(is_cached(state, config, flip) for flip in (True, False)):
@@ -400,11 +398,9 @@ def load(
                 f"{model}: the file carries no nextpose config; name a preset as MODEL and pass "
                 "this file as the checkpoint"
             )
-        config = _config_of(carried["config"], model)
+        config = _decoding(_config_of(carried["config"], model), decode)
         if own_digest is not None:
             weights.remember_file(own_digest, config=carried["config"])
-        if decode is not None:
-            config = replace(config, inference=replace(config.inference, decode=decode))
     assert config is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -416,6 +412,13 @@ def load(
         notes = [str(w.message)[len(prefix) :] for w in caught if str(w.message).startswith(prefix)]
         weights.remember_file(digest, weights=weights.weights_digest(net), warnings=notes)
     return PoseEstimator(net, config, name=name, options=options)
+
+
+def _decoding(config: Config | None, decode: str | None) -> Config | None:
+    """``config`` decoding by ``decode`` instead of its own, when given."""
+    if config is None or decode is None:
+        return config
+    return replace(config, inference=replace(config.inference, decode=decode))
 
 
 def _reader(path: Path, config: Config, name: str, digest: str) -> Callable[[], PoseNet]:

@@ -32,18 +32,6 @@ LOCK = "train.lock"
 LAST, BEST, METRICS = "last.pth", "best.pth", "metrics.jsonl"
 
 
-def _umask() -> int:
-    try:  # Linux >= 4.7 reports it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class RunFolder:
     """``out_dir`` as one run's folder. Rank 0 holds the lock and writes; other ranks only read.
 
@@ -233,7 +221,6 @@ class RunFolder:
                 f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
                 "Free some space and continue with --resume"
             ) from e
-        os.chmod(path, 0o666 & ~_umask())  # checkpoint.save's temporary file is private (0600)
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
