@@ -530,11 +530,44 @@ def test_a_failing_engine_run_fails_its_requests_only_and_the_batcher_goes_on(ti
         with pytest.raises(ZeroDivisionError, match="a bug in a source"):
             batcher.submit(broken, None, True).result(60)
         image = nextpose.read_image(IMAGES[0])
-        poses = batcher.submit(image, None, True).result(60)
+        # answered at once, not after the failed run's reader gave up waiting for work (30 s)
+        poses = batcher.submit(image, None, True).result(15)
     finally:
         batcher.close(60)
     np.testing.assert_array_equal(poses.keypoints, estimator.predict(image).keypoints)
     assert batcher.waiting == 0 and batcher.answered == 2
+
+
+def test_a_network_that_fails_once_fails_its_batch_at_once(tiny_checkpoint):
+    """A network error (a bug) fails the requests of its batch right away, and the next ones
+    are answered in the order they came, by a new run (the failed run's reader, waiting for
+    work, is woken rather than waited for)."""
+    from nextpose.serve import Batcher
+
+    estimator = nextpose.load(str(tiny_checkpoint))
+    batcher = Batcher(estimator, max_wait=0.01)
+    network, calls = batcher.engine.network, []
+    keypoints = network.keypoints
+
+    def fails_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ZeroDivisionError("a bug in the network")
+        return keypoints(*args, **kwargs)
+
+    network.keypoints = fails_first
+    image = nextpose.read_image(IMAGES[0])
+    try:
+        with pytest.raises(ZeroDivisionError, match="a bug in the network"):
+            batcher.submit(image, None, True).result(15)  # not after 30 s
+        futures = [batcher.submit(image[: 200 + 50 * i], None, True) for i in range(3)]
+        got = [f.result(15) for f in futures]
+    finally:
+        batcher.close(60)
+        del network.keypoints
+    for i, poses in enumerate(got):
+        want = estimator.predict(image[: 200 + 50 * i])
+        np.testing.assert_array_equal(poses.keypoints, want.keypoints)
 
 
 def test_requests_abandoned_while_queued_are_not_computed(tiny_checkpoint):

@@ -26,7 +26,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._version import __version__
 from .config import Config
@@ -314,21 +314,11 @@ def _fetch(
             target.parent.rmdir()  # a failed first download leaves no empty entry behind
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` and rename it to ``path``
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path`` and rename it to ``path``
     (:class:`~nextpose.fileio.AtomicFile`: synced, links written through, devices direct)."""
-    out = AtomicFile(path, "wb")
-    try:
-        mode = out.tmp.stat().st_mode & 0o777
-        write(out.tmp)
-        if not out.direct:  # safetensors writes a new file (private, 0600) under the name
-            os.chmod(out.tmp, mode)
-            with open(out.tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        out.commit()
-    except BaseException:
-        out.discard()
-        raise
+    with AtomicFile(path, "wb") as out:
+        write(out)
 
 
 def _complete_zip(path: Path) -> bool:
@@ -677,11 +667,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
 
     import torch
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-
-    _atomic_write(path, write)
+    _atomic_write(path, lambda f: torch.save(payload, f))
 
 
 # -- safetensors ---------------------------------------------------------------------------------
@@ -706,7 +692,7 @@ def save_safetensors(
         CheckpointError: ``state_dict`` is not a dict of named tensors, or the config or meta
             cannot be written as JSON.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as serialize
 
     path = Path(path)
     _weights_of({"state_dict": state_dict}, str(path))
@@ -719,7 +705,7 @@ def save_safetensors(
             metadata[key] = json.dumps(dict(value), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot store {key} as JSON ({e})") from None
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    _atomic_write(path, lambda f: f.write(serialize(tensors, metadata=metadata)))
     return path
 
 

@@ -191,9 +191,12 @@ class _Background(Iterator[T]):
         """Nothing is waiting: the consumer would block."""
         return self._queue.empty()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop reading; ``wait``: until the thread has ended (a thread blocked in a source
+        that its caller wakes, as a service's feed, is not waited for)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=30)
 
 
 def ordered_map(
@@ -306,7 +309,7 @@ class Engine:
                 yield from self._estimate(chunks, (flip, decode), background if live else None)
         finally:
             if background is not None:
-                background.close()
+                background.close(wait=not service)
 
     # -- stage 1 ---------------------------------------------------------------------------
 

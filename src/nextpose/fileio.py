@@ -101,13 +101,13 @@ class AtomicFile:
             self.file.close()
             return self.path
         target = Path(target) if target is not None else self._target
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
         try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
             os.replace(self.tmp, target)
         except BaseException:
-            self.tmp.unlink(missing_ok=True)
+            self.discard()
             raise
         return target
 

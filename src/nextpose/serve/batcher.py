@@ -28,6 +28,7 @@ from ..structures import Poses
 log = logging.getLogger("nextpose")
 
 _CLOSE = None  # what a feed gets when the service closes
+_STALE = object()  # wakes the reader of a failed run, which waits on the feed
 How = tuple[bool, str]  # (flip test, decoding) of an engine run
 
 
@@ -155,6 +156,10 @@ class Batcher:
         feed, running = self._feeds[how], self._running[how]
         while True:
             task = feed.get()
+            if task is _STALE:
+                if run != self._runs[how]:
+                    return
+                continue  # the failed run's reader had ended already
             if run != self._runs[how]:  # the reader of a failed run: leave it to the new one
                 feed.put(task)
                 return
@@ -177,6 +182,7 @@ class Batcher:
             except Exception as e:  # a bug: fail the requests in flight, keep serving
                 log.exception("the pose service's engine run failed; starting a new one")
                 self._runs[how] = run + 1
+                self._feeds[how].put(_STALE)
                 for future in list(self._running[how]):
                     self._settle(how, future, error=e)
 
