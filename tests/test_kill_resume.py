@@ -196,3 +196,35 @@ def test_a_killed_training_leaves_no_loader_workers(tmp_path):
     for pid in left:  # what would have leaked: clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(started)} processes of the run left running"
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_training_with_loader_workers_ends_it_quietly(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group, loader workers too: the run ends
+    with status 130 and one line, no traceback of the trainer or of a worker, no worker left."""
+    settings = ["train.epochs=200", "train.batch_size=4", "data.workers=2"]
+    args = [sys.executable, "-m", "nextpose", *TRAIN[: -len(SETTINGS) * 2], "--out",
+            str(tmp_path / "run"), *[x for s in settings for x in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while len(_descendants(proc.pid)) < 2:
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few batches
+        started = _descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = err.decode()
+    assert proc.returncode == 130, text[-2000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
+    assert text.strip().splitlines()[-1].startswith("interrupted"), text[-2000:]
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in started if Path(f"/proc/{p}").exists()]

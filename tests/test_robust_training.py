@@ -289,3 +289,113 @@ def test_a_training_crop_that_cannot_be_cut_skips_the_sample(monkeypatch):
     item = data[0]
     assert "cannot be cropped" in item["error"] and instances[0].image_file in item["error"]
     assert not item["weights"].any()
+
+
+# -- what a new run may find in its folder -------------------------------------------------------
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_started_again(
+    small, tmp_path, monkeypatch, caplog
+):
+    run = tmp_path / "run"
+
+    def killed(*args, **kwargs):  # after the epoch's steps were logged, before last.pth
+        (run / ".last.pth.k1ll.tmp").write_bytes(b"PK\x03\x04 cut off")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(), small, run, pretrained="none", progress=False)
+    monkeypatch.undo()
+    assert _losses(run) and not (run / "last.pth").exists()
+    with pytest.raises(TrainingError, match="stopped before it finished an epoch: start it again"):
+        train(_config(), small, run, pretrained="none", resume=True, progress=False)
+    caplog.set_level(logging.WARNING, "nextpose")
+    summary = train(_config(), small, run, pretrained="none", progress=False)
+    assert summary["epochs"] == 2
+    assert "stopped before it finished an epoch (no last.pth was saved)" in caplog.text
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2]  # each step logged once
+    assert len((run / "run.json").read_text().splitlines()) == 2  # both starts recorded
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["config.toml", "run.json", "metrics.jsonl"])
+def test_files_no_run_wrote_are_never_replaced(small, tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("# my notes\n")
+    with pytest.raises(TrainingError, match=rf"holds {name}, not written by a nextpose run"):
+        train(_config(), small, run, pretrained="none", progress=False)
+    assert sorted(p.name for p in run.iterdir()) == [name]
+    assert (run / name).read_text() == "# my notes\n"
+
+
+def test_an_epoch_of_unreadable_images_stops_the_run(small, tmp_path):
+    for i in SMALL_IMAGES:
+        (small.image_dir / IMAGES[i].name).write_bytes(truncated(IMAGES[i], 0.3))
+    with pytest.raises(TrainingError, match="epoch 1: the image of every sample was unreadable"):
+        train(_config(), small, tmp_path / "run", pretrained="none", progress=False)
+    assert not list((tmp_path / "run").glob("*.pth"))
+
+
+def test_a_validation_file_without_persons_is_refused_before_training(small, tmp_path):
+    data = coco_json()
+    data["annotations"] = []
+    val = Dataset(write_json(tmp_path / "val.json", data), small.image_dir)
+    with pytest.raises(TrainingError, match=r"val\.json: no persons to validate on.*--no-val"):
+        train(_config(), small, tmp_path / "run", val, pretrained="none", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_pretrained_name_lists_the_names(small, tmp_path, capsys):
+    args = ["train", "tiny_coco_96x64", "--pretrained", "imagenet21k", "--ann-file",
+            str(small.ann_file), "--images", str(small.image_dir),
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--pretrained imagenet21k: neither a name (imagenet, imagenet-2021, torchvision, " in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_on_another_number_of_processes_is_warned_about(small, tmp_path, caplog):
+    from nextpose.training import build_learner, build_model, restore_checkpoint
+
+    run = tmp_path / "run"
+    train(_config(epochs=1), small, run, pretrained="none", progress=False)
+    saved = checkpoint.read(run / "last.pth")
+    assert saved["world_size"] == 1
+    model, _ = build_model(_config(), "cpu")
+    learner = build_learner(model, _config().train, "cpu")
+    caplog.set_level(logging.WARNING, "nextpose")
+    parts = (model, learner.optimizer, learner.scaler)
+    restore_checkpoint(saved, run / "last.pth", *parts, world_size=1)
+    assert "processes" not in caplog.text
+    state = restore_checkpoint(saved, run / "last.pth", *parts, world_size=4)
+    assert state.world_size == 4
+    assert "on 4 processes; it trained on 1 until now" in caplog.text
+
+
+def test_ctrl_c_while_a_command_starts_ends_it_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from nextpose.cli import train as train_verb
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_verb, "resolve_config", interrupted)
+    assert main(["train", "tiny_coco_96x64", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_epoch_whose_weights_are_gone_is_not_trained_over(small, tmp_path):
+    run = tmp_path / "run"
+    train(_config(epochs=1), small, run, pretrained="none", progress=False)  # no validation
+    (run / "last.pth").unlink()
+    before = (run / "metrics.jsonl").read_text()
+    assert '"epoch_end": true' in before
+    with pytest.raises(TrainingError, match=r"already holds a training run \(metrics\.jsonl\)"):
+        train(_config(epochs=1), small, run, pretrained="none", progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+    with pytest.raises(TrainingError, match=r"last\.pth does not exist; nothing to resume"):
+        train(_config(epochs=1), small, run, pretrained="none", resume=True, progress=False)

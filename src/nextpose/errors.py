@@ -6,6 +6,8 @@ a bug and keeps its traceback. Each kind also derives from the built-in error it
 (``ValueError``, ``RuntimeError``, ...), so ``except ValueError`` in older user code still works.
 """
 
+from types import ModuleType
+
 
 class NextposeError(Exception):
     """Base of every error nextpose raises about its inputs (not about its own bugs)."""
@@ -61,7 +63,7 @@ class TrainingError(NextposeError, RuntimeError):
     """Training cannot go on: a non-finite loss, a missing resume file, a busy run folder."""
 
 
-def require(module: str, extra: str, what: str, load: bool = True):
+def require(module: str, extra: str, what: str, load: bool = True) -> ModuleType | None:
     """Import ``module`` for ``what`` (or, without ``load``, only check that it is installed),
     or raise :class:`MissingExtraError` naming the extra."""
     import importlib

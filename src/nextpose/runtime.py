@@ -176,6 +176,8 @@ class TorchNetwork:
     def cut_crops(
         self, image: torch.Tensor, centers: np.ndarray, scales: np.ndarray
     ) -> torch.Tensor:
+        """(N, h, w, 3) uint8 crops of an (H, W, 3) uint8 image on the device, one per box
+        (centers, scales: (N, 2) image pixels): the spec's affine crop, equal to OpenCV 4's."""
         to = self.to_device
         return warp_crops(image, to(centers), to(scales), self.input_size).to(torch.uint8)
 

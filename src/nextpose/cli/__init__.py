@@ -1,8 +1,9 @@
 """The ``nextpose`` command: one module per verb, each a thin call into the library.
 
 Errors the library raises about the user's inputs (:class:`~nextpose.errors.NextposeError`) are
-printed as ``error: ...`` with exit status 2, as argparse does for a bad command line; any
-other exception is a bug and keeps its traceback. ``nextpose --help`` and ``--version`` import no
+printed as ``error: ...`` with exit status 2, as argparse does for a bad command line; Ctrl-C
+ends a command with status 130 and no traceback; any other exception is a bug and keeps its
+traceback. ``nextpose --help`` and ``--version`` import no
 torch.
 """
 
@@ -62,5 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NextposeError as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # verbs that write files say what they kept; this is the rest
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = shown

@@ -3,10 +3,14 @@
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..config import DECODINGS
 from ..options import BACKENDS, KEEP_FP32, PRECISIONS
 from ..presets import PRESETS
+
+if TYPE_CHECKING:
+    from ..detection import PersonDetector
 
 DETECTORS = (  # = detection.DETECTORS
     "keypointrcnn_resnet50_fpn",
@@ -138,7 +142,9 @@ def note_ignored(args: argparse.Namespace) -> None:
         warnings.warn("--keep-fp32 has no effect without --precision bf16/fp16", stacklevel=2)
 
 
-def load_detector_of(args: argparse.Namespace, device: str | None = None):
+def load_detector_of(
+    args: argparse.Namespace, device: str | None = None
+) -> "PersonDetector | None":
     """The detector the --detector options ask for (on ``device``, else --device), or None."""
     check_detector(args)
     if not args.detector:

@@ -5,10 +5,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..presets import PRESETS
 from ._options import PRETRAINED
 from .evaluate import COCO_VAL_ANN, COCO_VAL_DETECTIONS, COCO_VAL_IMAGES
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 COCO_TRAIN_ANN = "annotations/person_keypoints_train2017.json"
 COCO_TRAIN_IMAGES = "train2017"
@@ -53,7 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=config)
 
 
-def resolve_config(model: str, overrides: list[str] | None, keypoints: str | None = None):
+def resolve_config(
+    model: str, overrides: list[str] | None, keypoints: str | None = None
+) -> "Config":
     """A preset or TOML file, with a custom keypoint set and ``--set`` overrides applied."""
     from dataclasses import replace
 
@@ -80,17 +86,14 @@ def config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require(path: Path | None, what: str) -> Path:
+def _require(path: Path | None, what: str, hint: str = "") -> Path:
     """``path``, which must be an existing folder (``what`` ends in "folder") or file."""
     from ..errors import InputError
 
     folder = what.endswith("folder")
     if path is None or not (path.is_dir() if folder else path.is_file()):
-        raise InputError(f"{path or what}: no such {what}")
+        raise InputError(f"{path or what}: no such {what}{hint}")
     return path
-
-
-RUN_FILES = ("config.toml", "run.json", "metrics.jsonl", "last.pth", "best.pth", "train.lock")
 
 
 def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
@@ -98,6 +101,7 @@ def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
     (config.toml, run.json, ...) would replace an input file (a resumed run may read its own
     config.toml)."""
     from ..errors import OutputError
+    from ..training.run_folder import LOCK, RUN_FILES
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out}: exists and is not a folder")
@@ -107,7 +111,7 @@ def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
         if path.is_dir() and folder.is_relative_to(where):
             raise OutputError(f"--out {out}: inside the input folder {path}; train elsewhere")
         own = resume and where.name == "config.toml"
-        if where.parent == folder and where.name in (*RUN_FILES, "tb") and not own:
+        if where.parent == folder and where.name in (*RUN_FILES, LOCK, "tb") and not own:
             raise OutputError(
                 f"--out {out}: the run would write {where.name} over the input {path}; "
                 "train into another folder"
@@ -118,6 +122,7 @@ def train(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training import Dataset
     from ..training import train as run_training
+    from ..training.run_folder import RunFolder
     from ._options import check_device
 
     if not args.out.strip():
@@ -144,13 +149,14 @@ def train(args: argparse.Namespace) -> int:
             given = "--val-images" if val_images else "--val-bbox-file"
             raise InputError(f"{given} needs --val-ann-file (or --coco-root)")
         if val_ann is not None:
+            hint = " (train without validation: --no-val)"
             val_data = Dataset(
-                _require(val_ann, "validation annotation file"),
-                _require(val_images or images, "validation image folder"),
+                _require(val_ann, "validation annotation file", hint),
+                _require(val_images or images, "validation image folder", hint),
                 _require(val_boxes, "validation detection file") if val_boxes else None,
             )
-    if args.resume and not (Path(args.out) / "last.pth").is_file():
-        raise InputError(f"--resume: {Path(args.out) / 'last.pth'} does not exist")
+    if args.resume:  # before the annotations are read
+        RunFolder(args.out, writer=False).check(resume=True)
     read = [args.model, ann, images, args.keypoints, args.pretrained]
     if val_data is not None:
         read += [val_data.ann_file, val_data.image_dir, val_data.bbox_file]

@@ -42,7 +42,7 @@ from . import distributed as dist
 from .distributed import DistInfo
 from .loss import KeypointMSELoss
 from .optim import build_optimizer, lr_at, set_lr
-from .pretrained import load_pretrained_backbone
+from .pretrained import load_pretrained_backbone, resolve_source
 from .run_folder import BEST, LAST, RunFolder
 from .state import (
     WEIGHTS_KEYS,
@@ -267,8 +267,9 @@ def train_one_epoch(
     learner.train_mode()
     bar = Progress(len(loader), f"epoch {state.epoch + 1}/{epochs}", "it", enabled=progress)
     start = time.perf_counter()
-    skipped = 0
+    seen = skipped = 0
     for batch in bar.iterate(loader):
+        seen += len(batch["error"])
         skipped += _count_unreadable(batch["error"], state)
         lr = lr_at(cfg, state.iteration, state.epoch, learner.world_size)
         set_lr(learner.optimizer, lr)
@@ -289,6 +290,15 @@ def train_one_epoch(
             if run is not None:
                 run.log({"epoch": state.epoch + 1, "iteration": state.iteration, "loss": value,
                          "lr": lr, "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+    # Every rank decides alike (no rank waits on a collective another left for good).
+    counts = dist.all_reduce_mean(torch.tensor([seen, skipped], dtype=torch.float32,
+                                               device=learner.device))  # fmt: skip
+    if counts[0] > 0 and counts[1] >= counts[0]:
+        example = f" ({min(state.bad_images)})" if state.bad_images else ""
+        raise TrainingError(
+            f"epoch {state.epoch + 1}: the image of every sample was unreadable{example}; "
+            "nothing can be learnt: check the training images"
+        )
     if skipped:
         log.warning("epoch %d: %d samples had unreadable images and were skipped",
                     state.epoch + 1, skipped)  # fmt: skip
@@ -351,15 +361,17 @@ def train(
         config: the full configuration (model, data, train, keypoints).
         train_data: where the training annotations and images are.
         out_dir: the run folder; created. A new run refuses a folder that holds a run
-            (``last.pth``, ``best.pth`` or ``metrics.jsonl``); a second run into a folder that
-            a run is training in is refused (``train.lock`` names the holder's pid).
+            (``last.pth`` or ``best.pth``) or files no run wrote; it starts again in place of a
+            run that stopped before finishing an epoch. A second run into a folder that a run
+            is training in is refused (``train.lock`` names the holder's pid).
         val_data: validated every ``train.val_interval`` epochs and after the last; None skips.
         pretrained: trunk initialisation, see :data:`nextpose.training.pretrained.SOURCES`.
         resume: continue the run in ``out_dir`` from its ``last.pth``. ``config`` must be the
             run's config, except for the keys in :data:`~nextpose.training.state.RESUME_OVERRIDABLE`
-            (``train.epochs``, ``train.val_interval``, ``train.log_interval``, ``data.workers``),
-            whose new values are applied with a logged warning; any
-            other difference is refused, naming the keys.
+            (``train.epochs``, ``train.val_interval``, ``train.log_interval``, ``data.workers``,
+            ``data.start_method``), whose new values are applied with a logged warning; any
+            other difference is refused, naming the keys. Resuming on another number of
+            processes is warned about (the total batch changes).
         device: "cpu", "cuda", ...; default CUDA when available (torchrun: the local rank's GPU).
         progress: show a progress bar (rank 0 only).
 
@@ -377,6 +389,14 @@ def train(
         if not train_instances:
             raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
         val_instances = load_instances(val_data, config, "validation") if val_data else []
+        if val_data is not None and not val_instances:
+            what = "detections in " + str(val_data.bbox_file) if val_data.bbox_file else "persons"
+            raise TrainingError(
+                f"{val_data.ann_file}: no {what} to validate on (validation would score "
+                "nothing); give another validation file, or train without validation (--no-val)"
+            )
+        if not resume:
+            resolve_source(pretrained, config.model)  # a bad name stops the run now
 
         with RunFolder(out_dir, writer=env.is_main) as run:
             run.check(resume)
@@ -386,10 +406,10 @@ def train(
             model, loaded = build_model(config, dev, "none" if saved else pretrained, env)
             learner = build_learner(model, config.train, dev, env)
             if saved is None:
-                state = TrainState(pretrained=loaded)
+                state = TrainState(pretrained=loaded, world_size=env.world_size)
             else:
                 state = restore_checkpoint(
-                    saved, run.last, model, learner.optimizer, learner.scaler
+                    saved, run.last, model, learner.optimizer, learner.scaler, env.world_size
                 )
                 del saved  # the weights and optimizer state are in place now
             loader = build_loader(train_instances, train_data, config, dev, env)
@@ -414,6 +434,8 @@ def train(
                 state.epoch = done
                 if env.is_main:
                     _save(run, learner, config, state, metrics)
+                    # After the checkpoint: a folder whose record says so held a finished epoch.
+                    run.log({"epoch": done, "iteration": state.iteration, "epoch_end": True})
                 dist.barrier()
         best = state.best_ap if math.isfinite(state.best_ap) else None  # None: not validated
         return {"epochs": state.epoch, "iterations": state.iteration, "best_ap": best,

@@ -2,6 +2,7 @@
 files."""
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,6 +80,11 @@ def resolve_source(source: str, model: ModelConfig) -> str | None:
         from torchvision.models import ResNeXt50_32X4D_Weights
 
         return ResNeXt50_32X4D_Weights.IMAGENET1K_V1.url
+    if not checkpoint.is_url(source) and not Path(source).expanduser().exists():
+        raise InputError(
+            f"--pretrained {source}: neither a name ({', '.join(SOURCES[:-1])}) nor an "
+            "existing weights file or URL"
+        )
     return source
 
 

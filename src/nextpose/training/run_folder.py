@@ -30,6 +30,8 @@ log = logging.getLogger("nextpose")
 
 LOCK = "train.lock"
 LAST, BEST, METRICS = "last.pth", "best.pth", "metrics.jsonl"
+CONFIG, RUN_LOG = "config.toml", "run.json"
+RUN_FILES = (LAST, BEST, METRICS, CONFIG, RUN_LOG)  # what a run writes besides its lock and tb/
 
 
 class RunFolder:
@@ -136,25 +138,73 @@ class RunFolder:
     def check(self, resume: bool) -> None:
         """A new run needs a folder without a run in it; a resumed one needs its ``last.pth``.
 
+        A run that stopped before finishing its first epoch left no weights, only its own
+        ``config.toml``, ``run.json`` and ``metrics.jsonl``: a new run starts again in its place
+        (with a warning). Files in the folder that no run wrote are never replaced.
+
         Raises:
             TrainingError: naming the files found (new run) or missing (resume).
         """
+        ours = self._started_here()
+        unfinished = ours and not self._finished_an_epoch()
         if resume:
             if not self.last.is_file():
-                raise TrainingError(f"--resume: {self.last} does not exist; nothing to resume")
+                why = ("the run here stopped before it finished an epoch: start it again without "
+                       "--resume" if unfinished else "nothing to resume")  # fmt: skip
+                raise TrainingError(f"--resume: {self.last} does not exist; {why}")
             return
-        found = [name for name in (LAST, BEST, METRICS) if (self.path / name).exists()]
+        found = [name for name in RUN_FILES if (self.path / name).exists()]
         if not found:
             return
+        held = [name for name in found if name in (LAST, BEST, METRICS)]
         if LAST in found:
             advice = "continue that run with --resume (resume=True), or train into another folder"
-        else:
+        elif BEST in found or (ours and not unfinished):
             advice = (f"it cannot be resumed without {LAST}: train into another folder, or move "
                       "those files away")  # fmt: skip
+        elif unfinished:
+            log.warning(
+                "%s: the run started here stopped before it finished an epoch (no %s was "
+                "saved); starting it again", self.path, LAST,
+            )  # fmt: skip
+            return
+        else:
+            raise TrainingError(
+                f"{self.path} holds {', '.join(found)}, not written by a nextpose run: a run "
+                "would replace them. Train into another folder, or move those files away"
+            )
         raise TrainingError(
-            f"{self.path} already holds a training run ({', '.join(found)}); a new run would "
-            f"overwrite it: {advice}"
+            f"{self.path} already holds a training run ({', '.join(held or found)}); a new run "
+            f"would overwrite it: {advice}"
         )
+
+    def _finished_an_epoch(self) -> bool:
+        """Whether ``metrics.jsonl`` records the end of an epoch (its weights may be gone)."""
+        try:
+            lines = (self.path / METRICS).read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        except (OSError, UnicodeDecodeError):
+            return True  # unreadable: keep it
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the torn last line of a killed run
+            if not isinstance(record, dict):
+                return True
+            if "epoch_end" in record or "val" in record or record.get("epoch", 1) != 1:
+                return True
+        return False
+
+    def _started_here(self) -> bool:
+        """Whether ``run.json`` is a nextpose run's record (one JSON line per start)."""
+        try:
+            lines = (self.path / RUN_LOG).read_text().splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return bool(records) and all(isinstance(r, dict) and "nextpose" in r for r in records)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -165,8 +215,8 @@ class RunFolder:
         for stale in self.path.glob(".*.pth.*.tmp"):  # a run killed while saving left these
             stale.unlink(missing_ok=True)
         self._trim_metrics(iteration)
-        atomic_write_text(self.path / "config.toml", config_toml)  # the file to resume from
-        with open(self.path / "run.json", "a") as f:
+        atomic_write_text(self.path / CONFIG, config_toml)  # the file to resume from
+        with open(self.path / RUN_LOG, "a") as f:
             f.write(json.dumps(info) + "\n")
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -40,6 +40,7 @@ class TrainState:
     iteration: int = 0
     best_ap: float = -math.inf
     pretrained: str | None = None  # what initialised the trunk (kept through resumes)
+    world_size: int = 1  # the processes the run trains on (the total batch is this x batch_size)
     # Counted in this process only (not saved): samples whose image could not be read, and the
     # files already named in a warning.
     skipped: int = 0
@@ -66,6 +67,7 @@ def make_checkpoint(
         "pretrained": state.pretrained,
         "metrics": metrics,
         "rng_torch": torch.get_rng_state(),  # data randomness comes from (seed, epoch, index)
+        "world_size": state.world_size,  # not in CHECKPOINT_KEYS: older files lack it
     }
 
 
@@ -75,6 +77,7 @@ def restore_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    world_size: int = 1,
 ) -> TrainState:
     """Load a :func:`make_checkpoint` dict into the model, optimizer, scaler and torch's RNG.
 
@@ -107,11 +110,20 @@ def restore_checkpoint(
     except (TypeError, RuntimeError) as e:
         raise TrainingError(f"{path}: cannot resume: its 'rng_torch' entry is not a torch "
                             f"random state ({e})") from None  # fmt: skip
+    before = saved.get("world_size")
+    if isinstance(before, int) and before != world_size:
+        log.warning(
+            "resuming %s on %d process%s; it trained on %d until now: from here the total batch "
+            "and the learning rate scaled with it change, so the run will not equal one trained "
+            "on %d throughout", path.parent, world_size, "" if world_size == 1 else "es",
+            before, before,
+        )  # fmt: skip
     return TrainState(
         epoch=saved["epoch"],
         iteration=saved["iteration"],
         best_ap=saved["best_ap"],
         pretrained=saved["pretrained"],
+        world_size=world_size,
     )
 
 
