@@ -124,3 +124,29 @@ def test_export_never_writes_over_its_own_model(tiny_checkpoint, capsys):
     assert main(["export", str(tiny_checkpoint), str(tiny_checkpoint)]) == 2
     assert "the model's own file" in capsys.readouterr().err
     assert tiny_checkpoint.read_bytes() == before
+
+
+def test_the_lazy_plain_network_is_made_once_when_threads_ask_together():
+    import threading
+    import time
+
+    from nextpose import get_preset
+    from nextpose.onnxgraph import GraphNetwork
+    from nextpose.options import RunOptions
+
+    made = []
+
+    def plain():
+        time.sleep(0.05)  # two unguarded first calls would both get here
+        made.append(object())
+        return made[-1]
+
+    graph = GraphNetwork(get_preset("tiny_coco_96x64").config, RunOptions(backend="onnxruntime"),
+                         digest=lambda: "0" * 64, export=lambda flip: b"", plain=plain)  # fmt: skip
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(graph.plain)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and all(g is made[0] for g in got)

@@ -150,13 +150,13 @@ def test_help_and_version_import_no_torch():
 def test_the_clis_torch_free_lists_are_the_librarys():
     """cli/_options.py spells the choices out so that --help needs no torch; they must stay
     what the library accepts."""
-    from nextpose import detection, pipeline
+    from nextpose import detection, options, pipeline
     from nextpose.cli import _options
     from nextpose.training import pretrained
 
-    assert tuple(detection.DETECTORS) == _options.DETECTORS
-    assert _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
-    assert pipeline.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
+    assert tuple(detection.DETECTORS) == options.DETECTOR_NAMES
+    assert detection.DEFAULT_DETECTOR in detection.DETECTORS
+    assert pipeline.DEFAULT_DETECTOR == _options.DEFAULT_DETECTOR == detection.DEFAULT_DETECTOR
     assert _options.PRETRAINED == pretrained.SOURCES
 
 

@@ -5,6 +5,7 @@ import json
 import struct
 import threading
 import time
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -352,3 +353,73 @@ def test_drawing_hides_low_scores(estimator):
     assert (hidden == image).all()
     shown = poses.draw(image, score_threshold=-1, boxes=False)
     assert shown.shape == image.shape and (shown != image).any()
+
+
+class FakeCamera:
+    """cv2.VideoCapture of a 200 fps camera: frame i is an image of grey level i; the capture
+    notes in which threads it is read and released."""
+
+    frames = 120
+    threads: ClassVar[set[int]] = set()
+    released: ClassVar[list[int]] = []
+
+    def __init__(self, index, *args):
+        self.read_count = 0
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: 30.0, cv2.CAP_PROP_FRAME_WIDTH: 96,
+                cv2.CAP_PROP_FRAME_HEIGHT: 128}.get(prop, -1.0)  # fmt: skip
+
+    def read(self):
+        FakeCamera.threads.add(threading.get_ident())
+        if self.read_count >= self.frames:
+            return False, None
+        time.sleep(0.005)
+        self.read_count += 1
+        return True, np.full((128, 96, 3), self.read_count - 1, np.uint8)
+
+    def release(self):
+        FakeCamera.released.append(threading.get_ident())
+
+
+def test_a_camera_is_estimated_at_its_newest_frame(estimator, monkeypatch):
+    """The estimator runs on the newest frame each time: frames it could not keep up with are
+    dropped, the last one never is, and the capture is read and released in one thread.
+    With every_frame, each frame is estimated in order."""
+    from nextpose.data import images
+
+    monkeypatch.setattr(images.cv2, "VideoCapture", FakeCamera)
+    FakeCamera.threads, FakeCamera.released = set(), []
+    pipeline = PosePipeline(estimator, detector=None)
+    pipeline(np.zeros((128, 96, 3), np.uint8))  # the network is built before the camera starts
+    seen = []
+    for frame in pipeline.run(0):
+        assert frame.image[0, 0, 0] == frame.index  # the image of that frame
+        seen.append(frame.index)
+        time.sleep(0.02)  # 4x slower than the camera
+    assert seen == sorted(set(seen)) and seen[-1] == FakeCamera.frames - 1
+    assert 1 < len(seen) < FakeCamera.frames / 2, f"estimated {seen}"
+    assert len(FakeCamera.threads) == 1 and FakeCamera.released
+    assert set(FakeCamera.released) <= FakeCamera.threads
+    assert threading.get_ident() not in FakeCamera.threads
+
+    every = [frame.index for frame in pipeline.run(0, every_frame=True)]
+    assert every == list(range(FakeCamera.frames))
+
+
+def test_stopping_a_camera_early_releases_it(estimator, monkeypatch):
+    from nextpose.data import images
+
+    monkeypatch.setattr(images.cv2, "VideoCapture", FakeCamera)
+    FakeCamera.threads, FakeCamera.released = set(), []
+    before = threading.active_count()
+    for frame in PosePipeline(estimator, detector=None).run(0):
+        if frame.index > 3:
+            break
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() == before and FakeCamera.released

@@ -257,6 +257,15 @@ def test_every_readme_command_is_run_or_has_a_reason():
 
 def test_readme_python_examples_name_only_public_api():
     names = set(re.findall(r"nextpose\.([A-Za-z_]\w*)", README))
-    modules = {"evaluation", "export", "engine", "geometry", "optimize", "runtime", "errors"}
+    modules = {
+        "evaluation",
+        "export",
+        "engine",
+        "geometry",
+        "geometry_torch",
+        "optimize",
+        "runtime",
+        "errors",
+    }
     missing = [n for n in names - modules if not hasattr(nextpose, n)]
     assert not missing, f"README names what nextpose does not export: {missing}"

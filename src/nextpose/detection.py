@@ -29,6 +29,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from . import checkpoint
 from .checkpoint import CheckpointError, is_url
 from .errors import InputError
+from .options import DEFAULT_DETECTOR
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class DetectorSpec:
     zero_eps: bool = False
 
 
-DETECTORS: dict[str, DetectorSpec] = {
+DETECTORS: dict[str, DetectorSpec] = {  # in options.DETECTOR_NAMES' order
     "keypointrcnn_resnet50_fpn": DetectorSpec(
         tvd.keypointrcnn_resnet50_fpn,
         tvd.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1,
@@ -94,7 +95,6 @@ DETECTORS: dict[str, DetectorSpec] = {
         0.58,
     ),
 }
-DEFAULT_DETECTOR = "keypointrcnn_resnet50_fpn"
 PERSON_LABEL = 1  # "person" in torchvision's COCO category list (and Keypoint R-CNN's)
 
 

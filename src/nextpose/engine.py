@@ -267,6 +267,7 @@ class Engine:
         cpu = options.device_type == "cpu"
         self._compute = threading.Lock() if cpu else contextlib.nullcontext()
         self.batch_sizes: Counter[int] = Counter()  # crops per network batch -> batches run
+        self._counting = threading.Lock()  # runs in several threads share the counts
 
     def run(
         self,
@@ -292,14 +293,17 @@ class Engine:
         flip = self.config.inference.flip if flip is None else flip
         decode = check_decode(self.config.inference.decode if decode is None else decode)
         service = max_wait is not None
-        threads = 0 if service else self.options.read_threads
+        # A camera's frames are read as they come (nothing to decode ahead, and each frame
+        # read ahead is one the estimate lags behind), so are a service's requests.
+        threads = 0 if service or live else self.options.read_threads
         decoded = ordered_map(self._read, ((t,) for t in tasks), threads)
         chunks: Iterator[_Item | _Chunk | _BlockEnd] = self._cut(decoded, live or service)
         background = None
-        if threads > 0 or service:
+        if threads > 0 or service or live:
             # A service holds a batch's worth of requests ahead (an image, its crops, its end
-            # mark each), so those that arrived during a batch are all there for the next one.
-            depth = 3 * self.options.batch_size if service else 2 * threads + 2
+            # mark each), so those that arrived during a batch are all there for the next one;
+            # a camera's next frame is cut while the network runs this one.
+            depth = 3 * self.options.batch_size if service else 1 if live else 2 * threads + 2
             background = _Background(chunks, maxsize=depth)
             chunks = background
         try:
@@ -525,8 +529,9 @@ class Engine:
                 rest = [back, *pending[i + 1 :]]
                 break
         joined = _join([c.crops for c in taken])
-        with self._compute:
+        with self._counting:
             self.batch_sizes[size] += 1
+        with self._compute:
             keypoints, scores = self.network.keypoints(joined, *how)
         if not isinstance(keypoints, np.ndarray):  # tensors on the device
             keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()

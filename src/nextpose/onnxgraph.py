@@ -141,6 +141,7 @@ class GraphNetwork:
         self._plain: Network | None = None
         self._sessions: dict[bool, Any] = {}
         self._lock = threading.Lock()
+        self._plain_lock = threading.Lock()  # apart: a session's export may need the plain one
 
     @property
     def device(self) -> torch.device:
@@ -149,9 +150,10 @@ class GraphNetwork:
     @property
     def plain(self) -> Network:
         """The PyTorch network of the same weights (eager)."""
-        if self._plain is None:
-            self._plain = self._make_plain()
-        return self._plain
+        with self._plain_lock:
+            if self._plain is None:
+                self._plain = self._make_plain()
+            return self._plain
 
     def export(self, flip: bool) -> bytes:
         """The serialised crops graph for ``flip``, exported from the PyTorch model."""

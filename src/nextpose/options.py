@@ -32,6 +32,19 @@ KeepFp32 = Literal["none", "final", "ends", "head"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
+# The person detectors (torchvision's COCO models, best box AP first), named here so that a
+# pipeline over given boxes and --help need not import torchvision (2.4 s).
+DETECTOR_NAMES: tuple[str, ...] = (
+    "keypointrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "ssdlite320_mobilenet_v3_large",
+)
+DEFAULT_DETECTOR = DETECTOR_NAMES[0]
 # What torch.backends.cpu.get_cpu_capability() answers (a kept answer must be one of them)
 CPU_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256", "SVE")
 

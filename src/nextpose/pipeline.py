@@ -19,6 +19,7 @@ import numpy as np
 from .boxes import BoxTable
 from .engine import Task
 from .errors import InputError
+from .options import DEFAULT_DETECTOR
 from .predictor import PoseEstimator, load
 from .progress import Progress
 from .sources import Entry, ImageLike, Source, open_stream
@@ -32,9 +33,6 @@ log = logging.getLogger("nextpose")
 
 ErrorHandler = Callable[[str, Exception], None]
 DEFAULT_FPS = 30.0  # time step assumed for smoothing when a stream has no frame rate
-# = detection.DEFAULT_DETECTOR; detection is imported when a detector is loaded, since importing
-# torchvision takes 2.4 s that a pipeline over given boxes does not need.
-DEFAULT_DETECTOR = "keypointrcnn_resnet50_fpn"
 
 
 class PosePipeline:
@@ -170,6 +168,7 @@ class PosePipeline:
         max_frames: int | None = None,
         select: Callable[[Entry], bool] | None = None,
         block_size: int | None = None,
+        every_frame: bool = False,
     ) -> Iterator[Frame]:
         """Yield a :class:`~nextpose.structures.Frame` for every image or video frame of
         ``source``, in order.
@@ -189,11 +188,14 @@ class PosePipeline:
                 block whose batches never join another block's, so the keypoints of an image
                 do not depend on which other blocks run (a sharded or resumed run,
                 :mod:`nextpose.sharded`).
+            every_frame: a camera or stream URL: estimate each of its frames, however far
+                behind that falls; by default the newest frame is taken each time and those the
+                estimator could not keep up with are dropped (their indices are skipped).
 
         Raises:
             VideoError: a video file or camera cannot be opened.
         """
-        stream = open_stream(source, max_frames)
+        stream = open_stream(source, max_frames, every_frame)
         count_errors = on_error is None
         on_error = on_error or (lambda name, e: log.warning("skipped %s", e))
         tracker = (

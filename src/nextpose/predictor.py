@@ -174,13 +174,15 @@ class PoseEstimator:
         """The ``onnxruntime`` network before the weights are read: the cached graph, and the
         PyTorch side (the export, ``heatmaps``) made from the weights only if asked for."""
         torch_side: list[Network] = []
+        made = threading.Lock()  # two threads' first calls make it once
 
         def backed() -> Any:
-            if not torch_side:
-                from .runtime import OnnxNetwork
+            with made:
+                if not torch_side:
+                    from .runtime import OnnxNetwork
 
-                torch_side.append(OnnxNetwork(self.model, self.config, self.options))
-            return torch_side[0]
+                    torch_side.append(OnnxNetwork(self.model, self.config, self.options))
+                return torch_side[0]
 
         assert self.digest is not None
         digest = self.digest

@@ -1,7 +1,9 @@
 """Where images come from: files, folders (recursive), arrays, video files and cameras, opened
 as a :class:`Stream` of entries in order."""
 
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from .data.images import (
     read_image,
 )
 from .errors import InputError
+
+log = logging.getLogger("nextpose")
 
 ImageLike = str | Path | np.ndarray
 Source = ImageLike | int | Iterable[ImageLike]
@@ -47,7 +51,68 @@ class Stream:
     name: str
     fps: float | None = None
     live: bool = False  # a camera: process what is there rather than wait for full batches
-    reader: VideoReader | None = None
+    reader: "VideoReader | NewestFrames | None" = None  # closed by whoever opened the stream
+
+
+class NewestFrames:
+    """The frames of a live source (a camera, a stream URL), read in a thread as fast as they
+    come; iterating yields the newest frame not yet taken, so what is estimated is what the
+    camera sees now. A frame that a newer one replaced before it was taken is dropped
+    (:attr:`dropped` counts them). The capture is read and released in that one thread."""
+
+    def __init__(self, reader: VideoReader):
+        self.reader = reader
+        self.dropped = 0
+        self._ready = threading.Condition()
+        self._frame: tuple[int, float, np.ndarray] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _grab(self) -> None:
+        try:
+            for frame in self.reader:  # releases the capture when it ends
+                with self._ready:
+                    self.dropped += self._frame is not None
+                    self._frame = frame
+                    self._ready.notify()
+                if self._stop.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._error = e
+        finally:
+            self.reader.close()
+            with self._ready:
+                self._ended = True
+                self._ready.notify()
+
+    def __iter__(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._grab, name="nextpose-frames", daemon=True)
+            self._thread.start()
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._frame is not None or self._ended)
+                frame, self._frame = self._frame, None
+            if frame is not None:
+                yield frame
+            elif self._error is not None:
+                raise self._error
+            else:
+                return
+
+    def close(self) -> None:
+        """Stop reading; the thread releases the capture after the read it is in (a camera's
+        next frame, a stream's read timeout at most)."""
+        self._stop.set()
+        if self._thread is None:
+            self.reader.close()
+        else:
+            self._thread.join(timeout=5)
+        if self.dropped:
+            log.info("%s: %d frames were dropped: the estimator could not keep up with them",
+                     self.reader.source, self.dropped)  # fmt: skip
 
 
 def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream:
@@ -93,7 +158,7 @@ def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream
     return Stream(items(), len(listing) if sized else None, "images")
 
 
-def _video_stream(source: str | Path | int, max_frames: int | None) -> Stream:
+def _video_stream(source: str | Path | int, max_frames: int | None, every_frame: bool) -> Stream:
     reader = VideoReader(source, max_frames)
     if reader.is_camera:
         name, path = f"camera{source}", None
@@ -103,26 +168,32 @@ def _video_stream(source: str | Path | int, max_frames: int | None) -> Stream:
     else:
         name, path = Path(source).name, Path(source)
 
+    live = reader.is_camera or reader.is_live
+    frames = NewestFrames(reader) if live and not every_frame else reader
+
     def items() -> Iterator[tuple[Entry, np.ndarray]]:
-        for number, stamp, image in reader:
+        for number, stamp, image in frames:
             yield Entry(number, name, number, (str(number),), path, number, stamp), image
 
-    live = reader.is_camera or reader.is_live
-    return Stream(items(), reader.frame_count, name, reader.fps, live, reader)
+    return Stream(items(), reader.frame_count, name, reader.fps, live, frames)
 
 
-def open_stream(source: Source, max_frames: int | None = None) -> Stream:
-    """Classify a source: a camera index, a video file, or images (files, folders, arrays)."""
+def open_stream(source: Source, max_frames: int | None = None, every_frame: bool = False) -> Stream:
+    """Classify a source: a camera index, a video file, or images (files, folders, arrays).
+
+    A live source (a camera, a stream URL) yields its newest frame each time
+    (:class:`NewestFrames`), or with ``every_frame`` each frame however far behind that falls.
+    """
     if isinstance(source, int) and not isinstance(source, bool):
-        return _video_stream(source, max_frames)
+        return _video_stream(source, max_frames, every_frame)
     if isinstance(source, str | Path):
         text = str(source)
         if isinstance(source, str) and is_stream_url(source):
-            return _video_stream(source, max_frames)
+            return _video_stream(source, max_frames, every_frame)
         if text.isdigit() and not Path(text).exists():
-            return _video_stream(int(text), max_frames)
+            return _video_stream(int(text), max_frames, every_frame)
         if is_video_file(text):
-            return _video_stream(Path(text), max_frames)
+            return _video_stream(Path(text), max_frames, every_frame)
         return _image_stream([source], max_frames)
     if isinstance(source, np.ndarray):
         return _image_stream([source], max_frames)

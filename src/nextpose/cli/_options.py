@@ -6,23 +6,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import DECODINGS
-from ..options import BACKENDS, KEEP_FP32, PRECISIONS
+from ..options import BACKENDS, DEFAULT_DETECTOR, DETECTOR_NAMES, KEEP_FP32, PRECISIONS
 from ..presets import PRESETS
 
 if TYPE_CHECKING:
     from ..detection import PersonDetector
 
-DETECTORS = (  # = detection.DETECTORS
-    "keypointrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "retinanet_resnet50_fpn_v2",
-    "fcos_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "ssdlite320_mobilenet_v3_large",
-)
-DEFAULT_DETECTOR = DETECTORS[0]
 PRETRAINED = ("imagenet", "imagenet-2021", "torchvision", "none", "a path or URL")
 
 
@@ -84,10 +73,10 @@ def add_detector(
         "--detector",
         nargs="?",
         const=DEFAULT_DETECTOR,
-        choices=DETECTORS,
+        choices=DETECTOR_NAMES,
         metavar="NAME",
         help=f"find people with a torchvision detector (default {DEFAULT_DETECTOR}; "
-        f"choices: {', '.join(DETECTORS)}); its COCO weights are downloaded once",
+        f"choices: {', '.join(DETECTOR_NAMES)}); its COCO weights are downloaded once",
     )
     p.add_argument("--detector-weights", help="detector weights instead of the COCO download")
     p.add_argument(

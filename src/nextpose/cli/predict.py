@@ -88,6 +88,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-frames", type=count(1), metavar="N", help="stop each input after N frames"
     )
     p.add_argument(
+        "--every-frame",
+        action="store_true",
+        help="a camera or stream URL: estimate every frame however far behind that falls "
+        "(default: the newest frame each time, dropping those it cannot keep up with)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue a stopped run of the same command from the parts it left in "
@@ -196,9 +202,12 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
                     on_error=skipped,
                     progress=False if args.no_progress else None,
                     max_frames=args.max_frames,
+                    every_frame=args.every_frame,
                 )
+                first = True  # a video counts once (a camera's first frame may be dropped)
                 for frame in stream:
-                    inputs += 1 if kind == "images" or frame.index == 0 else 0
+                    inputs += 1 if kind == "images" or first else 0
+                    first = False
                     frames += 1
                     people += len(frame)
                     if results is not None:
