@@ -295,3 +295,25 @@ def test_an_output_that_is_a_pipe_or_a_link_is_written_through(tiny_checkpoint, 
     assert main(["predict", str(tiny_checkpoint), str(IMAGES[0]), "--out", str(link),
                  "--no-progress"]) == 0  # fmt: skip
     assert link.is_symlink() and len(json.loads(real.read_text())) == 1
+
+
+def test_a_drawn_camera_video_holds_a_frame_in_place_of_the_dropped_ones(tmp_path):
+    import cv2
+
+    from nextpose.writers import DrawingWriter
+
+    def frame(index: int, level: int) -> Frame:
+        image = np.full((48, 64, 3), level, np.uint8)
+        return Frame(index, "camera0", index, nextpose.Poses.empty(), image, frame=index, fps=10.0)
+
+    drawer = DrawingWriter(tmp_path / "drawn")
+    for index, level in [(0, 50), (3, 150), (4, 250)]:  # frames 1 and 2 were dropped
+        drawer.video_frame(frame(index, level))
+    drawer.end_video()
+    capture = cv2.VideoCapture(str(tmp_path / "drawn" / "camera0.mp4"))
+    levels = []
+    while (read := capture.read())[0]:
+        levels.append(int(np.median(read[1])))
+    capture.release()
+    assert len(levels) == 5
+    assert all(abs(a - b) <= 8 for a, b in zip(levels, [50, 50, 50, 150, 250], strict=True))

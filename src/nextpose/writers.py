@@ -197,6 +197,7 @@ class DrawingWriter:
         self._video: cv2.VideoWriter | None = None
         self._video_tmp: Path | None = None
         self._video_target: Path | None = None
+        self._shown: tuple[int, np.ndarray] | None = None  # the video's last frame: index, BGR
         self.written: list[Path] = []
 
     def _unique(self, target: Path) -> Path:
@@ -229,7 +230,8 @@ class DrawingWriter:
 
     def video_frame(self, frame: Frame, target: Path | None = None) -> None:
         """Add ``frame`` to the current video, started at ``target`` (default: :meth:`target`
-        of its name) on its first frame."""
+        of its name) on its first frame. Where a camera's frames were dropped, the frame before
+        them is held in their place, so that the video plays at the camera's pace."""
         if self._video is None:
             target = target if target is not None else self.target(frame.name, video=True)
             h, w = frame.image.shape[:2]
@@ -241,8 +243,14 @@ class DrawingWriter:
                 tmp.unlink(missing_ok=True)
                 raise OutputError(f"--draw {target}: OpenCV cannot write MP4 video here")
             self._video, self._video_tmp, self._video_target = video, tmp, target
+            self._shown = None
+        if self._shown is not None:
+            for _ in range(frame.index - self._shown[0] - 1):
+                self._video.write(self._shown[1])
         drawn = frame.draw(self.score_threshold)
-        self._video.write(cv2.cvtColor(np.ascontiguousarray(drawn), cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(np.ascontiguousarray(drawn), cv2.COLOR_RGB2BGR)
+        self._video.write(bgr)
+        self._shown = frame.index, bgr
 
     def end_video(self) -> None:
         """Finish the current video (renamed to its name)."""
@@ -252,7 +260,7 @@ class DrawingWriter:
         assert self._video_tmp is not None and self._video_target is not None
         self._video_tmp.replace(self._video_target)
         self.written.append(self._video_target)
-        self._video = self._video_tmp = self._video_target = None
+        self._video = self._video_tmp = self._video_target = self._shown = None
 
     def abort(self) -> None:
         """Drop an unfinished video."""
@@ -260,4 +268,4 @@ class DrawingWriter:
             self._video.release()
             assert self._video_tmp is not None
             self._video_tmp.unlink(missing_ok=True)
-            self._video = self._video_tmp = self._video_target = None
+            self._video = self._video_tmp = self._video_target = self._shown = None
