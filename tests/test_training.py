@@ -140,12 +140,15 @@ def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
     finally:
         torch.set_num_threads(threads)
     double = tmp_path / "ddp"
-    subprocess.run(
+    env.pop("PYTHONWARNINGS")  # the warnings the user would see
+    ran = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "nextpose", "train", "tiny_coco_96x64", "--out", str(double), "--set",
          "train.batch_size=2", *common],
-        check=True, env=env, timeout=300,
+        env=env, timeout=300, capture_output=True, text=True,
     )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "bucket view strides" not in ran.stderr  # DDP on 1x1 kernels' identical layouts
     one, two = _losses(single), _losses(double)
     assert len(one) == len(two) == 6
     assert one == pytest.approx(two, rel=1e-4)

@@ -182,6 +182,16 @@ def build_model(
     return model, loaded
 
 
+# The CPU's 1x1 convolution gives its weight gradient strides [C_in, 1, X, Y] for its two
+# size-1 dims, DDP's bucket has [C_in, 1, 1, 1]: the same memory layout (no element sits at
+# another place), yet DDP warns about it on every run. Only that case is silenced.
+SAME_LAYOUT_1X1 = (
+    r"(?s)Grad strides do not match bucket view strides\..*"
+    r"grad\.sizes\(\) = \[(\d+), (\d+), 1, 1\], strides\(\) = \[(\d+), 1, \d+, \d+\]\s*"
+    r"bucket_view\.sizes\(\) = \[\1, \2, 1, 1\], strides\(\) = \[\3, 1, 1, 1\]"
+)
+
+
 def build_learner(
     model: PoseNet, config: TrainConfig, device: torch.device | str, env: DistInfo | None = None
 ) -> Learner:
@@ -193,6 +203,7 @@ def build_learner(
     if env.enabled:
         ids = [device.index] if device.type == "cuda" else None
         network = DistributedDataParallel(network, device_ids=ids)
+        warnings.filterwarnings("ignore", message=SAME_LAYOUT_1X1, category=UserWarning)
     if config.compile:
         network = torch.compile(network)
     return Learner(
