@@ -1,4 +1,5 @@
-"""Deprecated: the names that lived here moved in 0.2 and are kept here for one release.
+"""Deprecated: the names that lived here moved to the modules below during 0.1 and are kept here
+for one more release.
 
 ``PoseEstimator`` and ``load`` are in :mod:`nextpose.predictor`, ``Poses`` in
 :mod:`nextpose.structures`, ``as_boxes`` in :mod:`nextpose.boxes`, ``flip_test`` and ``normalize``
