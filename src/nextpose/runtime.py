@@ -373,8 +373,9 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
         w, h = config.model.input_size
         example = torch.zeros(1, 3, h, w).contiguous(memory_format=torch.channels_last)
         net = prepack(fast, example, CPU_CHUNK)
-    # A GPU: one 2N batch for the flip test keeps it busier. A CPU: passes of at most
-    # CPU_CHUNK crops (larger ones spill the caches: 10% slower per crop at 32 than at 8).
+    # CUDA: one 2N batch for the flip test keeps the GPU busier. A CPU (and MPS, not measured):
+    # passes of at most CPU_CHUNK crops (larger ones spill a CPU's caches: 10% slower per crop
+    # at 32 than at 8).
     return TorchNetwork(
         net,
         config,
