@@ -423,3 +423,47 @@ def test_stopping_a_camera_early_releases_it(estimator, monkeypatch):
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert threading.active_count() == before and FakeCamera.released
+
+
+def test_a_live_mjpeg_stream_is_estimated_at_its_newest_frame(estimator):
+    """An HTTP MJPEG camera (no length: live) from a local server at 50 fps, estimated slower
+    than it sends: frames are dropped, the newest is taken; a video file over HTTP is not live."""
+    import http.server
+
+    sent = 150
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for i in range(sent):
+                    jpeg = cv2.imencode(".jpg", np.full((128, 96, 3), i, np.uint8))[1].tobytes()
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     b"%d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))  # fmt: skip
+                    time.sleep(0.02)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/video"
+    try:
+        reader = VideoReader(url, timeout_s=10)
+        assert reader.is_live and reader.frame_count is None
+        reader.close()
+        pipeline = PosePipeline(estimator, detector=None)
+        pipeline(np.zeros((128, 96, 3), np.uint8))
+        seen = []
+        for frame in pipeline.run(url):
+            seen.append(frame.index)
+            assert abs(int(frame.image[0, 0, 0]) - frame.index) <= 2  # that frame's image (JPEG)
+            time.sleep(0.08)  # 4x slower than the camera
+    finally:
+        server.shutdown()
+    assert seen == sorted(set(seen)) and seen[-1] == sent - 1
+    assert 1 < len(seen) < sent / 2, f"estimated {seen}"

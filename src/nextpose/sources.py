@@ -168,7 +168,7 @@ def _video_stream(source: str | Path | int, max_frames: int | None, every_frame:
     else:
         name, path = Path(source).name, Path(source)
 
-    live = reader.is_camera or reader.is_live
+    live = reader.is_live
     frames = NewestFrames(reader) if live and not every_frame else reader
 
     def items() -> Iterator[tuple[Entry, np.ndarray]]:

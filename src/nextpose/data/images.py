@@ -472,7 +472,9 @@ class VideoReader:
 
     Iterating yields ``(frame_number, time_s, image)``; ``time_s`` is the stream's timestamp of the
     frame (from the container for files and streams, the wall clock since opening for cameras).
-    The capture is released when iteration ends or :meth:`close` is called.
+    The capture is released when iteration ends or :meth:`close` is called. A camera, and a
+    stream of no known length (RTSP, an MJPEG or HLS camera), is live (:attr:`is_live`); a
+    stream URL of a video file (its length known) is read as the file.
 
     Args:
         source: a video file, a stream URL (:func:`is_stream_url`: ``rtsp://``, ``http(s)://``,
@@ -520,6 +522,8 @@ class VideoReader:
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if self.is_stream and count > 0:  # a video file served over the network, not live
+            self.is_live = False
         self.frame_count: int | None = count if count > 0 and not self.is_live else None
         if max_frames is not None and self.frame_count is not None:
             self.frame_count = min(self.frame_count, max_frames)
