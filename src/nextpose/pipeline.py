@@ -180,7 +180,8 @@ class PosePipeline:
             on_error: called with (name, error) for an image that cannot be read; it is skipped.
                 By default a warning is logged, and the count of skipped images at the end.
             progress: show a progress bar with frames per second (None: only on a terminal).
-            max_frames: stop after this many frames.
+            max_frames: stop after this many frames (of a live source: read, estimated or
+                dropped).
             select: only the entries (images or frames, by :class:`~nextpose.sources.Entry`:
                 index, name, ...) for which it is true are read and yielded; the others keep
                 their place (indices, image ids) but are skipped without being decoded.

@@ -85,7 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="smooth keypoints over time per track (One-Euro filter; implies --track)",
     )
     p.add_argument(
-        "--max-frames", type=count(1), metavar="N", help="stop each input after N frames"
+        "--max-frames",
+        type=count(1),
+        metavar="N",
+        help="stop each input after N frames (a camera: N of its frames, estimated or dropped)",
     )
     p.add_argument(
         "--every-frame",
