@@ -1,6 +1,7 @@
 """The streaming pipeline end to end: boxes files, a (random) torchvision detector, image folders,
 a synthetic video, drawing, tracking and smoothing, robust image reading, the CLI."""
 
+import itertools
 import json
 import struct
 import threading
@@ -467,3 +468,57 @@ def test_a_live_mjpeg_stream_is_estimated_at_its_newest_frame(estimator):
         server.shutdown()
     assert seen == sorted(set(seen)) and seen[-1] == sent - 1
     assert 1 < len(seen) < sent / 2, f"estimated {seen}"
+
+
+class StalledStream:
+    """A VideoReader of a live stream that sends one frame, then nothing for ``stall`` s."""
+
+    source, is_stream, stall = "rtsp://stalled", True, 1.5
+
+    def __init__(self):
+        self.closed = threading.Event()
+
+    def __iter__(self):
+        yield 0, 0.0, np.zeros((4, 4, 3), np.uint8)
+        time.sleep(self.stall)  # a read waiting for the network
+        yield 1, 1.0, np.zeros((4, 4, 3), np.uint8)
+
+    def close(self):
+        self.closed.set()
+
+
+def test_closing_a_stalled_stream_wakes_its_reader_at_once():
+    from nextpose.sources import NewestFrames
+
+    frames = NewestFrames(StalledStream())
+    got, ended = [], threading.Event()
+
+    def consume():
+        got.extend(number for number, _, _ in frames)
+        ended.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closing = threading.Thread(target=frames.close)
+    closing.start()
+    assert ended.wait(0.5), "the consumer waited for the stalled read"
+    closing.join()
+    assert got == [0] and frames.reader.closed.is_set()  # released once its read returned
+
+
+def test_an_abandoned_live_iterator_stops_its_capture():
+    from nextpose.sources import NewestFrames
+
+    class Endless(StalledStream):  # a camera that never ends
+        def __iter__(self):
+            for number in itertools.count():
+                yield number, number / 10, np.zeros((4, 4, 3), np.uint8)
+                time.sleep(0.1)
+
+    frames = NewestFrames(Endless())
+    iterator = iter(frames)
+    assert next(iterator)[0] == 0
+    del iterator  # closed by the garbage collector: its thread stops after the next read
+    assert frames.reader.closed.wait(2), "the capture is read on for nobody"

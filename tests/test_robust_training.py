@@ -184,11 +184,32 @@ def test_disk_full_on_the_first_save_through_the_cli(small, tmp_path, monkeypatc
     _disk_full_on_save(monkeypatch, when=1)
     args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),
             "--images", str(small.image_dir), "--out", str(tmp_path / "run"), "--quiet",
+            "--val-ann-file", str(small.ann_file),  # its AP is logged before the failed save
             "--set", "train.epochs=1", "--set", "data.workers=0"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: could not write" in err and "nothing was saved" in err
+    assert "start the run again (without --resume)" in err
     assert not list((tmp_path / "run").glob("*.pth*"))
+    monkeypatch.undo()
+    assert main(args) == 0  # as it said: the same command again
+    assert "stopped before it finished an epoch" in capsys.readouterr().err
+    assert (tmp_path / "run" / "last.pth").is_file()
+
+
+def test_a_run_killed_while_it_starts_is_started_again(small, tmp_path, monkeypatch):
+    import nextpose.training.run_folder as run_folder
+
+    def killed(path, text):  # run.json is written, config.toml is not
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=1), small, tmp_path / "run", pretrained="none", progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json"]
+    assert train(_config(epochs=1), small, tmp_path / "run", pretrained="none",
+                 progress=False)["epochs"] == 1  # fmt: skip
 
 
 def test_a_finished_run_is_never_overwritten(small, tmp_path):

@@ -22,7 +22,7 @@ from .errors import InputError
 from .options import DEFAULT_DETECTOR
 from .predictor import PoseEstimator, load
 from .progress import Progress
-from .sources import Entry, ImageLike, Source, open_stream
+from .sources import Entry, ImageLike, NewestFrames, Source, open_stream
 from .structures import Frame, Poses
 from .tracking import OneEuro, PoseTracker
 
@@ -232,6 +232,8 @@ class PosePipeline:
             if skipped and count_errors:
                 log.warning("%d of %d images were skipped", skipped, seen)
         finally:
+            if isinstance(stream.reader, NewestFrames):
+                stream.reader.close()  # first: wakes the engine's thread waiting for a frame
             results.close()  # stops the engine's threads
             bar.close()
             if stream.reader is not None:

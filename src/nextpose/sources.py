@@ -91,28 +91,43 @@ class NewestFrames:
         if self._thread is None:
             self._thread = threading.Thread(target=self._grab, name="nextpose-frames", daemon=True)
             self._thread.start()
-        while True:
-            with self._ready:
-                self._ready.wait_for(lambda: self._frame is not None or self._ended)
-                frame, self._frame = self._frame, None
-            if frame is not None:
-                yield frame
-            elif self._error is not None:
-                raise self._error
-            else:
-                return
+        try:
+            while True:
+                with self._ready:
+                    self._ready.wait_for(
+                        lambda: self._frame is not None or self._ended or self._stop.is_set()
+                    )
+                    frame, self._frame = self._frame, None
+                if self._stop.is_set():
+                    return
+                if frame is not None:
+                    yield frame
+                elif self._error is not None:
+                    raise self._error
+                else:
+                    return
+        finally:  # a consumer that stops reading stops the capture too
+            self._stop.set()
 
     def close(self) -> None:
         """Stop reading; the thread releases the capture after the read it is in (a camera's
         next frame, a stream's read timeout at most)."""
-        self._stop.set()
+        with self._ready:  # wakes a consumer waiting for a frame
+            self._stop.set()
+            self._ready.notify_all()
         if self._thread is None:
             self.reader.close()
         else:
             self._thread.join(timeout=5)
         if self.dropped:
-            log.info("%s: %d frames were dropped: the estimator could not keep up with them",
-                     self.reader.source, self.dropped)  # fmt: skip
+            # Expected of a camera; a stream might be a file the user wants every frame of.
+            stream = self.reader.is_stream
+            hint = " (every_frame / --every-frame estimates each)" if stream else ""
+            (log.warning if stream else log.info)(
+                "%s: %d frames were dropped: the estimator could not keep up with them%s",
+                self.reader.source, self.dropped, hint,
+            )  # fmt: skip
+            self.dropped = 0  # said once
 
 
 def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream:

@@ -193,7 +193,8 @@ class RunFolder:
                 continue  # the torn last line of a killed run
             if not isinstance(record, dict):
                 return True
-            if "epoch_end" in record or "val" in record or record.get("epoch", 1) != 1:
+            # A validation is logged before its checkpoint: alone it proves no saved epoch.
+            if "epoch_end" in record or record.get("epoch", 1) != 1:
                 return True
         return False
 
@@ -209,15 +210,15 @@ class RunFolder:
     # -- files -------------------------------------------------------------------------------
 
     def start(self, config_toml: str, info: dict[str, Any], iteration: int) -> None:
-        """Write ``config.toml``, append to ``run.json``, clean what a killed run left."""
+        """Append to ``run.json``, write ``config.toml``, clean what a killed run left."""
         if not self.writer:
             return
         for stale in self.path.glob(".*.pth.*.tmp"):  # a run killed while saving left these
             stale.unlink(missing_ok=True)
         self._trim_metrics(iteration)
-        atomic_write_text(self.path / CONFIG, config_toml)  # the file to resume from
-        with open(self.path / RUN_LOG, "a") as f:
+        with open(self.path / RUN_LOG, "a") as f:  # first: it marks the folder as a run's
             f.write(json.dumps(info) + "\n")
+        atomic_write_text(self.path / CONFIG, config_toml)  # the file to resume from
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -269,7 +270,11 @@ class RunFolder:
             kept = f"the previous {name} is intact" if path.is_file() else "nothing was saved"
             raise TrainingError(
                 f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
-                "Free some space and continue with --resume"
+                + (
+                    "Free some space and continue with --resume"
+                    if self.last.is_file()
+                    else "Free some space and start the run again (without --resume)"
+                )
             ) from e
 
 
