@@ -162,6 +162,34 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _train_until_workers(tmp_path: Path, settings: list[str], processes: int, **popen):
+    """Start a long training with loader workers; return it once ``processes`` descendants run
+    and a few batches went by."""
+    args = [sys.executable, "-m", "nextpose", *TRAIN[: -len(SETTINGS) * 2], "--out",
+            str(tmp_path / "run"), *[x for s in settings for x in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            **popen)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while len(_descendants(proc.pid)) < processes:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the workers did not start: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    time.sleep(2.0)  # a few batches
+    return proc
+
+
+def _left_running(pids: set[int], wait: float = 30) -> list[int]:
+    """Those of ``pids`` still running after up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while (
+        left := [p for p in pids if Path(f"/proc/{p}").exists()]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_killed_training_leaves_no_loader_workers(tmp_path):
@@ -170,16 +198,8 @@ def test_a_killed_training_leaves_no_loader_workers(tmp_path):
     fork server; nothing of the run is left running."""
     settings = ["train.epochs=200", "train.batch_size=4", "data.workers=2",
                 "data.start_method=forkserver"]  # fmt: skip
-    args = [sys.executable, "-m", "nextpose", *TRAIN[: -len(SETTINGS) * 2], "--out",
-            str(tmp_path / "run"), *[x for s in settings for x in ("--set", s)]]  # fmt: skip
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _train_until_workers(tmp_path, settings, 4)
     try:
-        deadline = time.monotonic() + 240
-        while len(_descendants(proc.pid)) < 4:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.2)
-        time.sleep(2.0)  # a few batches
         started = _descendants(proc.pid)  # resource tracker, fork server, two workers
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -187,33 +207,20 @@ def test_a_killed_training_leaves_no_loader_workers(tmp_path):
         proc.kill()
         proc.wait()
         proc.stderr.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        left = [p for p in started if Path(f"/proc/{p}").exists()]
-        if not left:
-            break
-        time.sleep(0.2)
+    left = _left_running(started)
     for pid in left:  # what would have leaked: clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(started)} processes of the run left running"
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_ctrl_c_of_a_training_with_loader_workers_ends_it_quietly(tmp_path):
     """Ctrl-C in a terminal signals the whole process group, loader workers too: the run ends
     with status 130 and one line, no traceback of the trainer or of a worker, no worker left."""
     settings = ["train.epochs=200", "train.batch_size=4", "data.workers=2"]
-    args = [sys.executable, "-m", "nextpose", *TRAIN[: -len(SETTINGS) * 2], "--out",
-            str(tmp_path / "run"), *[x for s in settings for x in ("--set", s)]]  # fmt: skip
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    proc = _train_until_workers(tmp_path, settings, 2, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while len(_descendants(proc.pid)) < 2:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.2)
-        time.sleep(2.0)  # a few batches
         started = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -224,7 +231,4 @@ def test_ctrl_c_of_a_training_with_loader_workers_ends_it_quietly(tmp_path):
     assert proc.returncode == 130, text[-2000:]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
     assert text.strip().splitlines()[-1].startswith("interrupted"), text[-2000:]
-    deadline = time.monotonic() + 30
-    while any(Path(f"/proc/{p}").exists() for p in started) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in started if Path(f"/proc/{p}").exists()]
+    assert not _left_running(started)
