@@ -189,9 +189,10 @@ class PosePipeline:
                 block whose batches never join another block's, so the keypoints of an image
                 do not depend on which other blocks run (a sharded or resumed run,
                 :mod:`nextpose.sharded`).
-            every_frame: a camera or stream URL: estimate each of its frames, however far
-                behind that falls; by default the newest frame is taken each time and those the
-                estimator could not keep up with are dropped (their indices are skipped).
+            every_frame: a live source (a camera, a stream of no known length): estimate each
+                of its frames, however far behind that falls; by default the newest frame is
+                taken each time and those the estimator could not keep up with are dropped
+                (their indices are skipped).
 
         Raises:
             VideoError: a video file or camera cannot be opened.

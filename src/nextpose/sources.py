@@ -55,10 +55,11 @@ class Stream:
 
 
 class NewestFrames:
-    """The frames of a live source (a camera, a stream URL), read in a thread as fast as they
-    come; iterating yields the newest frame not yet taken, so what is estimated is what the
-    camera sees now. A frame that a newer one replaced before it was taken is dropped
-    (:attr:`dropped` counts them). The capture is read and released in that one thread."""
+    """The frames of a live source (a camera, a stream of no known length), read in a thread
+    as fast as they come; iterating yields the newest frame not yet taken, so what is
+    estimated is what the camera sees now. A frame that a newer one replaced before it was
+    taken is dropped (:attr:`dropped` counts them). The capture is read and released in that
+    one thread."""
 
     def __init__(self, reader: VideoReader):
         self.reader = reader
@@ -196,7 +197,7 @@ def _video_stream(source: str | Path | int, max_frames: int | None, every_frame:
 def open_stream(source: Source, max_frames: int | None = None, every_frame: bool = False) -> Stream:
     """Classify a source: a camera index, a video file, or images (files, folders, arrays).
 
-    A live source (a camera, a stream URL) yields its newest frame each time
+    A live source (a camera, a stream of no known length) yields its newest frame each time
     (:class:`NewestFrames`), or with ``every_frame`` each frame however far behind that falls.
     """
     if isinstance(source, int) and not isinstance(source, bool):

@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--every-frame",
         action="store_true",
-        help="a camera or stream URL: estimate every frame however far behind that falls "
+        help="a camera or live stream: estimate every frame however far behind that falls "
         "(default: the newest frame each time, dropping those it cannot keep up with)",
     )
     p.add_argument(
