@@ -426,7 +426,7 @@ def test_stopping_a_camera_early_releases_it(estimator, monkeypatch):
     assert threading.active_count() == before and FakeCamera.released
 
 
-def test_a_live_mjpeg_stream_is_estimated_at_its_newest_frame(estimator):
+def test_a_live_mjpeg_stream_is_estimated_at_its_newest_frame(estimator, caplog):
     """An HTTP MJPEG camera (no length: live) from a local server at 50 fps, estimated slower
     than it sends: frames are dropped, the newest is taken; a video file over HTTP is not live."""
     import http.server
@@ -468,6 +468,8 @@ def test_a_live_mjpeg_stream_is_estimated_at_its_newest_frame(estimator):
         server.shutdown()
     assert seen == sorted(set(seen)) and seen[-1] == sent - 1
     assert 1 < len(seen) < sent / 2, f"estimated {seen}"
+    dropped = f"{url}: {sent - len(seen)} frames were dropped"
+    assert dropped in caplog.text and "--every-frame" in caplog.text
 
 
 class StalledStream:
