@@ -354,7 +354,7 @@ def main() -> None:
 
     def estimator(backend: str, **options: object) -> PoseEstimator:
         return PoseEstimator(
-            net, config, device, args.preset, backend=backend, batch_size=args.batch, **options
+            net, config, device, name=args.preset, backend=backend, batch_size=args.batch, **options
         )
 
     estimators = {"eager": estimator("eager"), "fast": estimator("fast")}
@@ -472,7 +472,7 @@ def main() -> None:
         folded = prepare_for_inference(net, device, channels_last=False)
         emulated = {
             f"{graph} {p} (emulated)": PoseEstimator(
-                emulate_autocast(model, dtype), config, device, args.preset, backend="eager"
+                emulate_autocast(model, dtype), config, device, name=args.preset, backend="eager"
             )
             for p, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16))
             for graph, model in (("eager", net), ("fast", folded))
@@ -480,8 +480,8 @@ def main() -> None:
         if not (cuda or bf16):  # the bf16 rows of an AVX-512 BF16/AMX CPU, computed slowly here
             for keep in KEEP_FP32:  # bf16 weights and inputs, fp32 sums: the same rounding
                 emulated[f"fast bf16 {keep} (non-native)"] = PoseEstimator(
-                    ReducedPrecision(folded, torch.bfloat16, keep), config, device, args.preset,
-                    backend="eager",
+                    ReducedPrecision(folded, torch.bfloat16, keep), config, device,
+                    name=args.preset, backend="eager",
                 )  # fmt: skip
         runs = ["gt"] if args.quick else ["gt", "det"]
         for run in runs + (["gt-jitter"] if args.jitter else []):

@@ -110,7 +110,7 @@ def main() -> None:
     images = [cv2.cvtColor(cv2.imread(str(COCO / f)), cv2.COLOR_BGR2RGB) for f in files]
 
     def keypoints(net: nn.Module) -> np.ndarray:
-        est = PoseEstimator(net, config, "cpu", args.preset, backend="eager")
+        est = PoseEstimator(net, config, "cpu", name=args.preset, backend="eager")
         poses = est.predict_many(images, per_image, flip=True)
         return np.concatenate([p.keypoints for p in poses])
 

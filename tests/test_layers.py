@@ -81,7 +81,19 @@ def _imports(name: str, path: Path) -> list[tuple[str, bool, int]]:
     inner = {id(n) for f in functions for n in ast.walk(f) if n is not f}
     for node in ast.walk(tree):
         lazy = id(node) in inner
-        if isinstance(node, ast.ImportFrom) and node.level:
+        if isinstance(node, ast.Import):  # import nextpose.x (as y)
+            found += [
+                (a.name.split(".", 1)[1] if "." in a.name else "__init__", lazy, node.lineno)
+                for a in node.names
+                if a.name.split(".")[0] == "nextpose"
+            ]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] == "nextpose":  # from nextpose(.x) import y
+                t = node.module.split(".", 1)[1] if "." in node.module else ""
+                for a in node.names:
+                    sub = f"{t}.{a.name}" if t else a.name
+                    found.append((sub if sub in RANK else t or "__init__", lazy, node.lineno))
+        elif isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - node.level + 1]
             target = ".".join([*base, *(node.module.split(".") if node.module else [])])
             names = [target] if node.module else [".".join([*base, a.name]) for a in node.names]
@@ -134,6 +146,17 @@ def test_no_import_cycles():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+def test_type_checkers_see_every_public_name():
+    """``nextpose/__init__.py`` imports each public name under TYPE_CHECKING from the module
+    that defines it (what a type checker sees), the same names ``__getattr__`` resolves."""
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    )
+    seen = {a.name: n.module for n in block.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert seen == nextpose._EXPORTS
 
 
 def test_help_and_version_import_no_torch():

@@ -116,6 +116,23 @@ def test_boxes_file_gives_exactly_the_core_keypoints(estimator, tmp_path):
     _assert_same_poses(pipeline(IMAGES[1]), frames[1].poses)
 
 
+def test_coco_boxes_follow_the_file_number_whatever_else_is_listed(estimator, tmp_path):
+    """A file named otherwise among the inputs makes the output ids indexes, but each numbered
+    file still gets its own detections (not a whole-image box, nor another image's boxes)."""
+    table = BoxTable.read(DET_FILE)
+    (tmp_path / "holiday.jpg").write_bytes(IMAGES[0].read_bytes())
+    pipeline = PosePipeline(estimator, boxes=table)
+    frames = list(pipeline.run([str(IMAGES[1]), str(IMAGES[0]), str(tmp_path / "holiday.jpg")]))
+    assert [f.image_id for f in frames] == [0, 1, 2]
+    for frame, path in zip(frames[:2], (IMAGES[1], IMAGES[0]), strict=True):
+        assert len(frame) == len(table.get((), int(path.stem)))
+        np.testing.assert_array_equal(
+            frame.boxes, estimator.predict(path, table.get((), int(path.stem))).boxes
+        )
+    assert len(frames[2]) == 1  # no entry: one whole-image box
+    assert len(pipeline(IMAGES[0])) == len(table.get((), int(IMAGES[0].stem)))
+
+
 def test_single_images_and_arrays(estimator):
     pipeline = PosePipeline(estimator, flip=False)
     image = read_image(IMAGES[2])
@@ -124,6 +141,14 @@ def test_single_images_and_arrays(estimator):
     gray = image[..., 1].copy()
     (frame,) = pipeline.run(gray)
     assert frame.name == "image0" and frame.image.shape == image.shape
+    h, w = image.shape[:2]  # a short repr, not the arrays
+    assert (
+        repr(frame)
+        == f"Frame('image0', image_id=0, {h}x{w} (h x w), Poses(1 person, 17 keypoints))"
+    )
+    assert repr(estimator).startswith(
+        f"PoseEstimator({estimator.name}: 96x64 (h x w) input, 17 keypoints"
+    )
     assert len(pipeline(image, boxes=np.zeros((0, 4)))) == 0
 
 

@@ -207,6 +207,23 @@ def test_cuda_device_without_cuda(no_work, tmp_path, capsys):
     refused(code, "error: --device cuda: CUDA is not available", capsys)
 
 
+def test_the_python_api_refuses_a_device_it_cannot_run_on():
+    """``load`` and ``PoseEstimator`` check the device as the CLI does (a NextposeError naming
+    it, before any weights are read), not torch's RuntimeError at the first call."""
+    net, config = (
+        PoseNet(get_preset("tiny_coco_96x64").config.model),
+        get_preset("tiny_coco_96x64").config,
+    )
+    cases = [("meta", "nextpose runs on cpu, cuda or mps"), ("gpu0", "device 'gpu0'")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", "device cuda: CUDA is not available"))
+    for device, message in cases:
+        with pytest.raises(nextpose.InputError, match=message):
+            nextpose.load("tiny_coco_96x64", device=device)
+        with pytest.raises(nextpose.InputError, match=message):
+            nextpose.PoseEstimator(net, config, device)
+
+
 # -- missing files and folders -------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ detection models load only when a detector is asked for.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
@@ -50,6 +50,7 @@ _EXPORTS = {
     "PoseNet": "model",
     "RunOptions": "options",
     "Engine": "engine",
+    "Result": "engine",
     "Task": "engine",
     "PoseEstimator": "predictor",
     "load": "predictor",
@@ -66,6 +67,53 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # what type checkers see ("X as X": re-exported); at run time, __getattr__
+    from .boxes import BoxTable as BoxTable
+    from .config import CodecConfig as CodecConfig
+    from .config import Config as Config
+    from .config import InferenceConfig as InferenceConfig
+    from .config import ModelConfig as ModelConfig
+    from .data.coco import CocoKeypoints as CocoKeypoints
+    from .data.coco import PersonInstance as PersonInstance
+    from .data.images import VideoReader as VideoReader
+    from .data.images import list_images as list_images
+    from .data.images import read_image as read_image
+    from .detection import DEFAULT_DETECTOR as DEFAULT_DETECTOR
+    from .detection import DETECTORS as DETECTORS
+    from .detection import PersonDetector as PersonDetector
+    from .detection import load_detector as load_detector
+    from .engine import Engine as Engine
+    from .engine import Result as Result
+    from .engine import Task as Task
+    from .errors import AnnotationError as AnnotationError
+    from .errors import CheckpointError as CheckpointError
+    from .errors import ConfigError as ConfigError
+    from .errors import ImageError as ImageError
+    from .errors import InputError as InputError
+    from .errors import MissingExtraError as MissingExtraError
+    from .errors import NextposeError as NextposeError
+    from .errors import NumericsError as NumericsError
+    from .errors import OutputError as OutputError
+    from .errors import TrainingError as TrainingError
+    from .errors import VideoError as VideoError
+    from .evaluation import evaluate as evaluate
+    from .keypoints import COCO_KEYPOINTS as COCO_KEYPOINTS
+    from .keypoints import KeypointSet as KeypointSet
+    from .model import PoseNet as PoseNet
+    from .options import RunOptions as RunOptions
+    from .pipeline import PosePipeline as PosePipeline
+    from .predictor import PoseEstimator as PoseEstimator
+    from .predictor import load as load
+    from .presets import PRESETS as PRESETS
+    from .presets import Preset as Preset
+    from .presets import get_preset as get_preset
+    from .sharded import predict_job as predict_job
+    from .structures import Frame as Frame
+    from .structures import Poses as Poses
+    from .tracking import OneEuro as OneEuro
+    from .tracking import PoseTracker as PoseTracker
+    from .visualize import draw_poses as draw_poses
 
 
 def __getattr__(name: str) -> Any:

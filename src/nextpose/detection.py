@@ -1,8 +1,8 @@
 """Person boxes from torchvision's COCO detection models, for the top-down pose estimator.
 
 The models are torchvision's own (``torchvision.models.detection``); their published COCO weights
-are found through torchvision's weights API (URL, categories) and downloaded with
-``torch.hub.load_state_dict_from_url`` into nextpose's cache, checked against the sha256 prefix in
+are found through torchvision's weights API (URL, categories) and downloaded by
+:func:`nextpose.checkpoint.download` into nextpose's cache, checked against the sha256 prefix in
 the file name. Only the ``person`` class is kept, and boxes below a score or size are dropped.
 
 Which detector: top-down pose accuracy follows the person boxes (the published pose AP was

@@ -141,6 +141,27 @@ def auto_backend(
     return "onnxruntime" if onnxruntime else "fast"
 
 
+def check_device(device: str, option: str = "device") -> None:
+    """Refuse a device torch cannot run a network on here, naming ``option`` in the error."""
+    if device == "cpu":  # no torch to import for the CPU
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"{option} {device}: {e}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no pixels come out
+        raise InputError(f"{option} {device}: nextpose runs on cpu, cuda or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"{option} {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InputError(f"{option} {device}: this machine has {count} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{option} {device}: MPS is not available on this machine")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How an estimator runs (not what it computes); chosen per machine, never saved.
@@ -155,6 +176,11 @@ class RunOptions:
             float32 (:class:`~nextpose.optimize.ReducedPrecision`): ``ends`` (the stem and the
             1x1 heatmap layer, ~2 % of the FLOPs), ``final``, ``head`` (25 %) or ``none``.
             ``eager`` autocasts everything.
+        device_crops: cut the crops on the device (a GPU) with OpenCV's arithmetic, instead of
+            with OpenCV on the CPU.
+        batch_size: crops per network forward pass.
+        read_threads: threads decoding and cropping images ahead of the network (0: none).
+        cudnn_benchmark: on CUDA, let cuDNN time its convolution algorithms per input shape.
     """
 
     device: str = "cpu"
@@ -230,6 +256,7 @@ class RunOptions:
                     f"this CPU has no native {self.precision} (AVX-512 BF16/FP16 or AMX); "
                     "it would run slower than fp32: use precision='fp32'"
                 )
+        check_device(self.device)
         return replace(self, backend=backend)
 
 

@@ -138,7 +138,7 @@ class PosePipeline:
         no table and no detector: None, one whole-image box), else the detector's."""
         boxes = None
         if self.detector is None and self.boxes is not None:
-            boxes = self.boxes.get(entry.keys, entry.image_id)
+            boxes = self.boxes.get(entry.keys, entry.box_id)
         ends = block_size is not None and (entry.index + 1) % block_size == 0
         return Task(image, boxes, entry.name, entry, ends_block=ends)
 
@@ -149,7 +149,8 @@ class PosePipeline:
         if isinstance(image, str | Path):
             path = Path(image)
             entry.keys = (str(image), path.name)
-            entry.image_id = int(path.stem) if path.stem.isdigit() else -1
+            entry.box_id = int(path.stem) if path.stem.isdigit() else None
+            entry.image_id = -1 if entry.box_id is None else entry.box_id
         task = self._task(entry, image)
         if boxes is not None:
             task.boxes = boxes

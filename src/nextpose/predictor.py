@@ -70,13 +70,13 @@ class PoseEstimator:
         model: PoseNet | Callable[[], PoseNet],
         config: Config,
         device: str | torch.device = "cpu",
+        *,
         name: str = "custom",
         backend: Backend = "auto",
         precision: Precision = "fp32",
         device_crops: bool = False,
         batch_size: int = 32,
         read_threads: int = 2,
-        *,
         keep_fp32: KeepFp32 = "ends",
         options: RunOptions | None = None,
         workers: int | None = None,
@@ -116,7 +116,7 @@ class PoseEstimator:
         w, h = self.input_size
         o = self.options
         return (
-            f"PoseEstimator({self.name}: {w}x{h} input, {self.keypoint_set.num_keypoints} "
+            f"PoseEstimator({self.name}: {h}x{w} (h x w) input, {self.keypoint_set.num_keypoints} "
             f"keypoints, {o.backend} backend, {o.precision} on {o.device}, batch {o.batch_size})"
         )
 
@@ -313,6 +313,7 @@ def load(
     model: str | Path,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
+    *,
     progress: bool = True,
     backend: Backend = "auto",
     precision: Precision = "fp32",

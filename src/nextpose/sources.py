@@ -39,6 +39,7 @@ class Entry:
     path: Path | None = None
     frame: int | None = None
     time: float | None = None
+    box_id: int | None = None  # its id in COCO detection results: the file's or frame's number
 
 
 @dataclass
@@ -164,8 +165,9 @@ def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream
         for index, (x, name, keys, path) in enumerate(entries):
             if max_frames is not None and index >= max_frames:
                 return
-            image_id = int(path.stem) if numeric and path is not None else index
-            item = Entry(index, name or f"image{index}", image_id, keys, path)
+            number = int(path.stem) if path is not None and path.stem.isdigit() else None
+            image_id = number if numeric and number is not None else index
+            item = Entry(index, name or f"image{index}", image_id, keys, path, box_id=number)
             if isinstance(x, np.ndarray):
                 yield item, as_rgb_image(x, item.name)
             else:
@@ -189,7 +191,7 @@ def _video_stream(source: str | Path | int, max_frames: int | None, every_frame:
 
     def items() -> Iterator[tuple[Entry, np.ndarray]]:
         for number, stamp, image in frames:
-            yield Entry(number, name, number, (str(number),), path, number, stamp), image
+            yield Entry(number, name, number, (str(number),), path, number, stamp, number), image
 
     return Stream(items(), reader.frame_count, name, reader.fps, live, frames)
 

@@ -76,6 +76,12 @@ class Poses:
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    def __repr__(self) -> str:
+        n = len(self)
+        return (
+            f"Poses({n} person{'' if n == 1 else 's'}, {self.keypoint_set.num_keypoints} keypoints)"
+        )
+
     def __getitem__(self, index: Any) -> "Poses":
         """The people selected by a slice, an index array or a boolean mask."""
         if isinstance(index, int):
@@ -170,8 +176,9 @@ class Frame:
         index: position in the stream, from 0 (frames that could not be read count too).
         name: the image's file name (its path inside the folder, for a folder), the video's file
             name, or ``image<index>`` for an array.
-        image_id: COCO image id: the file's number for files named by numbers (``000785.jpg``),
-            the frame number for videos, otherwise ``index``.
+        image_id: COCO image id: the file's number when every input file is named by a
+            distinct number (``000785.jpg``), the frame number for videos, otherwise ``index``.
+            (Boxes from COCO detection results follow each file's own number either way.)
         poses: keypoints (N, K, 2), scores (N, K), boxes (N, 4)... in image pixels.
         image: the (H, W, 3) uint8 RGB image.
         path: the image file, or the video file; None for arrays and cameras.
@@ -194,6 +201,10 @@ class Frame:
 
     def __len__(self) -> int:
         return len(self.poses)
+
+    def __repr__(self) -> str:
+        h, w = self.image.shape[:2]
+        return f"Frame({self.name!r}, image_id={self.image_id}, {h}x{w} (h x w), {self.poses!r})"
 
     @property
     def keypoints(self) -> np.ndarray:

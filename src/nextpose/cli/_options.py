@@ -240,24 +240,10 @@ def run_options(args: argparse.Namespace) -> dict:
 
 def check_device(device: str | None) -> None:
     """Refuse a device string torch cannot use before any model is loaded."""
-    if device is None or device == "cpu":  # no torch to import for the CPU
-        return
-    import torch
+    if device is not None:
+        from ..options import check_device
 
-    from ..errors import InputError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"--device {device}: {e}") from None
-    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no pixels come out
-        raise InputError(f"--device {device}: nextpose runs on cpu, cuda or mps")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise InputError(
-            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
-        )
+        check_device(device, "--device")
 
 
 def check_extras(args: argparse.Namespace) -> None:

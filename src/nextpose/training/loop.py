@@ -342,7 +342,9 @@ def validate(
     """COCO AP/AR of the current weights on ``instances`` of ``data``; every rank predicts a
     share (whole batches of a single process's, so the numbers do not depend on the number of
     ranks), rank 0 scores, every rank gets the metrics."""
-    estimator = PoseEstimator(learner.model, config, device=learner.device)
+    # eager: the weights change every epoch, so a graph another backend builds (and ONNX Runtime
+    # caches on disk) would serve one validation only
+    estimator = PoseEstimator(learner.model, config, device=learner.device, backend="eager")
     pred = predict_instances_sharded(
         estimator, instances, data.image_dir, read_threads=config.data.workers, progress=False
     )
