@@ -317,3 +317,128 @@ def test_a_drawn_camera_video_holds_a_frame_in_place_of_the_dropped_ones(tmp_pat
     capture.release()
     assert len(levels) == 5
     assert all(abs(a - b) <= 8 for a, b in zip(levels, [50, 50, 50, 150, 250], strict=True))
+
+
+def test_an_output_linked_to_an_input_image_is_refused(tiny_checkpoint, photos, tmp_path, capsys):
+    """An output name (``.json``) that is a link to an image of an input folder, and a drawing
+    that would land on the file a linked input image is: both would write over an input."""
+    before = _snapshot(photos)
+    link = tmp_path / "poses.json"
+    link.symlink_to(photos / IMAGES[1].name)
+    for option in ("--out", "--jsonl"):
+        assert _predict(tiny_checkpoint, photos, option, link) == 2
+        assert "would overwrite an input" in capsys.readouterr().err
+    chosen = tmp_path / "chosen"  # a folder of links to the photos, drawn into the photos
+    chosen.mkdir()
+    (chosen / IMAGES[0].name).symlink_to(photos / IMAGES[0].name)
+    assert _predict(tiny_checkpoint, chosen, "--draw", photos, "--out", tmp_path / "a.json") == 2
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert _snapshot(photos) == before
+
+
+def test_a_refused_draw_leaves_no_parts_and_the_corrected_command_runs(
+    tiny_checkpoint, photos, tmp_path, capsys
+):
+    """A drawing that would land on its input image is found once the names are given out."""
+    out, image = tmp_path / "poses.json", photos / IMAGES[0].name
+    assert _predict(tiny_checkpoint, image, "--out", out, "--draw", photos) == 2
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert not (tmp_path / "poses.json.parts").exists()
+    assert _predict(tiny_checkpoint, image, "--out", out, "--draw", tmp_path / "drawn") == 0
+    assert len(json.loads(out.read_text())) == 1
+
+
+def test_a_second_job_into_the_same_output_is_refused_while_the_first_runs(
+    tiny_checkpoint, photos, tmp_path, capsys
+):
+    """The running job's lock (held here as the first run would hold it) stops a second one,
+    with --resume too; the parts are left to their owner."""
+    from nextpose.fileio import FileLock
+    from nextpose.sharded import LOCK
+
+    out, parts = tmp_path / "poses.json", tmp_path / "poses.json.parts"
+    parts.mkdir()
+    lock = FileLock(parts / LOCK)
+    lock.acquire()
+    try:
+        for extra in ((), ("--resume",)):
+            assert _predict(tiny_checkpoint, photos, "--out", out, *extra) == 2
+            err = capsys.readouterr().err
+            assert "another predict run is writing it now" in err and f"pid {os.getpid()}" in err
+        assert not out.exists() and [p.name for p in parts.iterdir()] == [LOCK]
+    finally:
+        lock.release()
+    assert _predict(tiny_checkpoint, photos, "--out", out) == 0  # a lock left by a dead run: no
+    assert not parts.exists()
+
+
+def test_ctrl_c_before_any_image_is_done_writes_nothing(
+    tiny_checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    from nextpose import sharded
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sharded, "_run_blocks", stopped)
+    out = tmp_path / "poses.json"
+    assert _predict(tiny_checkpoint, photos, "--out", out) == 130
+    err = capsys.readouterr().err
+    assert "before any image was done; nothing written" in err and "--resume" not in err
+    assert list(tmp_path.iterdir()) == [photos]
+
+
+@pytest.mark.parametrize("verb", ["predict", "eval", "export", "convert"])
+def test_a_disk_that_refuses_the_output_is_an_error_not_a_traceback(
+    verb, tiny_checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    """A full disk (the sync fails) or a read-only one (no temporary file can be made): each
+    verb ends with ``error: <the output>: cannot write (...)`` and leaves no file behind, and an
+    earlier complete output as it was."""
+    import errno
+    import tempfile
+
+    out = tmp_path / "out"
+    args = {
+        "predict": ["predict", str(tiny_checkpoint), str(photos), "--out", str(out / "p.json")],
+        "eval": ["eval", str(tiny_checkpoint), "--ann-file", str(ANN_FILE), "--images",
+                 str(IMAGES[0].parent), "--gt-boxes", "--no-flip", "--out", str(out)],
+        "export": ["export", str(tiny_checkpoint), str(out / "m.onnx")],
+        "convert": ["convert", str(tiny_checkpoint), str(out / "m.safetensors")],
+    }[verb]  # fmt: skip
+    if verb == "export":
+        pytest.importorskip("onnx")
+    real_fsync, real_mkstemp = os.fsync, tempfile.mkstemp
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    for broken, reason in (
+        (("fsync", full), "No space left"),
+        (("mkstemp", read_only), "Read-only"),
+    ):
+        out.mkdir(exist_ok=True)
+        earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        target = os.fsync if broken[0] == "fsync" else None
+        if target is not None:
+            monkeypatch.setattr(os, "fsync", broken[1])
+        else:
+            monkeypatch.setattr(tempfile, "mkstemp", broken[1])
+        code = main(args)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+        err = capsys.readouterr().err
+        assert code == 2, err[-2000:]
+        assert "Traceback" not in err and "cannot write" in err and reason in err, err[-2000:]
+        left = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        if verb == "predict":  # the parts of the stopped run stay, for --resume
+            left = {p: b for p, b in left.items() if ".parts" not in str(p)}
+            earlier = {p: b for p, b in earlier.items() if ".parts" not in str(p)}
+        assert left == earlier
+        assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary file
+        # The same command then writes a complete output (over which the next case fails).
+        assert main([*args, "--resume"] if verb == "predict" else args) == 0
+        capsys.readouterr()

@@ -6,14 +6,23 @@ temporary file beside the target, flushed to disk, given the permissions a plain
 give (the process umask, not ``mkstemp``'s 0600) and renamed over the target only when complete.
 """
 
+import errno
+import json
 import os
+import socket
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import OutputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock file is created exclusively instead
+    fcntl = None  # type: ignore[assignment]
 
 
 def cache_dir() -> Path:
@@ -28,6 +37,13 @@ def cache_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
     home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
     return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
+def cannot_write(path: str | Path, error: OSError) -> OutputError:
+    """The error for an output the system refused (full, read-only, no permission)."""
+    if isinstance(error, OutputError):
+        return error
+    return OutputError(f"{path}: cannot write ({error.strerror or error})")
 
 
 def check_writable(path: str | Path, option: str) -> Path:
@@ -87,12 +103,20 @@ class AtomicFile:
             self.file: IO[Any] = open(self.path, mode, encoding=encoding)  # noqa: SIM115
             return
         self._target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
-        self._target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self._target.name}.", suffix=suffix, dir=self._target.parent
-        )
-        os.chmod(tmp, 0o666 & ~umask())
+        try:
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self._target.name}.", suffix=suffix, dir=self._target.parent
+            )
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
         self.tmp = Path(tmp)
+        try:
+            os.chmod(tmp, 0o666 & ~umask())
+        except OSError as e:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise cannot_write(self.path, e) from None
         self.file = os.fdopen(fd, mode, encoding=encoding)
 
     def commit(self, target: str | Path | None = None) -> Path:
@@ -106,16 +130,23 @@ class AtomicFile:
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self.tmp, target)
+        except OSError as e:
+            self.discard()
+            raise cannot_write(self.path if target == self._target else target, e) from None
         except BaseException:
             self.discard()
             raise
         return target
 
     def discard(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        if not self.direct:  # written straight to a device or pipe: nothing to take back
-            self.tmp.unlink(missing_ok=True)
+        try:
+            if not self.file.closed:
+                self.file.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            if not self.direct:  # written straight to a device or pipe: nothing to take back
+                self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> IO[Any]:
         return self.file
@@ -139,3 +170,92 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with AtomicFile(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+class LockHeld(Exception):
+    """:meth:`FileLock.acquire` found the lock held by a live process (``holder``)."""
+
+    def __init__(self, holder: dict[str, Any]):
+        super().__init__(describe_holder(holder))
+        self.holder = holder
+
+
+class FileLock:
+    """A lock one process holds while it works in a folder: the kernel's lock on the file at
+    ``path`` (released when the process dies, however it dies), the holder's pid, host and start
+    time written in it (for the message to a second process)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def acquire(self) -> dict[str, Any]:
+        """Take the lock; returns what an earlier holder that died without releasing it wrote
+        (``{}`` if none). Raises :class:`LockHeld`, or OSError when the file cannot be made."""
+        for _ in range(10):
+            try:
+                flags = os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL)
+                fd = os.open(self.path, flags, 0o666)
+            except FileExistsError:  # no fcntl: an existing file is a held lock
+                raise LockHeld(self.holder()) from None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    os.close(fd)
+                    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise LockHeld(self.holder()) from None
+                    raise
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # its holder removed it between our open and lock: take a new one
+                    os.close(fd)
+                    continue
+            previous = _read_holder(fd)
+            os.ftruncate(fd, 0)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.write(fd, (json.dumps(holder) + "\n").encode())
+            self._fd = fd
+            return previous
+        raise LockHeld({"pid": "?"})  # it keeps changing hands
+
+    def holder(self) -> dict[str, Any]:
+        """What the lock's holder wrote in it (``{}``: nothing readable)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return {}
+        try:
+            return _read_holder(fd)
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # before closing: nobody can take it between
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode("utf-8", "replace")
+        holder = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {"pid": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?"}
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``pid 123 on host, since 2026-12-04 10:00:00`` (host only when it is another)."""
+    if not holder:
+        return "pid unknown"
+    text = f"pid {holder.get('pid', '?')}"
+    if holder.get("host") and holder.get("host") != socket.gethostname():
+        text += f" on {holder['host']}"
+    if isinstance(holder.get("since"), int | float):
+        text += f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}"
+    return text

@@ -14,6 +14,7 @@ written atomically, and removes the parts: the outputs are those of an unbroken 
 run, whatever the number of processes and stops.
 """
 
+import contextlib
 import heapq
 import json
 import logging
@@ -27,8 +28,8 @@ from typing import Any
 
 from . import distributed
 from .distributed import JobProgress
-from .errors import InputError, NextposeError, VideoError
-from .fileio import atomic_write_text
+from .errors import InputError, NextposeError, OutputError, VideoError
+from .fileio import FileLock, LockHeld, atomic_write_text, cannot_write
 from .pipeline import PosePipeline
 from .sources import input_groups, open_stream
 from .writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
@@ -36,6 +37,7 @@ from .writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 log = logging.getLogger("nextpose")
 
 MANIFEST = "job.json"
+LOCK = "job.lock"  # held by the run writing the parts
 PARTS_SUFFIX = ".parts"
 
 
@@ -165,17 +167,24 @@ class _PartWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = path.open("a", encoding="utf-8")
+        try:
+            self.file = path.open("a", encoding="utf-8")
+        except OSError as e:
+            raise cannot_write(path, e) from None
 
     def write(self, record: dict[str, Any]) -> None:
         # One write of a whole line, flushed: a kill leaves complete lines and at most one torn
         # last line, which read_part drops.
-        self.file.write(json.dumps(record, allow_nan=False) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record, allow_nan=False) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
 
     def close(self) -> None:
-        if not self.file.closed:
-            self.file.flush()
+        """Close the file; what could not be written (a full disk) was already raised by
+        :meth:`write`, and is only dropped here: that line is torn, and redone on resume."""
+        with contextlib.suppress(OSError):
             self.file.close()
 
 
@@ -233,7 +242,6 @@ def predict_job(
         InputError: no output file, a camera or stream input, parts without ``resume``, a
             resumed run of another job.
     """
-    env = distributed.current()
     start = time.perf_counter()
     inputs = [str(x) for x in inputs]
     if out is None and jsonl is None:
@@ -285,11 +293,34 @@ def predict_job(
     }  # fmt: skip
     manifest = json.loads(json.dumps(manifest))  # as it reads back from the file
 
+    lock = FileLock(folder / LOCK)
+    option = "--out" if out is not None else "--jsonl"
+
     def prepare() -> _State:
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder}: exists and is not a folder (the job's parts go there)")
         saved = folder / MANIFEST
-        if folder.is_dir() and not resume:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except LockHeld as e:
+            raise InputError(
+                f"{option} {out or jsonl}: another predict run is writing it now ({e}; its "
+                f"parts are in {folder}): wait for it to end, or give another {option}"
+            ) from None
+        except OSError as e:
+            raise OutputError(
+                f"{option} {out or jsonl}: cannot write its parts folder {folder} "
+                f"({e.strerror or e})"
+            ) from None
+        try:
+            return scan_or_start(saved)
+        except BaseException:
+            lock.release()
+            raise
+
+    def scan_or_start(saved: Path) -> _State:
+        if not resume and any(p.name != LOCK for p in folder.iterdir()):
             raise InputError(
                 f"{folder} holds the parts of a stopped run: pass --resume to continue it, or "
                 "remove the folder to start again"
@@ -310,11 +341,47 @@ def predict_job(
             return _scan(folder)
         if resume:
             log.info("--resume: no stopped run in %s; starting from the beginning", folder)
-        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(manifest, indent=1) + "\n")
         return _State()
 
+    # The drawings' names and checks first: a refused --draw leaves no parts folder behind.
+    drawer, targets = None, {}
+    if draw is not None:
+        drawer = DrawingWriter(draw, score_threshold, guard)
+        # Names are given out in input order on every rank, as one process would meet them.
+        for g, (kind, source) in enumerate(groups):
+            if kind == "images":
+                for entry, _ in open_stream(source, max_frames).entries:
+                    targets[g, entry.index] = drawer.target(entry.name)
+            else:
+                targets[g, -1] = drawer.target(Path(source).name, video=True)
     state: _State = _broadcast_or_raise(prepare)
+    try:
+        return _run_job(pipeline, groups, units, totals, state, folder, out, jsonl, coco,
+                        drawer, targets, max_frames, block, progress, start)  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _run_job(
+    pipeline: PosePipeline,
+    groups: list[tuple[str, Any]],
+    units: list[Unit],
+    totals: list[int | None],
+    state: _State,
+    folder: Path,
+    out: str | Path | None,
+    jsonl: str | Path | None,
+    coco: bool,
+    drawer: DrawingWriter | None,
+    targets: dict[tuple[int, int], Path],
+    max_frames: int | None,
+    block: int,
+    progress: bool | None,
+    start: float,
+) -> JobSummary:
+    """This rank's share of the units not complete in ``state``, then (rank 0) the merge."""
+    env = distributed.current()
     attempt = state.attempts + 1
 
     def complete(unit: Unit) -> bool:
@@ -328,16 +395,6 @@ def predict_job(
     finished = sum(len(v) for v in state.images.values())
     finished += sum(totals[g] or 0 for g in state.sequences)
     known = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
-    drawer, targets = None, {}
-    if draw is not None:
-        drawer = DrawingWriter(draw, score_threshold, guard)
-        # Names are given out in input order on every rank, as one process would meet them.
-        for g, (kind, source) in enumerate(groups):
-            if kind == "images":
-                for entry, _ in open_stream(source, max_frames).entries:
-                    targets[g, entry.index] = drawer.target(entry.name)
-            else:
-                targets[g, -1] = drawer.target(Path(source).name, video=True)
     part = _PartWriter(folder / f"part-{attempt:03d}-{env.rank:05d}.jsonl")
     bar = JobProgress(known, "predict", "image", enabled=progress, initial=finished)
     fmt = (coco, out is not None, jsonl is not None)
@@ -376,7 +433,7 @@ def predict_job(
         kinds = [kind for kind, _ in groups]
         merged = _merge(folder, out, jsonl, kinds)
         summary.frames, summary.people, summary.inputs, summary.failed, summary.outputs = merged
-        shutil.rmtree(folder)
+        shutil.rmtree(folder, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     result = distributed.broadcast_object(summary)
     distributed.barrier()
@@ -484,7 +541,10 @@ def _run_sequence(
 def write_partial(out: str | Path | None, jsonl: str | Path | None) -> list[Path]:
     """After a stop (Ctrl-C) in one process: the outputs from what the parts hold, under their
     names when new, else beside them as ``NAME.partial.EXT``; the parts stay for ``resume``."""
-    return _merge(parts_folder(out, jsonl), out, jsonl, None, partial=True)[4]
+    folder = parts_folder(out, jsonl)
+    if not folder.is_dir():  # stopped before any image was complete: nothing to keep
+        return []
+    return _merge(folder, out, jsonl, None, partial=True)[4]
 
 
 def _merge(

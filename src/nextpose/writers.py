@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .data.images import IMAGE_EXTENSIONS, is_video_file
+from .data.images import IMAGE_EXTENSIONS, is_video_file, list_images
 from .errors import OutputError
 from .fileio import AtomicFile, check_writable
 from .opencv import cv2
@@ -53,13 +53,36 @@ class Guard:
             elif path.exists():
                 self.files.add(path.resolve())
         self.outputs: dict[Path, str] = {}
+        self._read: set[Path] | None = None
+
+    def _folder_files(self) -> set[Path]:
+        """The files the input folders' images are, links followed (listed on first need)."""
+        if self._read is None:
+            self._read = set()
+            for folder in self.folders:
+                try:
+                    self._read.update(p.resolve() for p in list_images(folder))
+                except OSError:
+                    continue
+        return self._read
+
+    def is_input(self, path: Path) -> bool:
+        """Whether writing ``path`` would replace an input: an input file, an image a folder
+        input lists (also through a link), or a new image or video file inside an input
+        folder (which a later run over that folder would read)."""
+        resolved = path.resolve()
+        if resolved in self.files:
+            return True
+        if resolved.exists() and self.folders and resolved in self._folder_files():
+            return True
+        listed = any(is_image_file(p) or is_video_file(p) for p in (path, resolved))
+        return listed and any(_inside(resolved, f) for f in self.folders)
 
     def claim(self, path: str | Path, option: str) -> Path:
         """Check that ``path`` (given by ``option``) replaces no input and no other output."""
         path = Path(path)
         resolved = path.resolve()
-        listed = is_image_file(path) or is_video_file(path)  # what a folder input would read
-        if resolved in self.files or (listed and any(_inside(path, f) for f in self.folders)):
+        if self.is_input(path):
             raise OutputError(f"{option} {path}: would overwrite an input; choose another path")
         if resolved in self.outputs and self.outputs[resolved] != option:
             raise OutputError(
@@ -85,11 +108,14 @@ class Guard:
 
     def check_target(self, path: Path, option: str) -> None:
         """Refuse a file an output folder would write over an input."""
-        if path.resolve() in self.files:
+        if self.is_input(path):
             raise OutputError(f"{option}: {path} would overwrite an input; choose another folder")
 
 
 def _open_error(path: Path, option: str, error: OSError) -> OutputError:
+    if isinstance(error, OutputError):  # AtomicFile's, naming the file: add the option
+        message = str(error)
+        return OutputError(message if message.startswith(option) else f"{option} {message}")
     return OutputError(f"{option} {path}: cannot write ({error.strerror or error})")
 
 

@@ -8,6 +8,7 @@ torch.
 """
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -48,6 +49,13 @@ def _warning_line(message: Warning | str, category: type[Warning], *where: objec
     return f"warning{kind}: {message}\n"
 
 
+# What the machine, not nextpose, refused (a full or read-only disk, no permission): reported as
+# an error, where nextpose's own checks did not name the file first, not as a traceback.
+_REFUSED_BY_THE_SYSTEM = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("nextpose")
     if not any(isinstance(h, _WarningPrinter) for h in logger.handlers):
@@ -62,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except NextposeError as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _REFUSED_BY_THE_SYSTEM:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # verbs that write files say what they kept; this is the rest
         print("\ninterrupted", file=sys.stderr)

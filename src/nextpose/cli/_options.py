@@ -30,6 +30,13 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def path_name(text: str) -> str:
+    """An argparse type: a file or folder name, not empty (``--out ''`` names no file)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def number(text: str) -> float:
     """An argparse type: a finite number."""
     try:

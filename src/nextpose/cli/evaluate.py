@@ -14,6 +14,7 @@ from ._options import (
     check_extras,
     note_ignored,
     number,
+    path_name,
     run_options,
 )
 
@@ -62,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "when installed)",
     )
     p.add_argument("--results", help="score this COCO results file instead of running a model")
-    p.add_argument("--out", required=True, help="folder for keypoints.json and metrics.json")
+    p.add_argument(
+        "--out", type=path_name, required=True, help="folder for keypoints.json and metrics.json"
+    )
     add_runtime(p)
     add_progress(p)
     p.set_defaults(func=run)
@@ -151,6 +154,8 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         estimator = load(args.model, args.checkpoint, **{**run_options(args), "device": device})
         if env.is_main:
             distributed.barrier()
+        if args.model not in PRESETS:  # its keypoints known now: checked before the inference
+            read_ground_truth(ann_file, estimator.keypoint_set.num_keypoints)
         metrics = evaluate(
             estimator,
             ann_file,

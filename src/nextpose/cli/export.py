@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._options import add_decode, add_model
+from ._options import add_decode, add_model, path_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pixels and scores. N, H and W are dynamic.",
     )
     add_model(p)
-    p.add_argument("out", help="the ONNX file to write")
+    p.add_argument("out", type=path_name, help="the ONNX file to write")
     p.add_argument("--format", choices=["onnx"], default="onnx", help=argparse.SUPPRESS)
     p.add_argument(
         "--input",

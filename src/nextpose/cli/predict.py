@@ -16,6 +16,7 @@ from ._options import (
     load_detector_of,
     note_ignored,
     number,
+    path_name,
     run_options,
 )
 
@@ -56,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
+        type=path_name,
         help="write the poses here as JSON (default: standard output, unless --jsonl is given)",
     )
     p.add_argument(
@@ -66,9 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "coco: COCO keypoint results {image_id, category_id, keypoints, score, bbox (xywh), "
         "file_name, [frame, time]}",
     )
-    p.add_argument("--jsonl", metavar="FILE", help="also write one JSON line per image/frame")
     p.add_argument(
-        "--draw", metavar="DIR", help="write the images (an MP4 per video) with the poses drawn"
+        "--jsonl", type=path_name, metavar="FILE", help="also write one JSON line per image/frame"
+    )
+    p.add_argument(
+        "--draw",
+        type=path_name,
+        metavar="DIR",
+        help="write the images (an MP4 per video) with the poses drawn",
     )
     p.add_argument(
         "--score-threshold",
@@ -309,11 +316,14 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
             reads=read_files(args),
         )
     except KeyboardInterrupt:
+        folder = sharded.parts_folder(args.out, args.jsonl)
         if main and distributed.current().world_size == 1:
             kept = sharded.write_partial(args.out, args.jsonl)
+            if not kept:
+                print("\ninterrupted before any image was done; nothing written", file=sys.stderr)
+                return 130
             where = ", ".join(str(k) for k in kept)
             print(f"\ninterrupted; {where} hold what was done", file=sys.stderr)
-        folder = sharded.parts_folder(args.out, args.jsonl)
         print(f"--resume continues from {folder}", file=sys.stderr)
         return 130
     if not main:

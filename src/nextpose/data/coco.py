@@ -75,6 +75,12 @@ def _load_json(path: Path, what: str) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise AnnotationError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"{path}: a folder, not a {what} file") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{path}: not a {what} file (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not valid JSON ({e})") from None
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..data.coco import _load_json, are_json_numbers, is_json_number
 from ..errors import AnnotationError, InputError, require
+from ..fileio import atomic_write_text
 from ..keypoints import COCO_KEYPOINTS
 from .oks_nms import TIE_ORDERS, TieOrder, oks_nms, pairwise_prefix_sums, rescore, soft_oks_nms
 
@@ -272,14 +273,10 @@ def write_results(results: list[dict[str, Any]], path: str | Path) -> Path:
     The bytes are those of ``json.dump(results, f, sort_keys=True, indent=4)``; the results of
     :func:`build_results` take a fast path that writes the same text.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = _dumps_results(results)
     if text is None:
         text = json.dumps(results, sort_keys=True, indent=4)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _sigmas(sigmas: np.ndarray | Sequence[float] | None) -> np.ndarray:
@@ -751,9 +748,10 @@ def evaluate_predictions(
     sig = _sigmas(sigmas)
     _resolve_evaluator(evaluator)  # refuse a bad choice before the work
     results = build_results(predictions, nms, nms_threshold, score_threshold, sig, tie_order)
-    if out_dir is not None:
+    metrics = evaluate_results(results, ann_file, sig, evaluator)
+    if out_dir is not None:  # once scored: a ground truth the metric refuses replaces nothing
         write_results(results, Path(out_dir) / "keypoints.json")
-    return evaluate_results(results, ann_file, sig, evaluator)
+    return metrics
 
 
 def score_results_file(

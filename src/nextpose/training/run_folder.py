@@ -8,23 +8,14 @@ resume, written atomically after every epoch) and ``best.pth`` (the best validat
 """
 
 import contextlib
-import errno
 import json
 import logging
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from .. import checkpoint
 from ..errors import TrainingError
-from ..fileio import atomic_write_text
-
-try:
-    import fcntl
-except ImportError:  # Windows: the lock file is created exclusively instead
-    fcntl = None  # type: ignore[assignment]
+from ..fileio import FileLock, LockHeld, atomic_write_text, describe_holder
 
 log = logging.getLogger("nextpose")
 
@@ -44,7 +35,7 @@ class RunFolder:
     def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
-        self._lock_fd: int | None = None
+        self._lock_file: FileLock | None = None
         self._created = False
         self._tensorboard: Any = None
 
@@ -69,69 +60,35 @@ class RunFolder:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
-        if self._lock_fd is not None:
-            (self.path / LOCK).unlink(missing_ok=True)  # before closing: nobody can take it between
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock_file is not None:
+            self._lock_file.release()
+            self._lock_file = None
         if self._created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only if this run left nothing in it
 
     def _lock(self) -> None:
-        """Hold ``train.lock``: the kernel's lock on the file (released when the process dies,
-        however it dies) and the holder's pid in it (for the message to a second run)."""
-        path = self.path / LOCK
-        for _ in range(10):
-            try:
-                flags = os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL)
-                fd = os.open(path, flags, 0o666)
-            except FileExistsError:  # no fcntl: an existing file is a held lock
-                raise self._busy(path) from None
-            except OSError as e:
-                raise TrainingError(
-                    f"{path}: cannot create the lock file ({e.strerror or e})"
-                ) from None
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    os.close(fd)
-                    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise self._busy(path) from None
-                    raise TrainingError(f"{path}: cannot lock ({e.strerror or e})") from None
-                try:
-                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:  # its holder removed it between our open and lock: take a new one
-                    os.close(fd)
-                    continue
-            previous = _read_holder(fd)
-            if previous:
-                log.warning(
-                    "%s: took over the lock of a run that is no longer running (%s); its "
-                    "files are left as they were",
-                    self.path, _describe(previous),
-                )  # fmt: skip
-            os.ftruncate(fd, 0)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            os.write(fd, (json.dumps(holder) + "\n").encode())
-            self._lock_fd = fd
-            return
-        raise TrainingError(f"{path}: could not take the lock (it keeps changing hands)")
-
-    def _busy(self, path: Path) -> TrainingError:
+        """Hold ``train.lock`` (:class:`~nextpose.fileio.FileLock`)."""
+        lock = FileLock(self.path / LOCK)
         try:
-            fd = os.open(path, os.O_RDONLY)
-            holder = _read_holder(fd)
-            os.close(fd)
-        except OSError:
-            holder = {}
-        return TrainingError(
-            f"{self.path} is in use by another training run ({_describe(holder)}): wait for it "
-            "to end, or train into another folder. Two runs in one folder would overwrite each "
-            "other's checkpoints"
-        )
+            previous = lock.acquire()
+        except LockHeld as e:
+            raise TrainingError(
+                f"{self.path} is in use by another training run ({e}): wait for it to end, or "
+                "train into another folder. Two runs in one folder would overwrite each other's "
+                "checkpoints"
+            ) from None
+        except OSError as e:
+            raise TrainingError(
+                f"{lock.path}: cannot create the lock file ({e.strerror or e})"
+            ) from None
+        if previous:
+            log.warning(
+                "%s: took over the lock of a run that is no longer running (%s); its files are "
+                "left as they were",
+                self.path, describe_holder(previous),
+            )  # fmt: skip
+        self._lock_file = lock
 
     # -- what a start may find ---------------------------------------------------------------
 
@@ -276,24 +233,3 @@ class RunFolder:
                     else "Free some space and start the run again (without --resume)"
                 )
             ) from e
-
-
-def _read_holder(fd: int) -> dict[str, Any]:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 4096).decode("utf-8", "replace")
-        holder = json.loads(text) if text.strip() else {}
-    except (OSError, ValueError):
-        return {"pid": "?"}
-    return holder if isinstance(holder, dict) else {"pid": "?"}
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    if not holder:
-        return "pid unknown"
-    text = f"pid {holder.get('pid', '?')}"
-    if holder.get("host") and holder.get("host") != socket.gethostname():
-        text += f" on {holder['host']}"
-    if isinstance(holder.get("since"), int | float):
-        text += f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))}"
-    return text
