@@ -20,10 +20,12 @@ def reference_stats(gt_file: str, results_file: str) -> list[float]:
     from xtcocotools.coco import COCO
     from xtcocotools.cocoeval import COCOeval
 
+    # as the reference's metainfo writes them: fl32(0.026), not fl32(.26) / fl32(10)
     sigmas = np.array(
-        [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89],
+        [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087,
+         .089, .089],
         dtype=np.float32,
-    ) / np.float32(10.0)  # fmt: skip
+    )  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(gt_file)
         dets = coco.loadRes(results_file)

@@ -205,6 +205,27 @@ def test_auto_backend_choice():
     avx2_only = not cpu_capability().upper().startswith("AVX512")
     want = "onnxruntime" if onnxruntime_available() and avx2_only else "fast"
     assert RunOptions().resolve().backend == want
+    # DARK: eager in fp32 on any CPU (the reference's heatmaps bit for bit); otherwise as MSRA
+    for capability in ("AVX2", "AVX512", "AVX512_BF16"):
+        for extra in (True, False):
+            got = auto_backend(cpu, "fp32", onnxruntime=extra, capability=capability, decode="dark")
+            assert got == "eager"
+    assert auto_backend(cpu, "bf16", onnxruntime=True, capability="AVX2", decode="dark") == "fast"
+    assert auto_backend(cuda, "fp32", onnxruntime=True, capability="AVX2", decode="dark") == "fast"
+    assert RunOptions().resolve("dark").backend == "eager"
+
+
+def test_a_dark_model_runs_eager_under_auto(tiny_checkpoint):
+    """The model's own decoding picks it: a DARK preset's config, or ``decode="dark"`` at load;
+    a backend asked for by name is kept."""
+    preset = nextpose.get_preset("tiny_coco_96x64")
+    dark = replace(preset.config, inference=replace(preset.config.inference, decode="dark"))
+    assert PoseEstimator(PoseNet(preset.config.model), dark).backend == "eager"
+    assert nextpose.load(str(tiny_checkpoint), decode="dark").backend == "eager"
+    assert nextpose.load(str(tiny_checkpoint), decode="dark", backend="fast").backend == "fast"
+    msra = nextpose.load(str(tiny_checkpoint))
+    assert msra.backend == auto_backend("cpu", "fp32")
+    assert msra.with_options(batch_size=4).backend == msra.backend
 
 
 def test_auto_backend_without_the_onnx_extra(monkeypatch):

@@ -442,3 +442,11 @@ def test_a_disk_that_refuses_the_output_is_an_error_not_a_traceback(
         # The same command then writes a complete output (over which the next case fails).
         assert main([*args, "--resume"] if verb == "predict" else args) == 0
         capsys.readouterr()
+
+
+@pytest.mark.parametrize("option", ["--out", "--jsonl", "--draw"])
+def test_an_empty_output_path_is_refused_by_the_parser(option, tiny_checkpoint, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(tiny_checkpoint), str(IMAGES[0]), option, ""])
+    assert stop.value.code == 2
+    assert f"argument {option}: expected a path, got an empty string" in capsys.readouterr().err

@@ -124,16 +124,22 @@ def auto_backend(
     precision: str,
     onnxruntime: bool | None = None,
     capability: str | None = None,
+    decode: str = "msra",
 ) -> str:
     """The backend ``auto`` runs, by measurement (BENCHMARKS.md, the same keypoints on all):
     on an AVX2-only CPU in fp32, ``onnxruntime`` when the ``onnx`` extra is installed (14 %
     ahead of ``fast`` there); ``fast`` everywhere else: on AVX-512 CPUs in fp32 (ahead of or
     tied with ONNX Runtime on an AVX-512 BF16 EPYC and an AMX Xeon), in bf16/fp16 (ONNX
-    Runtime runs fp32 only) and on a GPU. ``onnxruntime`` says whether the extra is installed,
-    ``capability`` the CPU's SIMD level (:func:`cpu_capability`; None: look).
+    Runtime runs fp32 only) and on a GPU. A model that decodes with DARK runs ``eager`` on a
+    CPU in fp32: the reference's heatmaps bit for bit, which DARK's Newton step needs (it turns
+    the other backends' last-bit differences into moved keypoints on flat heatmaps).
+    ``onnxruntime`` says whether the extra is installed, ``capability`` the CPU's SIMD level
+    (:func:`cpu_capability`; None: look), ``decode`` the model's decoding.
     """
     if device_type(str(device)) != "cpu" or precision != "fp32":
         return "fast"
+    if decode == "dark":
+        return "eager"
     if (capability or cpu_capability()).upper().startswith("AVX512"):
         return "fast"
     if onnxruntime is None:
@@ -238,12 +244,13 @@ class RunOptions:
 
         return torch.device(self.device)
 
-    def resolve(self) -> RunOptions:
-        """These options with ``auto`` replaced by a backend, checked against the device."""
+    def resolve(self, decode: str = "msra") -> RunOptions:
+        """These options with ``auto`` replaced by a backend (for a model decoding by
+        ``decode``), checked against the device."""
         kind = self.device_type
         backend = self.backend
         if backend == "auto":
-            backend = auto_backend(self.device, self.precision)
+            backend = auto_backend(self.device, self.precision, decode=decode)
         if backend == "onnxruntime":
             if kind != "cpu":
                 raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")

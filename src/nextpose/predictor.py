@@ -98,7 +98,7 @@ class PoseEstimator:
                 keep_fp32=keep_fp32,
             )
         self._asked = options  # as given: with_options resolves ``auto`` again from these
-        self.options = options.resolve()
+        self.options = options.resolve(config.inference.decode)
         self.config = config
         self.name = name
         self.digest = digest
@@ -350,9 +350,12 @@ def load(
     options = RunOptions(
         str(device), backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32
     )
-    resolved = options.resolve()  # a bad option fails before any download
     if decode is not None:
         check_decode(decode)
+    own_decode = decode or (
+        PRESETS[str(model)].config.inference.decode if model in PRESETS else None
+    )
+    resolved = options.resolve(own_decode or "msra")  # a bad option fails before any download
     # A file's sha256 leads to what the cache knows of it (the weights' digest, the config it
     # carries): when a graph of those weights is cached, the file is not read (nor torch
     # imported) until something needs the model.

@@ -346,7 +346,7 @@ class OnnxNetwork(GraphNetwork):
 
 def build_network(model: nn.Module, config: Config, options: RunOptions) -> Network:
     """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device)."""
-    options = options.resolve()
+    options = options.resolve(config.inference.decode)
     device = options.torch_device
     if options.backend == "eager":  # the reference's op sequence: two passes, default layout
         return TorchNetwork(model, config, options)

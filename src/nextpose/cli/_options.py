@@ -176,7 +176,9 @@ def add_runtime(
         "(BatchNorm folded, channels-last), compile (fast compiled by inductor; on a CPU kept "
         "in the cache folder, ~20 s the first time), onnxruntime (CPU, fp32); auto (default): "
         "the fastest measured, all with the same keypoints: onnxruntime in fp32 on a CPU "
-        "without AVX-512 when the onnx extra is installed, fast otherwise. `nextpose benchmark "
+        "without AVX-512 when the onnx extra is installed, eager in fp32 on a CPU for a DARK "
+        "model (the reference's heatmaps bit for bit, which DARK needs), fast otherwise. "
+        "`nextpose benchmark "
         "MODEL` times them on this machine",
     )
     p.add_argument(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..presets import PRESETS
-from ._options import PRETRAINED, path_name
+from ._options import PRETRAINED
 from .evaluate import COCO_VAL_ANN, COCO_VAL_DETECTIONS, COCO_VAL_IMAGES
 
 if TYPE_CHECKING:
@@ -32,9 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-bbox-file", help="validation person detections (default: GT boxes)")
     p.add_argument("--no-val", action="store_true", help="do not validate")
     p.add_argument("--keypoints", help="metainfo of a custom keypoint set (JSON/TOML)")
-    p.add_argument(
-        "--out", type=path_name, required=True, help="run folder (checkpoints, logs, config)"
-    )
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
     p.add_argument(
         "--set",
         action="append",

@@ -12,12 +12,15 @@ def normalize(
 
     ``mean`` and ``std`` are per channel (R, G, B), three numbers or (1, 3, 1, 1) tensors on the
     crops' device. A true division by std, as the reference does (not a product with 1 / std).
+    The result is contiguous (N, 3, h, w), the reference's layout: a channels-last input would
+    make PyTorch pick other convolution kernels, which sum in another order (heatmaps no longer
+    bit-identical, and DARK's Newton step amplifies that).
     """
     if not isinstance(mean, torch.Tensor):
         mean = torch.tensor(mean, dtype=torch.float32, device=crops.device).view(1, 3, 1, 1)
     if not isinstance(std, torch.Tensor):
         std = torch.tensor(std, dtype=torch.float32, device=crops.device).view(1, 3, 1, 1)
-    return (crops.permute(0, 3, 1, 2).float() - mean) / std
+    return ((crops.permute(0, 3, 1, 2).float() - mean) / std).contiguous()
 
 
 def flip_test(
