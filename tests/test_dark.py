@@ -208,8 +208,10 @@ def test_predict_decodes_as_the_preset_says_or_as_asked(tmp_path):
     np.testing.assert_array_equal(own.scores, msra.scores)
     # The estimator's decode() of the network's heatmaps gives the engine's keypoints.
     crops, centers, scales = crops_of(image, box, estimator.input_size)
-    heatmaps = estimator.heatmaps(estimator.normalize(crops)).numpy()
-    keypoints, _ = estimator.decode(heatmaps, centers, scales)
+    heatmaps = estimator.heatmaps(estimator.normalize(crops))
+    keypoints, _ = estimator.decode(heatmaps.numpy(), centers, scales)
+    np.testing.assert_array_equal(keypoints, own.keypoints)
+    keypoints, _ = estimator.decode(heatmaps, centers, scales)  # the tensor as it comes
     np.testing.assert_array_equal(keypoints, own.keypoints)
     with pytest.raises(ConfigError, match="decode"):
         nextpose.load(str(path), decode="udp")

@@ -129,6 +129,8 @@ def test_pipeline_runs_with_the_estimators_options(tiny_checkpoint):
     with pytest.warns(DeprecationWarning, match="run options belong to the estimator"):
         old = nextpose.PosePipeline(plain, workers=1, batch_size=2)
     assert (old.estimator.options.read_threads, old.estimator.options.batch_size) == (1, 2)
+    with pytest.warns(DeprecationWarning, match=r"PosePipeline\(batch_size=...\) is deprecated"):
+        assert nextpose.PosePipeline(plain, batch_size=3).estimator.options.batch_size == 3
 
 
 def test_with_options_shares_weights_and_changes_only_the_run(tiny_checkpoint, monkeypatch):

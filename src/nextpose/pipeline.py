@@ -77,8 +77,9 @@ class PosePipeline:
             changes["batch_size"] = batch_size
         if workers is not None:
             changes["read_threads"] = workers
-        for name in [*deprecated, *(("workers",) if workers is not None else ())]:
-            if name not in ("frames_per_batch", "prefetch", "workers"):
+        given = {"batch_size": batch_size, "workers": workers}
+        for name in [*deprecated, *(k for k, v in given.items() if v is not None)]:
+            if name not in ("frames_per_batch", "prefetch", "workers", "batch_size"):
                 raise TypeError(f"PosePipeline() got an unexpected keyword argument '{name}'")
             warnings.warn(
                 f"PosePipeline({name}=...) is deprecated: run options belong to the estimator "

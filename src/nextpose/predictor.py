@@ -244,13 +244,17 @@ class PoseEstimator:
 
     def decode(
         self,
-        heatmaps: np.ndarray,
+        heatmaps: np.ndarray | torch.Tensor,
         centers: np.ndarray,
         scales: np.ndarray,
         decode: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Heatmaps (N, K, h/4, w/4) -> keypoints (N, K, 2) in image pixels and scores (N, K),
-        decoded by ``decode`` (``msra`` or ``dark``; None: the config's)."""
+        """Heatmaps (N, K, h/4, w/4; an array, or :meth:`heatmaps`' tensor) -> keypoints
+        (N, K, 2) in image pixels and scores (N, K), decoded by ``decode`` (``msra`` or ``dark``;
+        None: the config's) on the CPU; ``centers``, ``scales``: (N, 2) crop regions, image
+        pixels."""
+        if not isinstance(heatmaps, np.ndarray):  # a tensor: the reference decodes on the CPU
+            heatmaps = heatmaps.detach().float().cpu().numpy()
         decode = self.config.inference.decode if decode is None else decode
         kernel = self.config.codec.blur_kernel_size
         locations, scores = decode_heatmaps(heatmaps, decode, kernel)
