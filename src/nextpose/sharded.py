@@ -300,6 +300,7 @@ def predict_job(
         if folder.exists() and not folder.is_dir():
             raise InputError(f"{folder}: exists and is not a folder (the job's parts go there)")
         saved = folder / MANIFEST
+        created = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             lock.acquire()
@@ -317,6 +318,9 @@ def predict_job(
             return scan_or_start(saved)
         except BaseException:
             lock.release()
+            if created:  # refused before any part: no folder left to block the next run
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
 
     def scan_or_start(saved: Path) -> _State:
