@@ -20,7 +20,7 @@ import numpy as np
 
 from .data.images import IMAGE_EXTENSIONS, is_video_file, list_images
 from .errors import OutputError
-from .fileio import AtomicFile, check_writable
+from .fileio import AtomicFile, cannot_write, check_writable
 from .opencv import cv2
 from .structures import Frame
 
@@ -113,10 +113,10 @@ class Guard:
 
 
 def _open_error(path: Path, option: str, error: OSError) -> OutputError:
-    if isinstance(error, OutputError):  # AtomicFile's, naming the file: add the option
-        message = str(error)
-        return OutputError(message if message.startswith(option) else f"{option} {message}")
-    return OutputError(f"{option} {path}: cannot write ({error.strerror or error})")
+    """:func:`~nextpose.fileio.cannot_write`'s error (AtomicFile's already is one), with the
+    option that named the file."""
+    message = str(cannot_write(path, error))
+    return OutputError(message if message.startswith(option) else f"{option} {message}")
 
 
 class _Output:
