@@ -223,3 +223,25 @@ def test_saving_to_a_link_replaces_the_file_it_names(tmp_path):
         save(link, {"w": torch.ones(2)})
         assert link.is_symlink() and real.read_bytes() != b"old"
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_ctrl_c_during_a_save_is_taken_once_the_file_is_complete(tmp_path, monkeypatch):
+    """torch.save turns a KeyboardInterrupt inside its writer into a RuntimeError about its
+    stream; the save holds Ctrl-C back instead: the file is written whole, then it stops."""
+    import os
+    import signal
+
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C in the middle of the write
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    payload = {"state_dict": {"w": torch.arange(1000.0)}, "meta": {"epoch": 3}}
+    path = tmp_path / "last.pth"
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, payload)
+    assert torch.equal(checkpoint.read(path)["state_dict"]["w"], payload["state_dict"]["w"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]

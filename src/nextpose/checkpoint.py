@@ -17,14 +17,16 @@ import os
 import pickle
 import pickletools
 import re
+import signal
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -316,9 +318,28 @@ def _fetch(
 
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path`` and rename it to ``path``
-    (:class:`~nextpose.fileio.AtomicFile`: synced, links written through, devices direct)."""
-    with AtomicFile(path, "wb") as out:
+    (:class:`~nextpose.fileio.AtomicFile`: synced, links written through, devices direct).
+    A Ctrl-C meanwhile is taken once the file is complete (:func:`_ctrl_c_after`)."""
+    with _ctrl_c_after(), AtomicFile(path, "wb") as out:
         write(out)
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Hold back SIGINT until the block ends. ``torch.save`` turns a KeyboardInterrupt raised
+    inside its writer into a RuntimeError about its stream ("unexpected pos"), which would be
+    reported as a failed write; a checkpoint takes a second or two, so Ctrl-C waits for it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda *received: caught.append(received))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])  # Python's default handler: KeyboardInterrupt, now
 
 
 def _complete_zip(path: Path) -> bool:
