@@ -33,6 +33,7 @@ from nextpose.training import (
     build_learner,
     build_loader,
     build_model,
+    load_eval_set,
     load_instances,
     train_one_epoch,
     validate,
@@ -74,6 +75,7 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # The training loop of nextpose.training.train, made of its parts, with an early stop.
     instances = load_instances(data, config, "training")
+    eval_set = load_eval_set(data, config)
     model, _ = build_model(config, device, args.pretrained)
     learner = build_learner(model, config.train, device)
     loader = build_loader(instances, data, config, device)
@@ -86,7 +88,7 @@ def main() -> None:
             train_one_epoch(learner, loader, state, config.train.epochs, run)
             state.epoch += 1
             if state.epoch % args.eval_every == 0:
-                metrics = validate(learner, config, instances, data)
+                metrics = validate(learner, config, eval_set, data)
                 run.log({"epoch": state.epoch, "iteration": state.iteration, "val": metrics})
                 print(f"iteration {state.iteration}: AP {metrics['AP']:.3f}", flush=True)
                 reached = metrics["AP"] >= args.target

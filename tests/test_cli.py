@@ -1,6 +1,7 @@
 """``nextpose predict`` run in-process, as a user would call it."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -110,6 +111,43 @@ def test_eval_with_gt_boxes_equals_reference(oracle_weights, tmp_path, capsys):
     # Other weights than the preset's: its published numbers are not comparable, not shown.
     assert "published" not in table.out and "0.715" not in table.out
     assert "published numbers not shown" in table.err
+
+
+def test_eval_of_a_checkpoint_with_its_own_keypoints_reads_each_file_once(tmp_path, monkeypatch):
+    """A checkpoint of 14 keypoints is scored on a 14-keypoint ground truth (the files were read
+    for 17 before), and the annotation and detection files are parsed once each."""
+    from dataclasses import replace
+
+    from nextpose import checkpoint
+
+    config = nextpose.get_preset("tiny_coco_96x64").config
+    kset = nextpose.KeypointSet(tuple(f"k{i}" for i in range(14)), tuple(range(14)), (0.05,) * 14)
+    k14 = replace(config, keypoints=kset, model=replace(config.model, num_keypoints=14))
+    checkpoint.save_model(tmp_path / "k14.pth", nextpose.PoseNet(k14.model), k14)
+    data = json.loads(ANN_FILE.read_text())
+    for ann in data["annotations"]:
+        ann["keypoints"] = ann["keypoints"][:42]
+    ann_file = tmp_path / "k14.json"
+    ann_file.write_text(json.dumps(data))
+    reads = []
+    real_load = json.load
+
+    def load(f, *args, **kwargs):
+        reads.append(Path(f.name).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(json, "load", load)
+    for boxes in (["--gt-boxes"], ["--bbox-file", str(COCO / "test_coco_det_AP_H_56.json")]):
+        reads.clear()
+        out = tmp_path / boxes[0]
+        args = ["eval", str(tmp_path / "k14.pth"), "--ann-file", str(ann_file), "--images",
+                str(COCO), *boxes, "--out", str(out), "--no-progress"]  # fmt: skip
+        assert main(args) == 0
+        results = json.loads((out / "keypoints.json").read_text())
+        assert results and all(len(r["keypoints"]) == 42 for r in results)
+        assert json.loads((out / "metrics.json").read_text())["AP"] >= 0
+        files = ["k14.json"] + (["test_coco_det_AP_H_56.json"] if len(boxes) == 2 else [])
+        assert sorted(reads) == sorted(files)
 
 
 def test_eval_scores_a_results_file_without_a_model(tmp_path):

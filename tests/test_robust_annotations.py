@@ -4,6 +4,7 @@ and predict commands, BoxTable and PoseEstimator.predict (issue 7)."""
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import nextpose
 from nextpose import predictor
 from nextpose.cli import main
 from nextpose.data.coco import AnnotationError, CocoKeypoints
-from nextpose.evaluation import evaluate, score_results_file
+from nextpose.evaluation import evaluate, read_eval_set, score_results_file
 from nextpose.pipeline import BoxTable
 
 
@@ -201,6 +202,22 @@ def test_detection_file_without_entries_for_an_image(tmp_path, estimator):
     evaluate(estimator, ANN_FILE, COCO, path, out_dir=results, read_threads=0, progress=False)
     ids = {r["image_id"] for r in json.loads((results / "keypoints.json").read_text())}
     assert gone not in ids and ids
+
+
+def test_an_eval_set_read_once_scores_as_its_files(tmp_path, estimator):
+    """evaluate() on an EvalSet gives the metrics and results of evaluate() on its files; its
+    boxes are its own, and it is for one keypoint count."""
+    data = read_eval_set(ANN_FILE, DET_FILE, 17, bbox_score_threshold=0.3)
+    a, b = tmp_path / "files", tmp_path / "set"
+    run = {"read_threads": 0, "progress": False}
+    from_files = evaluate(estimator, ANN_FILE, COCO, DET_FILE, a, bbox_score_threshold=0.3, **run)
+    assert evaluate(estimator, data, COCO, out_dir=b, **run) == from_files
+    assert (a / "keypoints.json").read_bytes() == (b / "keypoints.json").read_bytes()
+    assert len(data.instances) < len(read_eval_set(ANN_FILE, DET_FILE).instances)
+    with pytest.raises(TypeError, match="boxes are the EvalSet's own"):
+        evaluate(estimator, data, COCO, DET_FILE, **run)
+    with pytest.raises(ValueError, match="read for 14 keypoints, not 17"):
+        evaluate(estimator, replace(data, num_keypoints=14), COCO, **run)
 
 
 def test_empty_detection_file(tmp_path, estimator):

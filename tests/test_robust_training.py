@@ -95,6 +95,17 @@ def test_malformed_validation_file_is_found_before_training_starts(small, tmp_pa
               progress=False)  # fmt: skip
 
 
+def test_a_validation_file_the_metric_refuses_is_found_before_training_starts(small, tmp_path):
+    """A ground truth the box reader takes but the metric refuses (here: no 'categories') stops
+    the run before it starts, not at the first validation, an epoch in."""
+    data = coco_json()
+    del data["categories"]
+    val = Dataset(write_json(tmp_path / "val.json", data), COCO)
+    with pytest.raises(AnnotationError, match=r"val\.json: no 'categories' list"):
+        train(_config(), small, tmp_path / "run", val, pretrained="none", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_names_the_missing_image(small, tmp_path, capsys):
     (small.image_dir / IMAGES[0].name).unlink()
     args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +101,18 @@ def barrier() -> None:
     dist = _group()
     if dist is not None:
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it: a file rank 0 downloads
+    lands in the cache once, and the others read it there."""
+    main = current().is_main
+    if not main:
+        barrier()
+    yield
+    if main:
+        barrier()
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -86,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, env, device: str) -> int:
     from .. import distributed
-    from ..data.coco import CocoKeypoints
     from ..errors import InputError
-    from ..evaluation import METRIC_NAMES, evaluate, score_results_file
-    from ..evaluation.coco_eval import read_ground_truth
+    from ..evaluation import METRIC_NAMES, evaluate, read_eval_set, score_results_file
     from ..fileio import atomic_write_text
     from ..predictor import load
     from ..writers import Guard
@@ -130,40 +128,35 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         if bbox_file is not None and not bbox_file.is_file():
             raise InputError(f"{bbox_file}: no such detection file (or use --gt-boxes)")
         check_extras(args)
-        # The annotation and detection files are read once before the model is loaded (or
-        # downloaded): a malformed file is reported before any heavy work.
-        coco = CocoKeypoints(ann_file)
-        if bbox_file is not None:
-            instances = coco.detection_instances(bbox_file)
-        else:
-            instances = coco.ground_truth_instances()
-        names = {inst.image_file for inst in instances}
+        if env.is_main:
+            note_ignored(args)
+
+        def load_model():
+            with distributed.main_first():
+                return load(args.model, args.checkpoint, **{**run_options(args), "device": device})
+
+        # The annotation and detection files are read once, with every check the metric makes,
+        # before a preset's weights are downloaded: a malformed file is reported before any
+        # heavy work. A checkpoint (a local file) is read first: it says how many keypoints.
+        estimator = None if args.model in PRESETS else load_model()
+        config = PRESETS[args.model].config if estimator is None else estimator.config
+        data = read_eval_set(
+            ann_file, bbox_file, config.model.num_keypoints, args.bbox_score_threshold
+        )
+        names = {inst.image_file for inst in data.instances}
         if names and not any((images / name).is_file() for name in names):
             raise InputError(
                 f"--images {images}: holds none of the {len(names)} images {ann_file} names "
                 f"for the person boxes (e.g. {min(names)}); is it the right folder?"
             )
-        if args.model in PRESETS:  # the metric's own checks of the ground truth, up front too
-            k = PRESETS[args.model].config.model.num_keypoints
-            read_ground_truth(ann_file, k)
-        if env.is_main:
-            note_ignored(args)
-        # Rank 0 first: a download lands in the cache once, the other ranks read it there.
-        if not env.is_main:
-            distributed.barrier()
-        estimator = load(args.model, args.checkpoint, **{**run_options(args), "device": device})
-        if env.is_main:
-            distributed.barrier()
-        if args.model not in PRESETS:  # its keypoints known now: checked before the inference
-            read_ground_truth(ann_file, estimator.keypoint_set.num_keypoints)
+        if estimator is None:
+            estimator = load_model()
         metrics = evaluate(
             estimator,
-            ann_file,
+            data,
             images,
-            bbox_file,
             out_dir=out,
             flip=not args.no_flip,
-            bbox_score_threshold=args.bbox_score_threshold,
             nms=args.nms,
             progress=not args.no_progress,
             tie_order=args.tie_order,

@@ -174,14 +174,10 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     table = BoxTable.read(args.boxes, args.bbox_format) if args.boxes else None
     check_device(args.device)
     check_extras(args)
-    # Rank 0 first: a download lands in the cache once, the other ranks read it there.
-    if not main:
-        distributed.barrier()
-    options = {**run_options(args), "device": device or args.device}
-    estimator = load(args.model, args.checkpoint, **options)
-    detector = load_detector_of(args, device or args.device)
-    if main and device is not None:
-        distributed.barrier()
+    with distributed.main_first():
+        options = {**run_options(args), "device": device or args.device}
+        estimator = load(args.model, args.checkpoint, **options)
+        detector = load_detector_of(args, device or args.device)
     pipeline = PosePipeline(
         estimator, detector, boxes=table, flip=not args.no_flip, track=args.track,
         smooth=args.smooth,

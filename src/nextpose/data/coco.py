@@ -69,7 +69,7 @@ class PersonInstance:
     category_id: int = 1
 
 
-def _load_json(path: Path, what: str) -> Any:
+def load_json(path: Path, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -89,12 +89,14 @@ class CocoKeypoints:
     """A COCO person-keypoints annotation file, indexed by image.
 
     Images keep the order of the file's ``images`` list; each image's annotations keep file order.
+    ``data`` is the file's parsed JSON when the caller has read it already (it is not changed).
     """
 
-    def __init__(self, ann_file: str | Path, num_keypoints: int = 17):
+    def __init__(self, ann_file: str | Path, num_keypoints: int = 17, data: Any = None):
         self.path = Path(ann_file)
         self.num_keypoints = num_keypoints
-        data = _load_json(self.path, "annotation")
+        if data is None:
+            data = load_json(self.path, "annotation")
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise AnnotationError(f"{self.path}: not a COCO annotation file (no 'images' list)")
         self.images: dict[int, dict] = {}
@@ -212,7 +214,7 @@ class CocoKeypoints:
         lower scores.
         """
         det_file = Path(det_file)
-        dets = _load_json(det_file, "detection")
+        dets = load_json(det_file, "detection")
         if not isinstance(dets, list):
             raise AnnotationError(f"{det_file}: expected a JSON list of detections")
         k = self.num_keypoints

@@ -13,12 +13,20 @@ from .coco_eval import (
     score_results_file,
     write_results,
 )
-from .evaluate import InstancePredictions, evaluate, predict_instances, score_instances
+from .evaluate import (
+    EvalSet,
+    InstancePredictions,
+    evaluate,
+    predict_instances,
+    read_eval_set,
+    score_instances,
+)
 from .oks_nms import oks_iou, oks_nms, rescore, soft_oks_nms
 
 __all__ = [
     "METRIC_NAMES",
     "MMPOSE_METRIC_NAMES",
+    "EvalSet",
     "InstancePredictions",
     "PosePrediction",
     "build_results",
@@ -30,6 +38,7 @@ __all__ = [
     "oks_nms",
     "predict_instances",
     "predictions_from_arrays",
+    "read_eval_set",
     "rescore",
     "scale_area",
     "score_instances",

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..data.coco import _load_json, are_json_numbers, is_json_number
+from ..data.coco import are_json_numbers, is_json_number, load_json
 from ..errors import AnnotationError, InputError, require
 from ..fileio import atomic_write_text
 from ..keypoints import COCO_KEYPOINTS
@@ -420,12 +420,8 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
 def read_ground_truth(ann_file: str | Path, num_keypoints: int = 17) -> dict[str, Any]:
     """The ground truth of ``ann_file`` checked and prepared as the metric uses it (see
     :func:`prepare_ground_truth`); an :class:`AnnotationError` names what is wrong."""
-    return _load_ground_truth(ann_file, num_keypoints)
-
-
-def _load_ground_truth(ann_file: str | Path, num_keypoints: int = 17) -> dict[str, Any]:
     return prepare_ground_truth(
-        _load_json(Path(ann_file), "annotation"), str(ann_file), num_keypoints
+        load_json(Path(ann_file), "annotation"), str(ann_file), num_keypoints
     )
 
 
@@ -671,6 +667,8 @@ def evaluate_results(
     ann_file: str | Path,
     sigmas: np.ndarray | Sequence[float] | None = None,
     evaluator: Evaluator = "auto",
+    *,
+    ground_truth: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Score COCO keypoint results against a ground-truth file as the reference does (§7.6).
 
@@ -685,6 +683,8 @@ def evaluate_results(
             Both give the same ten numbers (set up like xtcocotools: float32 sigmas, ground truth
             ignored when no keypoint has ``v > 0``, detections whose keypoint scores are all
             ``<= 0`` dropped, at most 20 detections per image, detection area = box area).
+        ground_truth: ``ann_file`` as :func:`read_ground_truth` returns it, when read already
+            (the file is then not read again).
 
     Returns:
         ``AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl`` as floats; -1 where the area range
@@ -694,7 +694,7 @@ def evaluate_results(
     sig = _sigmas(sigmas)
     which = _resolve_evaluator(evaluator)
     _check_results(results, len(sig))
-    gt = _load_ground_truth(ann_file, len(sig))
+    gt = read_ground_truth(ann_file, len(sig)) if ground_truth is None else ground_truth
     known = {img["id"] for img in gt["images"]}
     unknown = {r["image_id"] for r in results} - known
     if unknown:
@@ -732,6 +732,8 @@ def evaluate_predictions(
     sigmas: np.ndarray | Sequence[float] | None = None,
     tie_order: TieOrder = "stable",
     evaluator: Evaluator = "auto",
+    *,
+    ground_truth: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """The reference's CocoMetric: rescoring, per-image NMS, results file, COCO keypoint AP/AR.
 
@@ -740,7 +742,7 @@ def evaluate_predictions(
         ann_file: COCO person-keypoints annotation file (ground truth).
         out_dir: when given, the results are written to ``out_dir/keypoints.json``.
         nms, nms_threshold, score_threshold, sigmas, tie_order: see :func:`build_results`.
-        evaluator: see :func:`evaluate_results`.
+        evaluator, ground_truth: see :func:`evaluate_results`.
 
     Returns:
         The ten metrics of :func:`evaluate_results`; zeros and a warning for no predictions.
@@ -748,7 +750,7 @@ def evaluate_predictions(
     sig = _sigmas(sigmas)
     _resolve_evaluator(evaluator)  # refuse a bad choice before the work
     results = build_results(predictions, nms, nms_threshold, score_threshold, sig, tie_order)
-    metrics = evaluate_results(results, ann_file, sig, evaluator)
+    metrics = evaluate_results(results, ann_file, sig, evaluator, ground_truth=ground_truth)
     if out_dir is not None:  # once scored: a ground truth the metric refuses replaces nothing
         write_results(results, Path(out_dir) / "keypoints.json")
     return metrics
@@ -761,6 +763,6 @@ def score_results_file(
     evaluator: Evaluator = "auto",
 ) -> dict[str, float]:
     """Score a COCO keypoint results file without a model (see :func:`evaluate_results`)."""
-    results = _load_json(Path(results_json), "results")
+    results = load_json(Path(results_json), "results")
     _check_results(results, len(_sigmas(sigmas)), str(results_json))
     return evaluate_results(results, ann_file, sigmas, evaluator)

@@ -6,20 +6,59 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import distributed
-from ..data.coco import CocoKeypoints, PersonInstance
+from ..data.coco import CocoKeypoints, PersonInstance, load_json
 from ..distributed import JobProgress
 from ..engine import Task
 from ..fileio import atomic_write_text
 from ..predictor import PoseEstimator
 from ..progress import Progress
-from .coco_eval import Evaluator, NmsMode, evaluate_predictions, predictions_from_arrays
+from .coco_eval import (
+    Evaluator,
+    NmsMode,
+    evaluate_predictions,
+    predictions_from_arrays,
+    prepare_ground_truth,
+)
 from .oks_nms import TieOrder
 
 log = logging.getLogger("nextpose")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A COCO keypoint dataset read once for evaluation: the person boxes to predict, and the
+    ground truth the metric scores them against (checked and prepared, see
+    :func:`~nextpose.evaluation.coco_eval.prepare_ground_truth`)."""
+
+    ann_file: Path
+    num_keypoints: int
+    instances: list[PersonInstance]
+    ground_truth: dict[str, Any]
+
+
+def read_eval_set(
+    ann_file: str | Path,
+    bbox_file: str | Path | None = None,
+    num_keypoints: int = 17,
+    bbox_score_threshold: float | None = None,
+) -> EvalSet:
+    """Read ``ann_file`` (once) and the detections of ``bbox_file`` (None: the ground-truth
+    boxes); every check of both files, the metric's included, is made here, before any
+    inference. An :class:`AnnotationError` names the file, the entry and the problem."""
+    ann_file = Path(ann_file)
+    data = load_json(ann_file, "annotation")
+    coco = CocoKeypoints(ann_file, num_keypoints, data=data)
+    if bbox_file is None:
+        instances = coco.ground_truth_instances()
+    else:
+        instances = coco.detection_instances(bbox_file, bbox_score_threshold)
+    ground_truth = prepare_ground_truth(data, str(ann_file), num_keypoints)
+    return EvalSet(ann_file, num_keypoints, instances, ground_truth)
 
 
 @dataclass
@@ -204,10 +243,13 @@ def score_instances(
     nms_threshold: float = 0.9,
     tie_order: TieOrder = "stable",
     evaluator: Evaluator = "auto",
+    *,
+    ground_truth: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """COCO AP/AR of predictions for ``instances`` (same order), as the reference scores them:
     rescoring, per-image NMS, COCOeval; instances of unreadable images (``pred.failed``) are left
-    out. With ``out_dir``, the post-NMS results are written to ``out_dir/keypoints.json``."""
+    out. With ``out_dir``, the post-NMS results are written to ``out_dir/keypoints.json``.
+    ``ground_truth``: ``ann_file`` prepared (:attr:`EvalSet.ground_truth`), not to read it again."""
     ok = np.flatnonzero(~pred.failed) if len(pred.failed) else np.arange(len(instances))
     kept = [instances[i] for i in ok]
     predictions = predictions_from_arrays(
@@ -229,12 +271,13 @@ def score_instances(
         sigmas=sigmas,
         tie_order=tie_order,
         evaluator=evaluator,
+        ground_truth=ground_truth,
     )
 
 
 def evaluate(
     estimator: PoseEstimator,
-    ann_file: str | Path,
+    ann_file: str | Path | EvalSet,
     image_dir: str | Path,
     bbox_file: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -252,7 +295,9 @@ def evaluate(
     """COCO keypoint AP/AR of ``estimator`` on a dataset, as the reference measures it.
 
     Args:
-        ann_file: COCO person-keypoints annotations (the ground truth).
+        ann_file: COCO person-keypoints annotations (the ground truth), or an :class:`EvalSet`
+            read from it (:func:`read_eval_set`; then ``bbox_file`` and
+            ``bbox_score_threshold`` are its own and must not be given).
         image_dir: folder holding the images named in ``ann_file``.
         bbox_file: person detections (COCO results format); None uses the ground-truth boxes.
         out_dir: if given, ``keypoints.json`` (COCO results, after rescoring and NMS) and
@@ -273,11 +318,16 @@ def evaluate(
         ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}``. Boxes of
         images that cannot be read are left out (with a warning naming each image and a count).
     """
-    coco = CocoKeypoints(ann_file, estimator.config.model.num_keypoints)
-    if bbox_file is None:
-        instances = coco.ground_truth_instances()
+    k = estimator.config.model.num_keypoints
+    if isinstance(ann_file, EvalSet):
+        if bbox_file is not None or bbox_score_threshold is not None:
+            raise TypeError("evaluate(EvalSet, ...): the boxes are the EvalSet's own")
+        data = ann_file
+        if data.num_keypoints != k:
+            raise ValueError(f"the EvalSet was read for {data.num_keypoints} keypoints, not {k}")
     else:
-        instances = coco.detection_instances(bbox_file, bbox_score_threshold)
+        data = read_eval_set(ann_file, bbox_file, k, bbox_score_threshold)
+    instances = data.instances
     if workers is not None:
         warnings.warn("evaluate(workers=...) is now read_threads=...", DeprecationWarning, 2)
         read_threads = workers
@@ -289,13 +339,14 @@ def evaluate(
     metrics = score_instances(
         instances,
         pred,
-        ann_file,
+        data.ann_file,
         estimator.keypoint_set.sigmas_array(),
         out_dir=out_dir,
         nms=nms,
         nms_threshold=nms_threshold,
         tie_order=tie_order,
         evaluator=evaluator,
+        ground_truth=data.ground_truth,
     )
     if out_dir is not None:
         atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")

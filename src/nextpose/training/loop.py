@@ -33,7 +33,12 @@ from ..config import Config, TrainConfig
 from ..data.coco import CocoKeypoints, PersonInstance
 from ..data.datasets import TrainDataset, collate_train, watch_trainer
 from ..errors import TrainingError
-from ..evaluation.evaluate import predict_instances_sharded, score_instances
+from ..evaluation.evaluate import (
+    EvalSet,
+    predict_instances_sharded,
+    read_eval_set,
+    score_instances,
+)
 from ..model import PoseNet
 from ..model.tta import normalize
 from ..predictor import PoseEstimator
@@ -144,6 +149,19 @@ def load_instances(data: Dataset, config: Config, what: str) -> list[PersonInsta
         instances = coco.ground_truth_instances()
     else:
         instances = coco.detection_instances(data.bbox_file)
+    _check_images(instances, data, what)
+    return instances
+
+
+def load_eval_set(data: Dataset, config: Config) -> EvalSet:
+    """The validation boxes and ground truth, with every check the metric makes: a file the
+    metric refuses stops the run now, not after the first epoch."""
+    eval_set = read_eval_set(data.ann_file, data.bbox_file, config.model.num_keypoints)
+    _check_images(eval_set.instances, data, "validation")
+    return eval_set
+
+
+def _check_images(instances: list[PersonInstance], data: Dataset, what: str) -> None:
     folder = Path(data.image_dir)
     if not folder.is_dir():
         raise TrainingError(f"{folder}: no such {what} image folder")
@@ -155,7 +173,6 @@ def load_instances(data: Dataset, config: Config, what: str) -> list[PersonInsta
             f"{len(missing)} of the {len(files)} {what} images named in {data.ann_file} are not "
             f"in {folder}: {', '.join(missing[:5])}{more}"
         )
-    return instances
 
 
 def build_model(
@@ -335,22 +352,29 @@ def _count_unreadable(errors: list[str], state: TrainState) -> int:
 def validate(
     learner: Learner,
     config: Config,
-    instances: list[PersonInstance],
+    eval_set: EvalSet,
     data: Dataset,
     env: DistInfo | None = None,
 ) -> dict[str, float]:
-    """COCO AP/AR of the current weights on ``instances`` of ``data``; every rank predicts a
-    share (whole batches of a single process's, so the numbers do not depend on the number of
-    ranks), rank 0 scores, every rank gets the metrics."""
+    """COCO AP/AR of the current weights on ``eval_set`` (:func:`load_eval_set` of ``data``);
+    every rank predicts a share (whole batches of a single process's, so the numbers do not
+    depend on the number of ranks), rank 0 scores, every rank gets the metrics."""
     # eager: the weights change every epoch, so a graph another backend builds (and ONNX Runtime
     # caches on disk) would serve one validation only
     estimator = PoseEstimator(learner.model, config, device=learner.device, backend="eager")
+    instances = eval_set.instances
     pred = predict_instances_sharded(
         estimator, instances, data.image_dir, read_threads=config.data.workers, progress=False
     )
     metrics: dict[str, float] | None = None
     if pred is not None:
-        metrics = score_instances(instances, pred, data.ann_file, config.keypoints.sigmas_array())
+        metrics = score_instances(
+            instances,
+            pred,
+            eval_set.ann_file,
+            config.keypoints.sigmas_array(),
+            ground_truth=eval_set.ground_truth,
+        )
     learner.train_mode()
     return dist.broadcast_object(metrics)
 
@@ -402,8 +426,8 @@ def train(
         train_instances = load_instances(train_data, config, "training")
         if not train_instances:
             raise TrainingError(f"{train_data.ann_file}: no usable person annotations to train on")
-        val_instances = load_instances(val_data, config, "validation") if val_data else []
-        if val_data is not None and not val_instances:
+        val_set = load_eval_set(val_data, config) if val_data else None
+        if val_set is not None and not val_set.instances:
             what = "detections in " + str(val_data.bbox_file) if val_data.bbox_file else "persons"
             raise TrainingError(
                 f"{val_data.ann_file}: no {what} to validate on (validation would score "
@@ -443,7 +467,7 @@ def train(
                 if val_data is not None and (
                     done % config.train.val_interval == 0 or done == epochs
                 ):
-                    metrics = validate(learner, config, val_instances, val_data, env)
+                    metrics = validate(learner, config, val_set, val_data, env)
                     run.log({"epoch": done, "iteration": state.iteration, "val": metrics})
                 state.epoch = done
                 if env.is_main:
