@@ -123,3 +123,27 @@ def test_a_table_set_on_a_section_changes_only_its_keys():
     assert merged.model.blocks == tiny.model.blocks and merged.model.input_size == (64, 96)
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.grups'"):
         tiny.override(["model={grups=8}"])
+
+
+# Per-GPU batch and auto_scale_lr base of each reference config (mmpose 1.3.2's
+# td-hm_{resnext,res}*-210e_coco-*.py): the learning rate train.scale_lr gives follows them.
+REFERENCE_BATCHES = {
+    "resnext50_coco_256x192": (64, 512), "resnext50_coco_384x288": (64, 512),
+    "resnext101_coco_256x192": (64, 512), "resnext101_coco_384x288": (32, 256),
+    "resnext152_coco_256x192": (32, 512), "resnext152_coco_384x288": (48, 384),
+    "resnet50_coco_256x192": (64, 512), "resnet50_coco_384x288": (64, 512),
+    "resnet101_coco_256x192": (64, 512), "resnet101_coco_384x288": (32, 256),
+    "resnet152_coco_256x192": (32, 512), "resnet152_coco_384x288": (32, 512),
+    "resnet50_dark_coco_256x192": (64, 512), "resnet50_dark_coco_384x288": (64, 512),
+    "resnet101_dark_coco_256x192": (64, 512), "resnet101_dark_coco_384x288": (64, 512),
+    "resnet152_dark_coco_256x192": (32, 256), "resnet152_dark_coco_384x288": (32, 256),
+}  # fmt: skip
+
+
+def test_presets_train_with_the_reference_batches():
+    got = {
+        name: (p.config.train.batch_size, p.config.train.base_batch_size)
+        for name, p in PRESETS.items()
+        if name != "tiny_coco_96x64"  # no reference config
+    }
+    assert got == REFERENCE_BATCHES

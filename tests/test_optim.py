@@ -8,6 +8,8 @@ import torch
 from nextpose import checkpoint, get_preset
 from nextpose.config import TrainConfig
 from nextpose.model import PoseNet
+from nextpose.model.backbone import Bottleneck
+from nextpose.training import build_model
 from nextpose.training.optim import base_lr, lr_at
 from nextpose.training.pretrained import backbone_state, load_pretrained_backbone, resolve_source
 
@@ -55,6 +57,23 @@ def test_classification_checkpoints_fill_the_trunk(layout, tmp_path):
     key = "layer4.0.conv2.weight"
     assert torch.equal(model.backbone.state_dict()[key], state[layout[0] + key])
     assert list(backbone_state({"state_dict": state})) == list(model.backbone.state_dict())
+
+
+def test_a_trunk_from_scratch_starts_each_block_as_the_identity(tmp_path):
+    """As the reference's ResNet without pretrained weights: the last BN of every residual branch
+    starts at 0; a loaded trunk keeps its own values there."""
+    config = get_preset("tiny_coco_96x64").config
+    model, loaded = build_model(config, "cpu", "none")
+    blocks = [m for m in model.backbone.modules() if isinstance(m, Bottleneck)]
+    assert loaded is None and len(blocks) == 4
+    assert all(torch.all(b.bn3.weight == 0) and torch.all(b.bn2.weight == 1) for b in blocks)
+    state = _tiny_trunk_state("backbone.", {})
+    path = tmp_path / "imagenet.pth"
+    checkpoint.save(path, {"state_dict": state})
+    model, loaded = build_model(config, "cpu", str(path))
+    key = "layer1.0.bn3.weight"
+    assert loaded == str(path) and torch.all(state["backbone." + key] == 1)
+    assert torch.equal(model.backbone.state_dict()[key], state["backbone." + key])
 
 
 def test_wrong_trunk_is_refused(tmp_path):

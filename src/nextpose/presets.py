@@ -182,7 +182,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "resnet152_dark_coco_256x192",
-            _resnet(152, _S256, 2.0, 32, 512, dark=True),
+            _resnet(152, _S256, 2.0, 32, 256, dark=True),
             _ZOO_V1 + "td-hm_res152_dark-8xb32-210e_coco-256x192-f754df5f_20221031.pth",
             _published(0.743, 0.906, 0.819, 0.796, 0.943),
         ),

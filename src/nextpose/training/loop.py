@@ -40,6 +40,7 @@ from ..evaluation.evaluate import (
     score_instances,
 )
 from ..model import PoseNet
+from ..model.backbone import Bottleneck
 from ..model.tta import normalize
 from ..predictor import PoseEstimator
 from ..progress import Progress
@@ -182,7 +183,8 @@ def build_model(
     env: DistInfo | None = None,
 ) -> tuple[PoseNet, str | None]:
     """The network on ``device``, seeded by ``data.seed``, its trunk filled from ``pretrained``
-    (see :data:`nextpose.training.pretrained.SOURCES`); returns it and what was loaded."""
+    (see :data:`nextpose.training.pretrained.SOURCES`; ``none``: the reference's from-scratch
+    init, each block's last BN weight 0); returns it and what was loaded."""
     env = env or DistInfo()
     torch.manual_seed(config.data.seed)  # the head's random init is part of the run's seed
     model = PoseNet(config.model)
@@ -191,6 +193,12 @@ def build_model(
     loaded = load_pretrained_backbone(model.backbone, pretrained, config.model)
     if env.is_main:
         dist.barrier()
+    if loaded is None:
+        # From scratch, the reference's ResNet starts every block as the identity: the last BN
+        # of each residual branch at 0 (skipped when a trunk is loaded: its weights replace it).
+        for m in model.backbone.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
     model.to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
