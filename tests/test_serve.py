@@ -659,7 +659,11 @@ def test_a_body_that_stops_arriving_is_answered_408(tiny_checkpoint):
             answer = raw.recv(65536).decode("latin-1")
             waited = time.monotonic() - start
             raw.sendall(b"\xff")  # more, after the answer: the connection is closed all the same
-            rest = raw.recv(65536)
+            try:
+                rest = raw.recv(65536)
+            except ConnectionResetError:
+                # the kernel's answer to a byte sent after the server closed: closed, too
+                rest = b""
         assert answer.startswith("HTTP/1.1 408"), answer
         assert "connection: close" in answer.lower() and rest == b""
         assert "did not arrive within 1 s" in answer and 0.5 < waited < 20
