@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 
+import cv2
 import numpy as np
 import pytest
 from conftest import ANN_FILE, IMAGES
@@ -448,3 +449,52 @@ def test_an_empty_output_path_is_refused_by_the_parser(option, tiny_checkpoint, 
         main(["predict", str(tiny_checkpoint), str(IMAGES[0]), option, ""])
     assert stop.value.code == 2
     assert f"argument {option}: expected a path, got an empty string" in capsys.readouterr().err
+
+
+def _frames(path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.mark.parametrize("job", [(), ("--out", "poses.json")], ids=["stdout", "job"])
+def test_ctrl_c_in_a_drawn_video_keeps_the_earlier_complete_drawing(
+    job, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """An interrupted video's drawing never replaces a complete one: printed to standard output
+    it is kept beside it as NAME.partial.mp4; in a job (which draws the video again on
+    --resume) it is dropped. No hidden temporary video is left either way."""
+    from nextpose.writers import DrawingWriter
+
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 120))
+    for path in IMAGES:
+        writer.write(cv2.resize(cv2.imread(str(path)), (160, 120)))
+    writer.release()
+    drawn = tmp_path / "drawn"
+    job = [str(tmp_path / a) if a.endswith(".json") else a for a in job]
+    assert _predict(tiny_checkpoint, video, "--draw", drawn, "--no-progress") == 0
+    complete = (drawn / "clip.mp4").read_bytes()
+    assert _frames(drawn / "clip.mp4") == len(IMAGES)
+    draw, calls = DrawingWriter.video_frame, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # two frames drawn
+            raise KeyboardInterrupt
+        draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(DrawingWriter, "video_frame", interrupted)
+    capsys.readouterr()
+    assert _predict(tiny_checkpoint, video, "--draw", drawn, "--no-progress", *job) == 130
+    assert (drawn / "clip.mp4").read_bytes() == complete
+    left = sorted(p.name for p in drawn.iterdir())
+    if job:
+        assert left == ["clip.mp4"]
+    else:
+        assert left == ["clip.mp4", "clip.partial.mp4"]
+        assert _frames(drawn / "clip.partial.mp4") == 2
+        assert str(drawn / "clip.partial.mp4") in capsys.readouterr().err

@@ -538,6 +538,10 @@ def _run_sequence(
         if drawer is not None:
             drawer.abort()
         skipped(str(source), e)
+    except BaseException:  # Ctrl-C, a full disk: --resume draws this video again from its start
+        if drawer is not None:
+            drawer.abort()
+        raise
     part.write({"g": g, "end": frames})
     return frames, people
 

@@ -288,6 +288,18 @@ class DrawingWriter:
         self.written.append(self._video_target)
         self._video = self._video_tmp = self._video_target = self._shown = None
 
+    def keep_partial(self) -> Path | None:
+        """Finish an interrupted video: under its name if nothing was there, else as
+        ``NAME.partial.mp4`` beside it (an earlier complete video is kept); None if none."""
+        target = self._video_target
+        if self._video is None or target is None:
+            return None
+        if target.exists():
+            self._video_target = target.with_name(f"{target.stem}.partial{target.suffix}")
+        kept = self._video_target
+        self.end_video()
+        return kept
+
     def abort(self) -> None:
         """Drop an unfinished video."""
         if self._video is not None:

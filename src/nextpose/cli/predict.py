@@ -230,10 +230,10 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
                     drawer.abort()
                 skipped(str(source), e)
     except KeyboardInterrupt:
-        if drawer is not None:
-            drawer.end_video()
         kept = [w.keep_partial() for w in outputs]
-        where = ", ".join(str(k) for k in kept if k is not None) or "standard output"
+        names = list(dict.fromkeys("standard output" if k is None else str(k) for k in kept))
+        video = drawer.keep_partial() if drawer is not None else None
+        where = ", ".join(names + ([str(video)] if video is not None else [])) or "standard output"
         print(f"\ninterrupted after {frames} frames; {where} hold them", file=sys.stderr)
         return 0 if all(kind == "camera" for kind, _ in groups) else 130
     except BaseException:
