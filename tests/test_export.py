@@ -150,3 +150,31 @@ def test_the_lazy_plain_network_is_made_once_when_threads_ask_together():
     for t in threads:
         t.join()
     assert len(made) == 1 and all(g is made[0] for g in got)
+
+
+@pytest.mark.parametrize("decode", ["msra", "dark"])
+@pytest.mark.parametrize("graph", ["image", "crops"])
+def test_exported_graphs_take_no_people(graph, decode, eager, sample):
+    """N = 0 (a frame where nobody was detected) gives empty outputs, not an ONNX Runtime
+    error; one person still gives the PyTorch path's keypoints (DARK's agreement on these flat
+    random heatmaps is not a test of it: test_dark.py checks that)."""
+    session = ort.InferenceSession(
+        export_onnx(eager.model, eager.config, None, input=graph, decode=decode)
+    )
+    image, boxes = sample[0]
+    w, h = eager.input_size
+    if graph == "image":
+        feeds = [{"image": image, "boxes": b} for b in (boxes[:0], boxes[:1])]
+    else:
+        crops = crops_of(image, boxes[:1], eager.input_size)[0]
+        feeds = [{"crops": c} for c in (np.zeros((0, h, w, 3), np.uint8), crops)]
+    keypoints, scores = session.run(None, feeds[0])[:2]
+    assert keypoints.shape == (0, 17, 2) and scores.shape == (0, 17)
+    keypoints = session.run(None, feeds[1])[0]
+    assert keypoints.shape == (1, 17, 2) and np.isfinite(keypoints).all()
+    if decode == "msra":
+        if graph == "image":
+            want = eager.predict(image, boxes[:1]).keypoints
+        else:
+            want = eager.network.keypoints(feeds[1]["crops"], flip=True)[0].numpy()
+        np.testing.assert_array_equal(keypoints, want)

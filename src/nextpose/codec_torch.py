@@ -29,8 +29,8 @@ def decode_heatmaps_torch(
     """
     if check_decode(decode) == "dark":
         return _decode_dark_torch(heatmaps, blur_kernel_size)
-    h, w = heatmaps.shape[-2:]
-    flat = heatmaps.flatten(2)  # (N, K, Hh * Wh), row-major
+    h, w = _size(heatmaps)
+    flat = _flat(heatmaps, h, w)
     index, scores, x, y = _argmax(flat, w)
 
     def at(dx: int, dy: int) -> torch.Tensor:  # the value dx, dy away (clamped; masked below)
@@ -45,6 +45,17 @@ def decode_heatmaps_torch(
     locations = torch.cat([x, y], dim=2).to(heatmaps.dtype)
     locations = locations + 0.25 * torch.sign(torch.cat([dx, dy], dim=2))
     return locations, scores.squeeze(2)
+
+
+def _size(heatmaps: torch.Tensor) -> tuple[int, int]:
+    # Plain ints: an exported graph keeps the heatmap size fixed and only N dynamic.
+    return int(heatmaps.shape[-2]), int(heatmaps.shape[-1])
+
+
+def _flat(heatmaps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(N, K, Hh, Wh) -> (N, K, Hh * Wh), row-major. Not ``flatten(2)``: exported, that is a
+    reshape to (N, K, -1), which ONNX Runtime cannot solve for N = 0 (a frame without people)."""
+    return heatmaps.reshape(-1, heatmaps.shape[1], h * w)
 
 
 def _argmax(
@@ -78,9 +89,9 @@ def _decode_dark_torch(
     heatmaps: torch.Tensor, blur_kernel_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_decode_dark` in tensor operations (float64 where the reference is)."""
-    h, w = heatmaps.shape[-2:]
-    index, scores, x, y = _argmax(heatmaps.flatten(2), w)
-    logs = modulate_torch(heatmaps, blur_kernel_size).flatten(2)
+    h, w = _size(heatmaps)
+    index, scores, x, y = _argmax(_flat(heatmaps, h, w), w)
+    logs = _flat(modulate_torch(heatmaps, blur_kernel_size), h, w)
 
     def at(dx: int, dy: int) -> torch.Tensor:  # float32, dx, dy away (clamped; masked below)
         return logs.gather(2, (index + dy * w + dx).clamp(0, h * w - 1))
