@@ -228,6 +228,28 @@ def test_a_dark_model_runs_eager_under_auto(tiny_checkpoint):
     assert msra.with_options(batch_size=4).backend == msra.backend
 
 
+def test_a_call_decoding_by_dark_runs_where_a_dark_model_would(tiny_checkpoint):
+    """predict(decode="dark") on a model loaded for MSRA under auto gives the keypoints of one
+    loaded for DARK (eager, one network made once); a backend asked for by name is kept."""
+    from conftest import IMAGES
+
+    boxes = [[10, 10, 200, 300], [50, 40, 330, 420]]
+    msra = nextpose.load(str(tiny_checkpoint))
+    dark = nextpose.load(str(tiny_checkpoint), decode="dark")
+    assert msra.for_decode("msra") is msra and msra.for_decode(None) is msra
+    assert msra.for_decode("dark").backend == "eager"
+    assert msra.for_decode("dark") is msra.for_decode("dark")
+    assert msra.for_decode("dark").model is msra.model  # the weights are shared
+    want = dark.predict(IMAGES[0], boxes)
+    got = msra.predict(IMAGES[0], boxes, decode="dark")
+    np.testing.assert_array_equal(got.keypoints, want.keypoints)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    (many,) = msra.predict_many([IMAGES[0]], [boxes], decode="dark")
+    np.testing.assert_array_equal(many.keypoints, want.keypoints)
+    named = nextpose.load(str(tiny_checkpoint), backend="fast")
+    assert named.for_decode("dark") is named
+
+
 def test_auto_backend_without_the_onnx_extra(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(

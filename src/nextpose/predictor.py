@@ -109,6 +109,7 @@ class PoseEstimator:
         else:
             self._model = model.eval().to(self.options.torch_device)
         self._network: Network | None = None
+        self._siblings: dict[str, PoseEstimator] = {}  # for_decode's, by decoding
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
 
@@ -150,6 +151,7 @@ class PoseEstimator:
             self._model, self._read = model.eval().to(self.options.torch_device), None
         with self._lock:
             self._network = None
+            self._siblings.clear()
 
     @property
     def backend(self) -> str:
@@ -232,6 +234,28 @@ class PoseEstimator:
         """The engine that runs this estimator (with ``detector`` for tasks without boxes)."""
         return Engine(self.network, self.config, self.options, detector)
 
+    def for_decode(self, decode: str | None) -> PoseEstimator:
+        """The estimator that runs ``decode`` (None: the config's) as one loaded for it would:
+        this one, or where ``auto`` picks another backend for that decoding (DARK runs eager on
+        a CPU) a sibling sharing the weights, made once."""
+        decode = check_decode(self.config.inference.decode if decode is None else decode)
+        if decode == self.config.inference.decode:
+            return self
+        options = self._asked.resolve(decode)
+        if options == self.options:
+            return self
+        with self._lock:
+            other = self._siblings.get(decode)
+            if other is None:
+                inference = replace(self.config.inference, decode=decode)
+                config = replace(self.config, inference=inference)
+                other = PoseEstimator(
+                    lambda: self.model, config, name=self.name, options=self._asked,
+                    digest=self.digest,
+                )  # fmt: skip
+                self._siblings[decode] = other
+        return other
+
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(N, h, w, 3) uint8 RGB crops -> (N, 3, h, w) float32 network input on the device,
         ``(x - pixel_mean) / pixel_std``."""
@@ -280,7 +304,8 @@ class PoseEstimator:
             decode: ``msra`` (argmax + quarter pixel) or ``dark`` (DARK's Taylor step); None
                 uses the config's (the preset's own).
         """
-        engine = Engine(self.network, self.config, replace(self.options, read_threads=0))
+        est = self.for_decode(decode)
+        engine = Engine(est.network, est.config, replace(est.options, read_threads=0))
         task = Task(image, boxes, bbox_format=bbox_format)
         (result,) = engine.run([task], flip, decode=decode)
         if result.error is not None:
@@ -305,7 +330,7 @@ class PoseEstimator:
             raise InputError(f"predict_many: {len(images)} images but {len(boxes)} box lists")
         tasks = [Task(i, b, bbox_format=bbox_format) for i, b in zip(images, boxes, strict=True)]
         out = []
-        for result in self.engine().run(tasks, flip, decode=decode):
+        for result in self.for_decode(decode).engine().run(tasks, flip, decode=decode):
             if result.error is not None:
                 raise result.error
             assert result.poses is not None

@@ -59,6 +59,9 @@ class Batcher:
             )
         options = replace(estimator.options, batch_size=max_batch)
         self.engine = Engine(estimator.network, estimator.config, options, detector)
+        self._estimator, self._detector, self._max_batch = estimator, detector, max_batch
+        # A request's other decoding runs where a model loaded for it would (DARK: eager).
+        self._engines = {check_decode(estimator.config.inference.decode): self.engine}
         self.max_wait = max_wait
         self.max_queue = max_queue
         self.answered = 0  # requests finished (poses or error)
@@ -115,7 +118,11 @@ class Batcher:
         """Batches run so far: ``batches``, ``crops``, ``mean_batch`` (crops per batch),
         ``batch_sizes`` ({crops: batches}), ``answered`` and ``waiting`` requests, and those
         ``abandoned`` by their clients (timeouts: not computed if they had not started)."""
-        sizes = dict(self.engine.batch_sizes)  # one C-level copy: safe beside the engine thread
+        sizes: dict[int, int] = {}
+        for engine in list(self._engines.values()):
+            # one C-level copy: safe beside the engine thread
+            for k, v in dict(engine.batch_sizes).items():
+                sizes[k] = sizes.get(k, 0) + v
         batches = sum(sizes.values())
         crops = sum(k * v for k, v in sizes.items())
         return {
@@ -176,7 +183,8 @@ class Batcher:
             run = self._runs[how]
             try:
                 tasks = self._tasks(how, run)
-                for result in self.engine.run(tasks, flip, max_wait=self.max_wait, decode=decode):
+                engine = self._engine(decode)
+                for result in engine.run(tasks, flip, max_wait=self.max_wait, decode=decode):
                     self._answer(how, result)
                 return  # closed, everything answered
             except Exception as e:  # a bug: fail the requests in flight, keep serving
@@ -185,6 +193,17 @@ class Batcher:
                 self._feeds[how].put(_STALE)
                 for future in list(self._running[how]):
                     self._settle(how, future, error=e)
+
+    def _engine(self, decode: str) -> Engine:
+        """The engine for ``decode`` (made on its first request, in that decoding's thread)."""
+        engine = self._engines.get(decode)
+        if engine is None:
+            est = self._estimator.for_decode(decode)
+            options = replace(est.options, batch_size=self._max_batch)
+            engine = Engine(est.network, est.config, options, self._detector)
+            with self._lock:
+                engine = self._engines.setdefault(decode, engine)
+        return engine
 
     def _answer(self, how: How, result: Result) -> None:
         if result.error is not None:
