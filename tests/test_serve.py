@@ -207,12 +207,9 @@ def test_whole_image_coco_format_no_flip_and_raw_body(server, tiny_checkpoint, t
 
 def test_decode_dark_per_request_gives_predicts_dark_records(server, tiny_checkpoint, tmp_path):
     boxes = detections(per_image=2)
-    # The server's network is the MSRA model's (auto), decoding by DARK per request; predict's
-    # --decode dark alone would run eager (auto for a DARK model), the heatmaps' last bits apart
-    from nextpose.options import auto_backend
-
-    backend = auto_backend("cpu", "fp32")
-    want = predicted(tiny_checkpoint, tmp_path, boxes, "--decode", "dark", "--backend", backend)
+    # The server's network is the MSRA model's (auto); a DARK request runs where predict's
+    # --decode dark runs (auto: eager on a CPU), not on the MSRA model's backend
+    want = predicted(tiny_checkpoint, tmp_path, boxes, "--decode", "dark")
     got = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name], decode="dark").json()]
     assert_same_records(got, want)
     msra = [r for p in IMAGES for r in post(server, p, boxes=boxes[p.name]).json()]
@@ -320,6 +317,32 @@ def test_bad_requests_get_a_4xx_json_error(server, kind):
     body = answer.json()
     assert body["status"] == status and re.search(message, body["error"]), body
     assert requests.get(server.url + "/healthz").ok  # the server lives on
+
+
+def test_a_body_over_the_limit_is_answered_413_to_a_client_still_sending(server):
+    """The 413 reaches a client that sends its whole body before reading (declared length, or
+    chunked without one): the server reads and drops the rest, not resetting the connection."""
+    body = b"\xff" * (3 * 2**20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw:
+        raw.sendall(b"POST /v1/poses HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        time.sleep(0.3)  # the server has answered from the headers and would have closed
+        for i in range(0, len(body), 2**16):
+            raw.sendall(body[i : i + 2**16])
+        answer = b""
+        while chunk := raw.recv(2**16):
+            answer += chunk
+    head, _, text = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert "larger than the limit" in json.loads(text)["error"]
+
+    def chunks():
+        for i in range(0, len(body), 2**16):
+            yield body[i : i + 2**16]
+
+    answer = requests.post(server.url + "/v1/poses", data=chunks(), timeout=60)
+    assert answer.status_code == 413 and "larger than the limit" in answer.json()["error"]
+    assert requests.get(server.url + "/healthz").ok
 
 
 def test_ragged_boxes_odd_names_head_and_media_type_case(server):

@@ -49,6 +49,9 @@ from .batcher import Batcher
 log = logging.getLogger("nextpose")
 DECODES = 2  # images decoded at the same time, at most
 CLOSE = {"Connection": "close"}  # a body left unread: the connection cannot carry another request
+# A body over --max-body-mb is still read and dropped up to these bounds before the 413 (as a
+# web server's lingering close); past them the connection is closed, the client may see a reset.
+DRAIN_BYTES, DRAIN_SECONDS = 64 * 2**20, 10.0
 
 FIELDS = (
     "image", "boxes", "bbox_format", "flip", "decode", "score_threshold", "format", "name",
@@ -251,23 +254,36 @@ def create_app(
     async def stats() -> dict:
         return batcher.stats()
 
+    async def drain(request: Request) -> None:
+        """Read and drop what the client still sends, within bounds: closing on unread bytes
+        resets the connection, and a client that sends its whole body before reading its
+        answer (most do) would see the reset, not the 413."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(timeout, DRAIN_SECONDS)):
+                dropped = 0
+                while dropped <= DRAIN_BYTES:
+                    message = await request.receive()
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break  # the body's end, or the client gone
+                    dropped += len(message.get("body", b""))
+
     async def body_of(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
+            await drain(request)
             raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
                                f"limit of {max_body} bytes (--max-body-mb)", CLOSE)  # fmt: skip
-        parts, size = [], 0
+        parts, size, more = [], 0, True
 
-        async def read() -> None:
-            nonlocal size
-            async for part in request.stream():
-                size += len(part)
-                if size > max_body:
-                    raise RequestError(
-                        413, f"the request body is larger than the limit of {max_body} bytes "
-                        "(--max-body-mb)", CLOSE,
-                    )  # fmt: skip
-                parts.append(part)
+        async def read() -> None:  # from the ASGI channel, to know whether more is coming
+            nonlocal size, more
+            while more and size <= max_body:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise requests.ClientDisconnect
+                parts.append(message.get("body", b""))
+                size += len(parts[-1])
+                more = message.get("more_body", False)
 
         try:  # a client that stops sending mid-body would hold its connection for ever
             await asyncio.wait_for(read(), timeout)
@@ -277,6 +293,12 @@ def create_app(
             ) from None
         except requests.ClientDisconnect:  # nobody to answer: not an error of the service
             raise RequestError(400, "the client disconnected before its body arrived") from None
+        if size > max_body:
+            parts.clear()
+            if more:
+                await drain(request)
+            raise RequestError(413, f"the request body is larger than the limit of {max_body} "
+                               "bytes (--max-body-mb)", CLOSE)  # fmt: skip
         return b"".join(parts)
 
     async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
