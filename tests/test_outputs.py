@@ -298,6 +298,39 @@ def test_an_output_that_is_a_pipe_or_a_link_is_written_through(tiny_checkpoint, 
     assert link.is_symlink() and len(json.loads(real.read_text())) == 1
 
 
+def test_standard_output_named_dash_or_dev_stdout_keeps_what_the_shell_redirect_holds(
+    tiny_checkpoint, tmp_path
+):
+    """``--out -`` and ``--jsonl -`` write standard output (no file named ``-``); ``/dev/stdout``
+    under ``>>`` appends to the file the shell opened (it was replaced by a renamed file);
+    ``-`` twice, or for an output that is no stream, is refused naming the option."""
+    import subprocess
+    import sys
+
+    def run(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "nextpose", "predict", str(tiny_checkpoint),
+                   str(IMAGES[0]), "--no-progress", *args]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=300)  # fmt: skip
+
+    out = run("--out", "-")
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 1, out.stderr
+    lines = run("--jsonl", "-", "--out", "poses.json")
+    assert lines.returncode == 0, lines.stderr
+    assert json.loads(lines.stdout)["poses"] == json.loads((tmp_path / "poses.json").read_text())
+    log = tmp_path / "log.txt"
+    log.write_text("earlier\n")
+    with open(log, "a") as appended:
+        assert run("--out", "/dev/stdout", stdout=appended).returncode == 0
+    earlier, rest = log.read_text().split("\n", 1)
+    assert earlier == "earlier" and len(json.loads(rest)) == 1
+    both = run("--out", "-", "--jsonl", "-")
+    assert both.returncode == 2 and "the same file as --out" in both.stderr
+    drawn = run("--draw", "-")
+    assert drawn.returncode == 2 and "--draw: '-' (standard output) cannot" in drawn.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "poses.json"]
+
+
 def test_a_drawn_camera_video_holds_a_frame_in_place_of_the_dropped_ones(tmp_path):
     import cv2
 

@@ -9,6 +9,7 @@ give (the process umask, not ``mkstemp``'s 0600) and renamed over the target onl
 import errno
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -74,9 +75,16 @@ def umask() -> int:
     return mask
 
 
+_STREAM = re.compile(r"/dev/(stdout|stderr)|/dev/fd/[0-9]+|/proc/(self|[0-9]+)/fd/[0-9]+")
+
+
 def is_special(path: str | Path) -> bool:
     """Whether ``path`` (followed through links) is something other than a file or folder: a
-    device (``/dev/null``), a pipe (``/dev/stdout`` under ``|``), a socket."""
+    device (``/dev/null``), a pipe (``/dev/stdout`` under ``|``), a socket; or names a
+    process's stream (``/dev/stdout`` under ``>`` or ``>>``: writing a file there and renaming
+    it over the one the shell opened would lose what the stream carries)."""
+    if _STREAM.fullmatch(str(path)):
+        return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -100,7 +108,9 @@ class AtomicFile:
         self.direct = is_special(self.path)
         if self.direct:
             self.tmp = self._target = self.path
-            self.file: IO[Any] = open(self.path, mode, encoding=encoding)  # noqa: SIM115
+            # appending: a stream the shell opened with >> keeps what it had
+            direct = mode.replace("w", "a")
+            self.file: IO[Any] = open(self.path, direct, encoding=encoding)  # noqa: SIM115
             return
         self._target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
         try:

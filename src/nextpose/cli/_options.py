@@ -31,10 +31,21 @@ def count(minimum: int) -> Callable[[str], int]:
 
 
 def path_name(text: str) -> str:
-    """An argparse type: a file or folder name, not empty (``--out ''`` names no file)."""
+    """An argparse type: a file or folder name, not empty (``--out ''`` names no file) and not
+    ``-`` (standard output where a command can write there; a file named so is ``./-``)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if text == "-":
+        raise argparse.ArgumentTypeError(
+            "'-' (standard output) cannot take this output; name a file or folder (./- for one "
+            "named '-')"
+        )
     return text
+
+
+def output_file(text: str) -> str:
+    """An argparse type: :func:`path_name`, or ``-`` for standard output (``/dev/stdout``)."""
+    return "/dev/stdout" if text == "-" else path_name(text)
 
 
 def number(text: str) -> float:

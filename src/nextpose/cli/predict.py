@@ -16,6 +16,7 @@ from ._options import (
     load_detector_of,
     note_ignored,
     number,
+    output_file,
     path_name,
     run_options,
 )
@@ -57,8 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        type=path_name,
-        help="write the poses here as JSON (default: standard output, unless --jsonl is given)",
+        type=output_file,
+        help="write the poses here as JSON (- or default: standard output, unless --jsonl is "
+        "given)",
     )
     p.add_argument(
         "--format",
@@ -69,7 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "file_name, [frame, time]}",
     )
     p.add_argument(
-        "--jsonl", type=path_name, metavar="FILE", help="also write one JSON line per image/frame"
+        "--jsonl",
+        type=output_file,
+        metavar="FILE",
+        help="also write one JSON line per image/frame (-: standard output)",
     )
     p.add_argument(
         "--draw",
