@@ -396,6 +396,34 @@ def test_ctrl_c_keeps_what_is_done_and_resume_finishes(
     assert _outputs(tmp_path) == _outputs(predict_one)
 
 
+def test_resume_removes_the_partial_outputs_its_stopped_run_left_beside_complete_ones(
+    predict_args, predict_one, tmp_path, monkeypatch, one_thread, capsys
+):
+    """A run stopped beside complete earlier outputs keeps its own as NAME.partial.EXT; the
+    resume that completes the job removes them (nothing is left that looks like a result)."""
+    write, calls = sharded._PartWriter.write, []
+
+    def interrupted(self, record):
+        calls.append(record)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(self, record)
+
+    args = predict_args(tmp_path)
+    assert main(args) == 0  # the complete earlier outputs
+    monkeypatch.setattr(sharded._PartWriter, "write", interrupted)
+    assert main(args) == 130
+    partial = sorted(p.name for p in tmp_path.glob("poses.partial.*"))
+    assert partial == ["poses.partial.json", "poses.partial.jsonl"]
+    assert _outputs(tmp_path) == _outputs(predict_one)  # the complete ones kept
+    monkeypatch.setattr(sharded._PartWriter, "write", write)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert not list(tmp_path.glob("poses.partial.*"))
+    assert "poses.partial.json: the stopped run's output, complete in" in capsys.readouterr().err
+    assert _outputs(tmp_path) == _outputs(predict_one)
+
+
 API_SCRIPT = """
 import json, sys
 from pathlib import Path

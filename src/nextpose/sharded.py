@@ -437,6 +437,12 @@ def _run_job(
         kinds = [kind for kind, _ in groups]
         merged = _merge(folder, out, jsonl, kinds)
         summary.frames, summary.people, summary.inputs, summary.failed, summary.outputs = merged
+        if state.attempts:  # resumed: the stopped run's NAME.partial.EXT are complete now
+            for path in summary.outputs:
+                stale = path.with_name(f"{path.stem}.partial{path.suffix}")
+                if stale.is_file():
+                    stale.unlink()
+                    log.info("removed %s: the stopped run's output, complete in %s", stale, path)
         shutil.rmtree(folder, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     result = distributed.broadcast_object(summary)
