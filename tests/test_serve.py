@@ -436,6 +436,32 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(tiny_checkpo
 
 
 @pytest.mark.slow
+def test_a_client_that_disconnects_gives_its_place_up(tiny_checkpoint):
+    """A client closing its connection while its request waits is as one whose timeout
+    passed: its place is freed at once (``abandoned``), and the server goes on."""
+    s = Server(tiny_checkpoint, "--max-wait-ms", "4000", "--max-batch", "64")
+    try:
+        body = IMAGES[0].read_bytes()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as raw:
+            raw.sendall(b"POST /v1/poses HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            deadline = time.monotonic() + 30
+            while requests.get(s.url + "/healthz").json()["waiting"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        gone = time.monotonic()  # its batch waits 4 s for more crops
+        while (stats := requests.get(s.url + "/v1/stats").json())["abandoned"] < 1:
+            assert time.monotonic() < gone + 2, stats
+            time.sleep(0.05)
+        assert stats["waiting"] == 0 and stats["answered"] == 0, stats
+        after = post(s, IMAGES[1])
+    finally:
+        code, out = s.stop()
+    assert after.status_code == 200, after.text
+    assert code == STOPPED, out
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
     s = Server(tiny_checkpoint, "--max-wait-ms", "2000", "--max-batch", "64")
     answers: list = []

@@ -267,6 +267,12 @@ def create_app(
                         break  # the body's end, or the client gone
                     dropped += len(message.get("body", b""))
 
+    async def disconnected(request: Request) -> None:
+        """Return when the client closes its connection (its body is read: nothing else comes
+        on the ASGI channel until then)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     async def body_of(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -382,11 +388,20 @@ def create_app(
             future = batcher.submit(image, boxes, use_flip, name, decode)
         except ServiceBusyError as e:
             raise RequestError(503, str(e), {"Retry-After": "1"}) from None
+        answer = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(disconnected(request))
         try:
             async with asyncio.timeout_at(deadline):
-                result = await asyncio.wrap_future(future)
+                await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise RequestError(504, late) from None
+        finally:
+            gone.cancel()
+            answer.cancel()  # if not answered: the batcher skips its crops if still queued
+        if answer.cancelled():  # nobody reads an answer now; uvicorn drops it
+            raise RequestError(400, "the client disconnected before its answer")
+        try:
+            result = answer.result()
         except (InputError, ImageError, NumericsError) as e:
             raise RequestError(_status(e), str(e)) from None
         return records(result, image, name, image_id, out_format == "coco", threshold)
