@@ -696,8 +696,9 @@ def test_non_finite_heatmaps_are_refused(tiny_checkpoint):
     for backend in ("eager", "fast"):
         est = nextpose.load(str(tiny_checkpoint), backend=backend)
         assert est.predict(image, boxes).scores.shape == (2, 17)
-        with torch.no_grad():
-            est.model.head.final_layer.bias[3] = float("nan")
+        with torch.no_grad():  # finite weights, heatmaps past float32's range
+            est.model.head.final_layer.weight.mul_(1e38)
+            est.model.head.final_layer.bias.fill_(3e38)
         est._network = None  # rebuilt from the changed model
         with pytest.raises(ValueError, match=r"heatmaps of 2 of 2 people are not finite.*fp32"):
             est.predict(image, boxes)
@@ -709,6 +710,48 @@ def test_non_finite_heatmaps_are_refused(tiny_checkpoint):
     est._network = TorchNetwork(est.model, est.config, est.options)
     with pytest.raises(ValueError, match=r"float16's range \(65504\); use precision bf16"):
         est.predict(image, boxes)
+
+
+def test_weights_holding_nan_are_refused_on_every_backend(tiny_checkpoint):
+    """A model set from Python with a NaN weight is refused when its network is built, naming
+    the weight: on ``fast`` the fused ReLUs turned the NaN into 0 and gave finite keypoints."""
+    from nextpose.errors import NumericsError
+    from nextpose.predictor import PoseEstimator
+
+    image = np.full((60, 40, 3), 128, np.uint8)
+    for backend in ("eager", "fast", "onnxruntime"):
+        est = nextpose.load(str(tiny_checkpoint), backend=backend)
+        model = est.model
+        with torch.no_grad():
+            model.backbone.conv1.weight[0, 0, 0, 0] = float("nan")
+        est.model = model
+        with pytest.raises(NumericsError, match=r"weights hold NaN or inf in backbone\.conv1"):
+            est.predict(image, [[0, 0, 39, 59]])
+    with pytest.raises(NumericsError, match=r"backbone\.conv1\.weight"):
+        PoseEstimator(model, est.config).predict(image, [[0, 0, 39, 59]])
+
+
+def test_fp16_on_a_cpu_keeps_pytorchs_relus(tiny_checkpoint, monkeypatch):
+    """oneDNN's fused ReLU turns a NaN into 0, PyTorch's keeps it: ``fast`` in fp16 (which
+    overflows) packs its convolutions without fusing the ReLUs, so that an overflow reaches
+    the heatmaps and is reported; fp32 fuses them."""
+    from nextpose import optimize, options, runtime
+
+    with torch.no_grad():  # NaN born inside the network from finite (absurd) weights
+        model = nextpose.load(str(tiny_checkpoint)).model
+        for m in [model.backbone.conv1, model.backbone.layer1[0].conv1]:
+            m.weight.mul_(1e25)
+        fast = optimize.prepare_for_inference(model, torch.device("cpu"), fold=True)
+        x = torch.randn(2, 3, 96, 64).contiguous(memory_format=torch.channels_last)
+        plain = optimize.prepack(copy.deepcopy(fast), x[:1], 2, fuse=False)(x)
+        assert plain.isnan().any()
+    asked = []
+    real = runtime.prepack
+    monkeypatch.setattr(runtime, "prepack", lambda *a, fuse=True: asked.append(fuse) or real(*a))
+    monkeypatch.setattr(options, "cpu_supports_fp16", lambda: True)
+    for precision in ("fp32", "fp16"):
+        assert nextpose.load(str(tiny_checkpoint), backend="fast", precision=precision).network
+    assert asked == [True, False]
 
 
 def test_cli_backend_and_precision_options(tiny_checkpoint, tmp_path, capsys):

@@ -38,7 +38,7 @@ from .checkpoint import cache_dir, weights_digest
 from .codec import decode_heatmaps
 from .codec_torch import decode_heatmaps_torch
 from .config import Config
-from .errors import require
+from .errors import NumericsError, require
 from .export import export_onnx
 from .fileio import AtomicFile
 from .geometry_torch import warp_crops
@@ -344,10 +344,24 @@ class OnnxNetwork(GraphNetwork):
         )
 
 
+def check_weights(model: nn.Module) -> None:
+    """Raise :class:`~nextpose.errors.NumericsError` naming the parameters and buffers of
+    ``model`` that hold NaN or inf (set from Python: ``load`` refuses such a checkpoint)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    broken = [k for k, v in tensors if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        more = f" ... ({len(broken)} in all)" if len(broken) > 5 else ""
+        raise NumericsError(
+            f"the model's weights hold NaN or inf in {', '.join(broken[:5])}{more}: its "
+            "heatmaps would be NaN (or, where a fused ReLU zeroes them, meaningless)"
+        )
+
+
 def build_network(model: nn.Module, config: Config, options: RunOptions) -> Network:
     """The network of ``options.backend`` (resolved) for ``model`` (eval mode, on the device)."""
     options = options.resolve(config.inference.decode)
     device = options.torch_device
+    check_weights(model)
     if options.backend == "eager":  # the reference's op sequence: two passes, default layout
         return TorchNetwork(model, config, options)
     if options.backend == "onnxruntime":  # the export folds BatchNorm itself
@@ -372,7 +386,9 @@ def build_network(model: nn.Module, config: Config, options: RunOptions) -> Netw
     elif device.type == "cpu":  # weights in oneDNN's layout once, not per call: same outputs
         w, h = config.model.input_size
         example = torch.zeros(1, 3, h, w).contiguous(memory_format=torch.channels_last)
-        net = prepack(fast, example, CPU_CHUNK)
+        # oneDNN's fused ReLU turns NaN into 0: fp16, which overflows, keeps PyTorch's ReLUs
+        # so that a NaN reaches the heatmaps and is reported, as on the other backends.
+        net = prepack(fast, example, CPU_CHUNK, fuse=options.precision != "fp16")
     # CUDA: one 2N batch for the flip test keeps the GPU busier. A CPU (and MPS, not measured):
     # passes of at most CPU_CHUNK crops (larger ones spill a CPU's caches: 10% slower per crop
     # at 32 than at 8).
