@@ -549,3 +549,91 @@ def test_an_abandoned_live_iterator_stops_its_capture():
     assert next(iterator)[0] == 0
     del iterator  # closed by the garbage collector: its thread stops after the next read
     assert frames.reader.closed.wait(2), "the capture is read on for nobody"
+
+
+def test_poses_index_iterate_and_compare_as_a_sequence_of_people(estimator):
+    """An integer (Python's or NumPy's) selects one person and an index past the end raises
+    IndexError, so iterating ends; == compares the arrays (found by a user-pass review: the
+    loop never ended, ``poses[np.int64(0)]`` dropped the person axis, == raised)."""
+    poses = estimator.predict(IMAGES[0], [[0, 0, 100, 100], [10, 10, 200, 200], [5, 5, 50, 90]])
+    people = list(poses)
+    assert [len(p) for p in people] == [1, 1, 1]
+    for i, person in enumerate(people):
+        assert person == poses[i] == poses[np.int64(i)] == poses[i - 3]
+        np.testing.assert_array_equal(person.keypoints, poses.keypoints[i : i + 1])
+    assert poses[np.argmax(poses.box_scores)].keypoints.shape == (1, 17, 2)
+    for bad in (3, -4, np.int32(7)):
+        with pytest.raises(IndexError, match="of 3"):
+            poses[bad]
+    with pytest.raises(TypeError, match="not a bool"):
+        poses[True]
+    assert poses[[2, 0]] == poses[np.array([2, 0])] and poses[0] != poses[1]
+    record = poses[np.int64(0)].to_coco(np.int64(785))[0]
+    assert json.loads(json.dumps(record))["image_id"] == 785
+    assert poses.to_records(IMAGES[0])[0]["image"] == str(IMAGES[0])
+    with pytest.raises(TypeError, match="image_id must be an integer"):
+        poses.to_coco("785")
+
+
+def test_python_inputs_of_the_wrong_kind_are_refused_naming_them(estimator):
+    """Flags that are not bools, a file name where a list is taken, drawing on what is not an
+    image, a pipeline's boxes that are not a table, a callable's image: named errors, not a
+    truthy string taken as True or a traceback from OpenCV (found by a user-pass review)."""
+    image = read_image(IMAGES[0])
+    poses = estimator.predict(image, [[10, 10, 200, 300]])
+    with pytest.raises(ValueError, match="flip must be True, False or None, not 'false'"):
+        estimator.predict(image, flip="false")
+    with pytest.raises(ValueError, match="device_crops must be True or False"):
+        estimator.with_options(device_crops="no")
+    with pytest.raises(ValueError, match="bbox_format must be one of"):
+        estimator.predict(image, bbox_format="bogus")
+    with pytest.raises(ValueError, match="predict_many takes a list of images, not one str"):
+        estimator.predict_many(str(IMAGES[0]))
+    assert estimator.warm_up(False) >= 0
+    with pytest.raises(TypeError, match=r"\(H, W, 3\) uint8 RGB array, not str"):
+        poses.draw(str(IMAGES[0]))
+    with pytest.raises(ValueError, match=r"got float32 \(425, 640, 3\)"):
+        poses.draw(image.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="2 labels for 1 people"):
+        poses.draw(image, labels=["a", "b"])
+    with pytest.raises(TypeError, match=r"a \{image name: boxes\} dict, not list"):
+        PosePipeline(estimator, boxes=[[0, 0, 10, 10]])
+    with pytest.raises(ValueError, match="got NoneType"):
+        estimator.predict(lambda: None)
+    with pytest.raises(ValueError, match="got a float32 array"):
+        estimator.predict(lambda: image.astype(np.float32))
+    np.testing.assert_array_equal(estimator.predict(lambda: image).keypoints,
+                                  estimator.predict(image).keypoints)  # fmt: skip
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        load(estimator.name, device=0) if torch.cuda.device_count() == 0 else pytest.skip()
+
+
+def test_boxes_as_a_detectors_tensors(estimator):
+    """Boxes straight from a detector (a tensor requiring grad, bf16) give the poses of the
+    same numbers as a list, in predict and in a pipeline's table."""
+    image = read_image(IMAGES[0])
+    box = [[10.0, 20.0, 150.0, 300.0, 0.5]]
+    want = estimator.predict(image, box)
+    graded = torch.tensor(box, requires_grad=True) * 1
+    assert estimator.predict(image, graded) == want
+    assert estimator.predict(image, torch.tensor(box).bfloat16()).boxes.dtype == np.float32
+    table = PosePipeline(estimator, boxes={"a.jpg": graded}).boxes
+    np.testing.assert_array_equal(table.get(["a.jpg"]), np.array(box, np.float32))
+
+
+def test_a_model_of_another_architecture_than_its_config_is_refused(estimator):
+    from nextpose import PoseEstimator, get_preset
+    from nextpose.errors import ConfigError
+
+    other = get_preset("resnext50_coco_256x192").config
+    with pytest.raises(ConfigError, match=r"blocks=\(1, 1, 1, 1\) \(config: \(3, 4, 6, 3\)\)"):
+        PoseEstimator(estimator.model, other)
+    with pytest.raises(ConfigError, match="not the one the config describes"):
+        PoseEstimator(estimator.model, estimator.config).model = _resnext50(other)
+
+
+def _resnext50(config):
+    from nextpose.model import PoseNet
+
+    with torch.device("meta"):
+        return PoseNet(config.model)

@@ -55,12 +55,15 @@ def as_boxes(
     but logged as a warning naming ``source``: their keypoints mean nothing.
     """
     h, w = image_shape[:2]
-    if boxes is None:
-        return whole_image_box(h, w)
     if bbox_format not in BOX_FORMATS:
         raise InputError(
             f"bbox_format must be one of {', '.join(BOX_FORMATS)}, not {bbox_format!r}"
         )
+    if boxes is None:
+        return whole_image_box(h, w)
+    if hasattr(boxes, "detach") and hasattr(boxes, "double"):  # a torch tensor (no import)
+        # a detector's output may require grad, live on a GPU, or be bf16 (NumPy has none)
+        boxes = boxes.detach().cpu().double().numpy()
     try:
         arr = np.array(boxes, dtype=np.float64)
     except (TypeError, ValueError):
@@ -154,6 +157,8 @@ class BoxTable:
             raise InputError(f"bbox_format must be one of {', '.join(BOX_FORMATS)}")
         by_name = {}
         for name, boxes in data.items():
+            if hasattr(boxes, "detach") and hasattr(boxes, "double"):  # a torch tensor
+                boxes = boxes.detach().cpu().double().numpy()
             ok = isinstance(boxes, list | tuple | np.ndarray) and all(
                 isinstance(b, list | tuple | np.ndarray)
                 and len(b) in (4, 5)

@@ -37,7 +37,7 @@ import numpy as np
 from .boxes import BoxFormat, as_boxes
 from .config import Config, check_decode
 from .data.images import as_rgb_image, read_image
-from .errors import ImageError, NextposeError, NumericsError
+from .errors import ImageError, InputError, NextposeError, NumericsError
 from .geometry import crop_region, crop_to_image, cut_crops
 from .opencv import cv2
 from .options import Network, RunOptions
@@ -290,6 +290,8 @@ class Engine:
                 service gives decoded images), and cut in a background thread.
             decode: ``msra`` or ``dark``; None uses the model config's.
         """
+        if flip is not None and not isinstance(flip, bool):  # "false" would be truthy
+            raise InputError(f"flip must be True, False or None, not {flip!r}")
         flip = self.config.inference.flip if flip is None else flip
         decode = check_decode(self.config.inference.decode if decode is None else decode)
         service = max_wait is not None
@@ -324,8 +326,8 @@ class Engine:
             source = task.image
             if isinstance(source, str | Path):
                 image = read_image(source)
-            elif callable(source):
-                image = source()
+            elif callable(source):  # checked as an array given directly is
+                image = as_rgb_image(source(), task.label())
             else:
                 image = as_rgb_image(source, task.label())
             return task, image, None

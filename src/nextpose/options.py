@@ -209,6 +209,9 @@ class RunOptions:
             raise InputError(
                 f"keep_fp32 must be one of {', '.join(KEEP_FP32)}, not {self.keep_fp32!r}"
             )
+        for name in ("device_crops", "cudnn_benchmark"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in ("batch_size", "read_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -90,6 +90,11 @@ class PosePipeline:
         self.estimator = estimator.with_options(**changes) if changes else estimator
         self.detector = detector
         if boxes is not None and not isinstance(boxes, BoxTable):
+            if not isinstance(boxes, Mapping):
+                raise TypeError(
+                    "boxes must be a BoxTable or a {image name: boxes} dict, not "
+                    f"{type(boxes).__name__} (one image's boxes: pipeline(image, boxes))"
+                )
             boxes = BoxTable.from_dict(boxes)
         self.boxes = boxes
         self.flip = flip

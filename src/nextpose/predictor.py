@@ -11,6 +11,7 @@ torch: the weights are read (and the PyTorch backends loaded) only when somethin
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 import warnings
@@ -24,9 +25,9 @@ import numpy as np
 from . import checkpoint as weights
 from .boxes import BoxFormat
 from .codec import decode_heatmaps
-from .config import Config, check_decode
+from .config import Config, ModelConfig, check_decode
 from .engine import Detector, Engine, ImageSource, Task
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, ConfigError, InputError
 from .geometry import crop_to_image
 from .keypoints import KeypointSet
 from .onnxgraph import GraphNetwork, crop_pixels, is_cached
@@ -46,6 +47,24 @@ _SHARED_NETWORK = (
     "cudnn_benchmark",
     "keep_fp32",
 )  # what builds a network
+
+
+_ARCHITECTURE = ("blocks", "groups", "width_per_group", "deconv_channels", "num_deconv",
+                 "num_keypoints")  # fmt: skip
+
+
+def _check_fits(model: object, config: Config) -> None:
+    """Refuse a :class:`PoseNet` built for another architecture than ``config`` describes (it
+    would run with the other's keypoint set, input size and statistics)."""
+    own = getattr(model, "config", None)  # a PoseNet's ModelConfig (torch not imported here)
+    if isinstance(own, ModelConfig):
+        other = [
+            f"{k}={getattr(own, k)} (config: {getattr(config.model, k)})"
+            for k in _ARCHITECTURE
+            if getattr(own, k) != getattr(config.model, k)
+        ]
+        if other:
+            raise ConfigError(f"the model is not the one the config describes: {', '.join(other)}")
 
 
 class PoseEstimator:
@@ -89,7 +108,7 @@ class PoseEstimator:
             read_threads = workers
         if options is None:
             options = RunOptions(
-                str(device),
+                device,  # type: ignore[arg-type]  # RunOptions makes a str of a device or index
                 backend,
                 precision,
                 device_crops,
@@ -107,6 +126,7 @@ class PoseEstimator:
         if callable(model) and not hasattr(model, "state_dict"):
             self._read = model
         else:
+            _check_fits(model, config)
             self._model = model.eval().to(self.options.torch_device)
         self._network: Network | None = None
         self._siblings: dict[str, PoseEstimator] = {}  # for_decode's, by decoding
@@ -147,6 +167,7 @@ class PoseEstimator:
     @model.setter
     def model(self, model: PoseNet) -> None:
         """Other weights: the network is built again from them on next use."""
+        _check_fits(model, self.config)
         with self._model_lock:
             self._model, self._read = model.eval().to(self.options.torch_device), None
         with self._lock:
@@ -196,10 +217,14 @@ class PoseEstimator:
             plain=lambda: backed().plain,
         )
 
-    def warm_up(self, flips: tuple[bool, ...] = (True, False)) -> float:
+    def warm_up(self, flips: bool | tuple[bool, ...] = (True, False)) -> float:
         """Build the network and run a blank crop through it once per flip setting, so that
         compiling, exporting or loading from the cache happens now rather than in the first
         real call (a service does this before it answers). Returns the seconds it took."""
+        if isinstance(flips, bool):
+            flips = (flips,)
+        if not all(isinstance(f, bool) for f in flips):
+            raise InputError(f"flips must be True/False settings, not {flips!r}")
         start = time.perf_counter()
         w, h = self.input_size
         blank = np.zeros((1, h, w, 3), np.uint8)
@@ -324,6 +349,13 @@ class PoseEstimator:
         """:meth:`predict` for many images, the crops of all of them batched together; the next
         images are read and cropped while a batch is in the network. ``boxes``: one entry per
         image (None: all whole-image boxes). Raises the first unreadable image's error."""
+        if isinstance(images, str | bytes | os.PathLike) or (
+            isinstance(images, np.ndarray) and images.ndim != 4
+        ):
+            raise InputError(
+                f"predict_many takes a list of images, not one {type(images).__name__} (one "
+                "image: predict)"
+            )
         images = list(images)
         boxes = [None] * len(images) if boxes is None else list(boxes)
         if len(boxes) != len(images):
@@ -377,8 +409,9 @@ def load(
         else:
             read_threads = value
     options = RunOptions(
-        str(device), backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32
-    )
+        device,  # type: ignore[arg-type]  # RunOptions makes a str of a torch.device or index
+        backend, precision, device_crops, batch_size, read_threads, keep_fp32=keep_fp32,
+    )  # fmt: skip
     if decode is not None:
         check_decode(decode)
     own_decode = decode or (

@@ -2,8 +2,9 @@
 (:class:`Frame`). Both carry their :class:`~nextpose.keypoints.KeypointSet`, so drawing and
 output records know what the K keypoints are."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,13 @@ def rescore(
     return box * mean
 
 
+def _integer(value: Any, name: str) -> int:
+    """``value`` as a Python int (JSON writes NumPy's as errors), or a TypeError naming it."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return int(value)
+
+
 def _json_floats(values: np.ndarray) -> list:
     out = np.asarray(values, np.float64).tolist()
 
@@ -52,7 +60,7 @@ def _json_floats(values: np.ndarray) -> list:
     return clean(out)
 
 
-@dataclass
+@dataclass(eq=False)  # == below: the generated one compares arrays by truth value
 class Poses:
     """The people found in one image, in the order of their boxes.
 
@@ -82,10 +90,33 @@ class Poses:
             f"Poses({n} person{'' if n == 1 else 's'}, {self.keypoint_set.num_keypoints} keypoints)"
         )
 
+    def __iter__(self) -> Iterator["Poses"]:
+        """Each person as a one-person :class:`Poses`, in box order."""
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        """The same keypoint set and arrays equal value for value (NaN unequal, as floats)."""
+        if not isinstance(other, Poses):
+            return NotImplemented
+        fields = ("keypoints", "scores", "boxes", "box_scores", "centers", "scales")
+        return self.keypoint_set == other.keypoint_set and all(
+            np.array_equal(getattr(self, f), getattr(other, f)) for f in fields
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays
+
     def __getitem__(self, index: Any) -> "Poses":
-        """The people selected by a slice, an index array or a boolean mask."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 or None)
+        """The people selected by an integer (one person), a slice, an index array or a boolean
+        mask."""
+        if isinstance(index, bool | np.bool_):
+            raise TypeError("index people by an integer, a slice, an index array or a mask, "
+                            "not a bool")  # fmt: skip
+        if isinstance(index, int | np.integer):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"person {int(index)} of {n}")
+            index = int(index) % n
+            index = slice(index, index + 1)
         return Poses(
             self.keypoints[index],
             self.scores[index],
@@ -116,6 +147,7 @@ class Poses:
         """COCO keypoint results, one dict per person in box order: ``image_id, category_id,
         keypoints`` (K*3 floats x, y, score), ``score`` (the box score times the mean keypoint
         score above ``score_threshold``, as the reference rescores) and ``bbox`` (x, y, w, h)."""
+        image_id, category_id = _integer(image_id, "image_id"), _integer(category_id, "category_id")
         instance_scores = rescore(self.scores, self.box_scores, score_threshold)
         out = []
         for i in range(len(self)):
@@ -135,6 +167,9 @@ class Poses:
     def to_records(self, image: str) -> list[dict[str, Any]]:
         """nextpose's own output records, one per person: ``{"image", "bbox"`` (xyxy),
         ``"bbox_score", "keypoints"`` ([[x, y, score] x K])``}``; non-finite numbers as null."""
+        if not isinstance(image, str | PurePath):
+            raise TypeError(f"image must be the image's name (a str), not {type(image).__name__}")
+        image = str(image)
         out = []
         for i in range(len(self)):
             kpts = np.concatenate([self.keypoints[i], self.scores[i][:, None]], axis=1)

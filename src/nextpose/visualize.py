@@ -34,6 +34,14 @@ def draw_poses(
         keypoint_set: names (left/right/centre colours) and the skeleton's limbs.
         labels: optional text per person (e.g. a track id), written at the box's top left.
     """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be an (H, W, 3) uint8 RGB array, not {type(image).__name__} "
+                        "(nextpose.read_image reads a file)")  # fmt: skip
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} "
+                         f"{image.shape}")  # fmt: skip
+    if labels is not None and len(labels) != len(keypoints):
+        raise ValueError(f"{len(labels)} labels for {len(keypoints)} people")
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     thickness = max(1, round(max(h, w) / 320))
