@@ -424,6 +424,34 @@ def test_resume_removes_the_partial_outputs_its_stopped_run_left_beside_complete
     assert _outputs(tmp_path) == _outputs(predict_one)
 
 
+def test_an_image_whose_drawing_failed_is_drawn_by_the_resume(
+    predict_args, predict_one, tmp_path, monkeypatch, one_thread, capsys
+):
+    """A drawing that cannot be written (a full disk) fails the run before its image counts as
+    done: the error says --resume continues, and the resume draws it (it was skipped)."""
+    from nextpose.errors import OutputError
+    from nextpose.writers import DrawingWriter
+
+    draw, calls = DrawingWriter.image, []
+
+    def full(self, frame, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OutputError(f"--draw {target}: cannot write (No space left on device)")
+        return draw(self, frame, target)
+
+    args = [*predict_args(tmp_path), "--draw", str(tmp_path / "drawn")]
+    monkeypatch.setattr(DrawingWriter, "image", full)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "No space left" in err and "with --resume continues from it" in err
+    assert len(list((tmp_path / "drawn").iterdir())) == 1
+    monkeypatch.setattr(DrawingWriter, "image", draw)
+    assert main([*args, "--resume"]) == 0
+    assert len(list((tmp_path / "drawn").iterdir())) == 4
+    assert _outputs(tmp_path) == _outputs(predict_one)
+
+
 API_SCRIPT = """
 import json, sys
 from pathlib import Path

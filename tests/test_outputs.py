@@ -130,6 +130,26 @@ def test_outputs_honour_the_umask(tiny_checkpoint, tmp_path):
         os.umask(old)
 
 
+def test_a_failed_write_names_its_file_and_leaves_no_folder_it_made(tmp_path):
+    """A write that fails in the block (a full disk) is an OutputError naming the file; the
+    folders made for it go with the temporary file, a folder holding another file stays."""
+    import errno
+
+    from nextpose.errors import OutputError
+
+    target = tmp_path / "a" / "b" / "out.bin"
+    refused = r"a/b/out\.bin: cannot write \(No space left"
+    with pytest.raises(OutputError, match=refused) as e, AtomicFile(target, "wb"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert e.value.reason == "No space left on device"
+    assert list(tmp_path.iterdir()) == []
+    with AtomicFile(tmp_path / "a" / "kept.txt") as f:
+        f.write("x")
+    with pytest.raises(OutputError), AtomicFile(target, "wb"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert [p.name for p in tmp_path.rglob("*")] == ["a", "kept.txt"]
+
+
 def test_records_are_strict_json(tiny_checkpoint):
     poses = nextpose.load(str(tiny_checkpoint)).predict(IMAGES[0], [[10, 10, 100, 200]])
     poses.scores[0, 0] = np.nan
@@ -426,9 +446,9 @@ def test_ctrl_c_before_any_image_is_done_writes_nothing(
 def test_a_disk_that_refuses_the_output_is_an_error_not_a_traceback(
     verb, tiny_checkpoint, photos, tmp_path, monkeypatch, capsys
 ):
-    """A full disk (the sync fails) or a read-only one (no temporary file can be made): each
-    verb ends with ``error: <the output>: cannot write (...)`` and leaves no file behind, and an
-    earlier complete output as it was."""
+    """A full disk (the sync or a write fails) or a read-only one (no temporary file can be
+    made): each verb ends with ``error: <the output>: cannot write (...)`` and leaves no file
+    behind, and an earlier complete output as it was."""
     import errno
     import tempfile
 
@@ -442,28 +462,45 @@ def test_a_disk_that_refuses_the_output_is_an_error_not_a_traceback(
     }[verb]  # fmt: skip
     if verb == "export":
         pytest.importorskip("onnx")
-    real_fsync, real_mkstemp = os.fsync, tempfile.mkstemp
+    real_fsync, real_mkstemp, real_fdopen = os.fsync, tempfile.mkstemp, os.fdopen
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class Filling:
+        """A file whose writes fail as on a full disk (before the sync: torch.save's writer
+        turned that into its own 'unexpected pos' error, the others into a bare strerror)."""
+
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
 
     def read_only(*a, **k):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     for broken, reason in (
-        (("fsync", full), "No space left"),
-        (("mkstemp", read_only), "Read-only"),
+        ((os, "fsync", full), "No space left"),
+        ((tempfile, "mkstemp", read_only), "Read-only"),
+        ((os, "fdopen", lambda *a, **k: Filling(real_fdopen(*a, **k))), "quota exceeded"),
     ):
         out.mkdir(exist_ok=True)
         earlier = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-        target = os.fsync if broken[0] == "fsync" else None
-        if target is not None:
-            monkeypatch.setattr(os, "fsync", broken[1])
-        else:
-            monkeypatch.setattr(tempfile, "mkstemp", broken[1])
+        monkeypatch.setattr(*broken)
         code = main(args)
         monkeypatch.setattr(os, "fsync", real_fsync)
         monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+        monkeypatch.setattr(os, "fdopen", real_fdopen)
         err = capsys.readouterr().err
         assert code == 2, err[-2000:]
         assert "Traceback" not in err and "cannot write" in err and reason in err, err[-2000:]

@@ -191,6 +191,37 @@ def test_disk_full_while_saving_is_reported_and_the_last_checkpoint_kept(
     assert summary["epochs"] == 2
 
 
+def test_a_write_failing_inside_torch_save_is_reported_as_what_it_was(small, tmp_path, monkeypatch):
+    """torch.save turns its file's failed write into "unexpected pos ..."; the error names the
+    write's own reason (a full disk, a quota) instead."""
+    import errno
+    import os
+
+    real_fdopen = os.fdopen
+
+    class Full:  # the disk fills after the first 4 KiB
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def fdopen(fd, mode, *args, **kwargs):  # binary: the checkpoint (config.toml is text)
+        file = real_fdopen(fd, mode, *args, **kwargs)
+        return Full(file) if "b" in mode else file
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(TrainingError) as err:
+        train(_config(), small, tmp_path / "run", pretrained="none", progress=False)
+    assert "at the end of epoch 1 (No space left on device); nothing was saved" in str(err.value)
+
+
 def test_disk_full_on_the_first_save_through_the_cli(small, tmp_path, monkeypatch, capsys):
     _disk_full_on_save(monkeypatch, when=1)
     args = ["train", "tiny_coco_96x64", "--pretrained", "none", "--ann-file", str(small.ann_file),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import io
 import json
 import math
 import os
@@ -321,7 +322,32 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     (:class:`~nextpose.fileio.AtomicFile`: synced, links written through, devices direct).
     A Ctrl-C meanwhile is taken once the file is complete (:func:`_ctrl_c_after`)."""
     with _ctrl_c_after(), AtomicFile(path, "wb") as out:
-        write(out)
+        stream = _Writes(out)
+        try:
+            write(stream)  # type: ignore[arg-type]
+        except RuntimeError:
+            if stream.error is not None:  # torch.save reports a failed write as its own error
+                raise stream.error from None
+            raise
+
+
+class _Writes(io.RawIOBase):
+    """A file's writes, keeping the OSError of one that failed (``error``): torch.save turns
+    it into "unexpected pos" (a full disk would not be named as one)."""
+
+    def __init__(self, file: IO[bytes]):
+        super().__init__()
+        self.file, self.error = file, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
 
 
 @contextlib.contextmanager

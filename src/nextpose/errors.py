@@ -48,7 +48,9 @@ class NumericsError(NextposeError, ValueError):
 
 class OutputError(NextposeError, OSError):
     """An output cannot be written: it would replace an input or another output, or the disk
-    refused it (full, read-only, no permission)."""
+    refused it (full, read-only, no permission; ``reason`` then says which, without the file)."""
+
+    reason: str | None = None
 
 
 class ServiceBusyError(NextposeError, RuntimeError):

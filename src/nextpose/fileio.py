@@ -44,7 +44,9 @@ def cannot_write(path: str | Path, error: OSError) -> OutputError:
     """The error for an output the system refused (full, read-only, no permission)."""
     if isinstance(error, OutputError):
         return error
-    return OutputError(f"{path}: cannot write ({error.strerror or error})")
+    refused = OutputError(f"{path}: cannot write ({error.strerror or error})")
+    refused.reason = error.strerror or str(error)  # for messages that name the file themselves
+    return refused
 
 
 def check_writable(path: str | Path, option: str) -> Path:
@@ -113,12 +115,15 @@ class AtomicFile:
             self.file: IO[Any] = open(self.path, direct, encoding=encoding)  # noqa: SIM115
             return
         self._target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
+        # the folders made for it, deepest first: a discarded file leaves none of them empty
+        self._made = [p for p in self._target.parents if not p.exists()]
         try:
             self._target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(
                 prefix=f".{self._target.name}.", suffix=suffix, dir=self._target.parent
             )
         except OSError as e:
+            self._remove_made()
             raise cannot_write(self.path, e) from None
         self.tmp = Path(tmp)
         try:
@@ -126,6 +131,7 @@ class AtomicFile:
         except OSError as e:
             os.close(fd)
             self.tmp.unlink(missing_ok=True)
+            self._remove_made()
             raise cannot_write(self.path, e) from None
         self.file = os.fdopen(fd, mode, encoding=encoding)
 
@@ -157,15 +163,26 @@ class AtomicFile:
         finally:
             if not self.direct:  # written straight to a device or pipe: nothing to take back
                 self.tmp.unlink(missing_ok=True)
+                self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()  # only if empty: another file may have landed there
+            except OSError:
+                break
 
     def __enter__(self) -> IO[Any]:
         return self.file
 
-    def __exit__(self, kind: type | None, *exc: object) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, *rest: object) -> None:
         if kind is None:
             self.commit()
-        else:
-            self.discard()
+            return
+        self.discard()
+        if isinstance(error, OSError) and not isinstance(error, OutputError):
+            # a write in the block failed (a full disk): say which file, as commit does
+            raise cannot_write(self.path, error) from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

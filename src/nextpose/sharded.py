@@ -498,9 +498,9 @@ def _run_blocks(
         position = wanted.index(frame.index, position) + 1
         if frame.index in done:
             continue
-        part.write(_frame_record(g, frame, *fmt))
-        if drawer is not None:
+        if drawer is not None:  # first: an image whose drawing failed is not done
             drawer.image(frame, targets[g, frame.index])
+        part.write(_frame_record(g, frame, *fmt))
         frames, people = frames + 1, people + len(frame)
         bar.update(1)
     return frames, people

@@ -293,6 +293,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     from pathlib import Path
 
     from .. import distributed, sharded
+    from ..errors import NextposeError
     from ..options import device_type
 
     described = ("model", "checkpoint", "boxes", "bbox_format", "detector", "detector_weights",
@@ -327,6 +328,13 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
             print(f"\ninterrupted; {where} hold what was done", file=sys.stderr)
         print(f"--resume continues from {folder}", file=sys.stderr)
         return 130
+    except NextposeError as e:  # a full disk, an unwritable drawing: the parts done are kept
+        folder = sharded.parts_folder(args.out, args.jsonl)
+        if main and folder.is_dir() and any(folder.glob("part-*")):
+            note = (f"{folder} keeps what was done: once that is fixed, the same command with "
+                    "--resume continues from it (or remove the folder to start again)")  # fmt: skip
+            raise type(e)(f"{e.args[0] if e.args else e}\n{note}") from None
+        raise
     if not main:
         return 0
     videos = any(kind != "images" for kind, _ in sharded.input_groups(args.inputs))

@@ -223,7 +223,11 @@ class RunFolder:
         try:
             checkpoint.save(path, payload)
         except (OSError, RuntimeError) as e:
-            reason = (e.strerror if isinstance(e, OSError) else None) or str(e).strip()[:300]
+            reason = (
+                getattr(e, "reason", None)
+                or (e.strerror if isinstance(e, OSError) else None)
+                or str(e).strip()[:300]
+            )
             kept = f"the previous {name} is intact" if path.is_file() else "nothing was saved"
             raise TrainingError(
                 f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
