@@ -72,7 +72,7 @@ def test_bad_ground_truth_names_file_entry_and_problem(tmp_path, where, value, m
         ({"bbox": [90.0, 70.0]}, r"result 0: 'bbox' must be \[x, y, w, h\]"),
         ({"category_id": None}, r"result 0 needs an integer 'category_id'"),
         ({"score": "high"}, r"result 0 must be \{'image_id': int"),
-        ({"image_id": 99}, r"results refer to images not in"),
+        ({"image_id": 99}, r"res\.json: result 0 is of image_id 99, not in .*gt\.json"),
     ],
 )
 def test_bad_results_name_file_entry_and_problem(tmp_path, change, message):

@@ -331,6 +331,8 @@ def test_results_file_against_a_malformed_annotation_file(tmp_path):
     [
         ({"a.jpg": [[1, 2, 3]]}, r"entry 'a\.jpg' must be a list of \[x1, y1, x2, y2\]"),
         ({"a.jpg": [[1, 2, math.nan, 4]]}, "boxes of finite numbers"),
+        ({"a.jpg": [[0, 0, 3e38, 10]]}, r"coordinates of at most 1e9 pixels"),
+        ([{"image_id": 1, "bbox": [0, 0, 2e9, 4]}], r"entry 0 .*at most 1e9 pixels"),
         ({"a.jpg": [[100, 50, 80, 200]]}, r"x2 < x1 or y2 < y1 \(boxes are \[x1, y1, x2, y2\]"),
         ([{"image_id": 1, "bbox": [1, 2, -3, 4], "score": 1}], r"entry 0 must be a COCO detection"),
         ([{"image_id": "abc", "bbox": [1, 2, 3, 4]}], "entry 0 must be a COCO detection"),

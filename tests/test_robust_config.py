@@ -233,17 +233,21 @@ def test_missing_dataset_folders_and_files(tmp_path, no_work, capsys):
 
     ann, images = ["--ann-file", str(ANN_FILE)], ["--images", str(COCO)]
     code = train(*ann, "--images", str(tmp_path / "nope"))
-    refused(code, r"error: .*nope: no such image folder", capsys)
+    refused(code, r"error: --images .*nope: no such image folder", capsys)
     code = train(*ann, "--images", str(IMAGES[0]))  # a file, not a folder
-    refused(code, r"error: .*000000000785\.jpg: no such image folder", capsys)
+    refused(code, r"error: --images .*000000000785\.jpg: is a file, not the image folder", capsys)
     code = train("--ann-file", str(COCO), *images)  # a folder, not a file
-    refused(code, r"error: .*: no such annotation file", capsys)
+    refused(code, r"error: --ann-file .*: is a folder, not the annotation file", capsys)
     code = train("--coco-root", str(tmp_path / "coco"))
-    refused(code, r"error: .*coco: no such folder \(--coco-root\)", capsys)
+    refused(code, r"error: --coco-root .*coco: no such COCO folder", capsys)
     code = train(*ann, *images, "--val-ann-file", str(tmp_path / "val.json"))
-    refused(code, r"error: .*val\.json: no such validation annotation", capsys)
+    refused(code, r"error: --val-ann-file .*val\.json: no such validation annotation", capsys)
     code = main(["eval", "tiny_coco_96x64", "--coco-root", str(tmp_path), "--out", str(tmp_path)])
-    refused(code, r"error: .*: no such annotation file", capsys)
+    refused(code, r"error: --coco-root .*: no such annotation file", capsys)
+    for args in (["--images", str(IMAGES[0])], ["--ann-file", str(COCO)]):
+        code = main(["eval", "tiny_coco_96x64", "--ann-file", str(ANN_FILE), "--images", str(COCO),
+                     *args, "--out", str(tmp_path / "ev")])  # fmt: skip
+        refused(code, rf"error: {args[0]} .*: is a (file|folder), not the", capsys)
     assert not (tmp_path / "run").exists()
 
 

@@ -35,6 +35,12 @@ def outside_image(boxes: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray
     return np.flatnonzero((b[:, 2] < 0) | (b[:, 3] < 0) | (b[:, 0] > w) | (b[:, 1] > h))
 
 
+def _is_pixel(value: Any) -> bool:
+    """A box coordinate a file may hold: a finite JSON number of at most 1e9 pixels (what
+    :func:`as_boxes` takes)."""
+    return is_json_number(value) and abs(value) <= 1e9
+
+
 def as_boxes(
     boxes: Sequence | np.ndarray | None,
     image_shape: tuple[int, ...],
@@ -162,13 +168,15 @@ class BoxTable:
             ok = isinstance(boxes, list | tuple | np.ndarray) and all(
                 isinstance(b, list | tuple | np.ndarray)
                 and len(b) in (4, 5)
-                and all(map(is_json_number, b))
+                and all(map(_is_pixel, b[:4]))
+                and all(map(is_json_number, b[4:]))
                 for b in boxes
             )
             if not ok:
                 raise AnnotationError(
                     f"{source}: entry '{name}' must be a list of [x1, y1, x2, y2] or "
-                    f"[x1, y1, x2, y2, score] boxes of finite numbers, got {boxes!r:.80}"
+                    f"[x1, y1, x2, y2, score] boxes of finite numbers (coordinates of at most "
+                    f"1e9 pixels), got {boxes!r:.80}"
                 )
             if bbox_format == "xywh":
                 negative = [b for b in boxes if b[2] < 0 or b[3] < 0]
@@ -203,7 +211,7 @@ class BoxTable:
                 )
                 and isinstance(det.get("bbox"), list)
                 and len(det["bbox"]) == 4
-                and all(map(is_json_number, det["bbox"]))
+                and all(map(_is_pixel, det["bbox"]))
                 and det["bbox"][2] >= 0
                 and det["bbox"][3] >= 0
                 and is_json_number(det.get("score", 1.0))
@@ -211,8 +219,8 @@ class BoxTable:
             if not ok:
                 raise AnnotationError(
                     f"{source}: entry {i} must be a COCO detection {{'image_id': int, 'bbox': "
-                    f"[x, y, w, h] (finite, w and h >= 0), 'score': s, 'category_id': 1}}, "
-                    f"got {det!r:.80}"
+                    "[x, y, w, h] (finite, at most 1e9 pixels, w and h >= 0), 'score': s, "
+                    f"'category_id': 1}}, got {det!r:.80}"
                 )
             if det.get("category_id", 1) != 1:
                 continue

@@ -3,6 +3,7 @@
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import DECODINGS
@@ -41,6 +42,23 @@ def path_name(text: str) -> str:
             "named '-')"
         )
     return text
+
+
+def existing(path: Path, what: str, option: str = "", hint: str = "") -> Path:
+    """``path``, which must be an existing folder (``what`` ends in "folder") or file; else an
+    InputError naming ``option`` and ``path`` and what is wrong (missing, or a file where a
+    folder is asked, or back)."""
+    from ..errors import InputError
+
+    where = f"{option} {path}" if option else str(path)
+    folder = what.endswith("folder")
+    if not path.exists():
+        raise InputError(f"{where}: no such {what}{hint}")
+    if folder and not path.is_dir():
+        raise InputError(f"{where}: is a file, not the {what}{hint}")
+    if not folder and path.is_dir():
+        raise InputError(f"{where}: is a folder, not the {what}{hint}")
+    return path
 
 
 def output_file(text: str) -> str:

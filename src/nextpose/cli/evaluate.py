@@ -12,6 +12,7 @@ from ._options import (
     add_runtime,
     check_device,
     check_extras,
+    existing,
     note_ignored,
     number,
     path_name,
@@ -96,8 +97,7 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
     ann_file = Path(args.ann_file) if args.ann_file else root / COCO_VAL_ANN if root else None
     if ann_file is None:
         raise InputError("eval needs --coco-root DIR or --ann-file FILE")
-    if not ann_file.is_file():
-        raise InputError(f"{ann_file}: no such annotation file")
+    existing(ann_file, "annotation file", "--ann-file" if args.ann_file else "--coco-root")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
@@ -118,8 +118,9 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
         if not args.model:
             raise InputError("eval needs a MODEL (or --results FILE)")
         images = Path(args.images) if args.images else root / COCO_VAL_IMAGES if root else None
-        if images is None or not images.is_dir():
-            raise InputError(f"{images or 'the images folder'}: no such folder (--images DIR)")
+        if images is None:
+            raise InputError("eval needs --images DIR (or --coco-root)")
+        existing(images, "image folder", "--images" if args.images else "--coco-root")
         bbox_file = None
         if args.bbox_file:
             bbox_file = Path(args.bbox_file)

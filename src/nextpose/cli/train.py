@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..presets import PRESETS
-from ._options import PRETRAINED
+from ._options import PRETRAINED, existing
 from .evaluate import COCO_VAL_ANN, COCO_VAL_DETECTIONS, COCO_VAL_IMAGES
 
 if TYPE_CHECKING:
@@ -86,14 +86,13 @@ def config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require(path: Path | None, what: str, hint: str = "") -> Path:
+def _require(path: Path | None, what: str, option: str, hint: str = "") -> Path:
     """``path``, which must be an existing folder (``what`` ends in "folder") or file."""
     from ..errors import InputError
 
-    folder = what.endswith("folder")
-    if path is None or not (path.is_dir() if folder else path.is_file()):
-        raise InputError(f"{path or what}: no such {what}{hint}")
-    return path
+    if path is None:
+        raise InputError(f"{what}: no such {what}{hint}")
+    return existing(path, what, option, hint)
 
 
 def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
@@ -130,11 +129,15 @@ def train(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.model, args.set, args.keypoints)
     check_device(args.device)
     root = Path(args.coco_root) if args.coco_root else None
-    if root is not None and not root.is_dir():
-        raise InputError(f"{root}: no such folder (--coco-root)")
+    if root is not None:
+        existing(root, "COCO folder", "--coco-root")
     ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
     images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
-    train_data = Dataset(_require(ann, "annotation file"), _require(images, "image folder"))
+    by_root = "--coco-root"
+    train_data = Dataset(
+        _require(ann, "annotation file", "--ann-file" if args.ann_file else by_root),
+        _require(images, "image folder", "--images" if args.images else by_root),
+    )
     val_data = None
     if not args.no_val:
         val_ann = Path(args.val_ann_file) if args.val_ann_file else None
@@ -151,10 +154,15 @@ def train(args: argparse.Namespace) -> int:
         if val_ann is not None:
             hint = " (train without validation: --no-val)"
             val_data = Dataset(
-                _require(val_ann, "validation annotation file", hint),
-                _require(val_images or images, "validation image folder", hint),
-                _require(val_boxes, "validation detection file") if val_boxes else None,
-            )
+                _require(val_ann, "validation annotation file",
+                         "--val-ann-file" if args.val_ann_file else by_root, hint),
+                _require(val_images or images, "validation image folder",
+                         "--val-images" if args.val_images else by_root if root else "--images",
+                         hint),
+                _require(val_boxes, "validation detection file",
+                         "--val-bbox-file" if args.val_bbox_file else by_root)
+                if val_boxes else None,
+            )  # fmt: skip
     if args.resume:  # before the annotations are read
         RunFolder(args.out, writer=False).check(resume=True)
     read = [args.model, ann, images, args.keypoints, args.pretrained]

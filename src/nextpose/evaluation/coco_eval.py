@@ -764,5 +764,15 @@ def score_results_file(
 ) -> dict[str, float]:
     """Score a COCO keypoint results file without a model (see :func:`evaluate_results`)."""
     results = load_json(Path(results_json), "results")
-    _check_results(results, len(_sigmas(sigmas)), str(results_json))
-    return evaluate_results(results, ann_file, sigmas, evaluator)
+    num_keypoints = len(_sigmas(sigmas))
+    _check_results(results, num_keypoints, str(results_json))
+    gt = read_ground_truth(ann_file, num_keypoints)
+    known = {img["id"] for img in gt["images"]}
+    first = next((i for i, r in enumerate(results) if r["image_id"] not in known), None)
+    if first is not None:
+        unknown = sorted({r["image_id"] for r in results} - known)
+        raise AnnotationError(
+            f"{results_json}: result {first} is of image_id {results[first]['image_id']}, not "
+            f"in {ann_file} ({len(unknown)} unknown image ids: {unknown[:5]})"
+        )
+    return evaluate_results(results, ann_file, sigmas, evaluator, ground_truth=gt)
