@@ -3,12 +3,13 @@ predict CLI and the evaluation data loader (issue 7). Training images: test_robu
 
 import json
 import logging
+import shutil
 import time
 
 import cv2
 import numpy as np
 import pytest
-from conftest import ANN_FILE, COCO, IMAGES
+from conftest import ANN_FILE, COCO, IMAGES, refused
 from robust_files import (
     cmyk_jpeg,
     encode,
@@ -284,10 +285,25 @@ def test_predict_cli_on_a_folder_without_images(tiny_checkpoint, tmp_path, capsy
     assert "warning: no images found in" in capsys.readouterr().err
 
 
-def test_predict_cli_missing_input(tiny_checkpoint, tmp_path, capsys):
-    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "nope.jpg")]) == 1
+def test_predict_cli_missing_input(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """A path given on the command line that does not exist (a typo, a dangling link) is a
+    usage error found before the model loads, not a skipped image (exit 1); a glob pattern's
+    matches and a folder's entries are skipped as they are read."""
+    from nextpose import predictor
+
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    monkeypatch.setattr(predictor, "load", lambda *a, **k: pytest.fail("model loaded"))
+    for name, what in (("nope.jpg", "no such file or folder"), ("link.jpg", "a link to nothing")):
+        code = main(["predict", str(tiny_checkpoint), str(IMAGES[0]), str(tmp_path / name)])
+        refused(code, rf"error: .*{name}: {what} \(an input\)", capsys)
+    monkeypatch.undo()
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "*.jpg")]) == 1
     err = capsys.readouterr().err
-    assert "nope.jpg: no such image file" in err and "1 of 1 images were skipped" in err
+    assert "link.jpg: no such image file" in err and "1 of 1 images were skipped" in err
+    shutil.copy(IMAGES[0], tmp_path / "a.jpg")  # in a folder: reported and counted, not hidden
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "link.jpg: no such image file" in err and "1 of 2 images were skipped" in err
 
 
 # -- the evaluation data loader ------------------------------------------------------------------

@@ -226,10 +226,16 @@ def input_groups(inputs: Sequence[str]) -> list[tuple[str, Any]]:
     and each camera (``("camera", 0)``) is its own.
 
     Raises:
-        InputError: a glob pattern matches nothing.
+        InputError: a glob pattern matches nothing; a path (not a pattern's match) that does
+            not exist, before anything is loaded (a typo would be a skipped image, exit 1).
     """
     groups: list[tuple[str, Any]] = []
     for found in expand_inputs(inputs):
+        path = found.value
+        given = found.kind in ("image", "video") and Path(found.text) == path  # no pattern's
+        if given and not path.exists():
+            what = "a link to nothing" if path.is_symlink() else "no such file or folder"
+            raise InputError(f"{found.text}: {what} (an input)")
         if found.kind == "camera":
             groups.append(("camera", found.value))
         elif found.kind in ("video", "stream"):

@@ -278,8 +278,9 @@ def _natural_key(path: Path) -> list:
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (extensions in :data:`IMAGE_EXTENSIONS`, any case).
 
-    Hidden files and folders (names starting with ".") are skipped. The order is natural (numbers
-    compare as numbers), so a folder of frames ``0.jpg ... 10.jpg`` comes out in frame order.
+    Hidden files and folders (names starting with ".") are skipped; a link to nothing is listed
+    (reading it reports it). The order is natural (numbers compare as numbers), so a folder of
+    frames ``0.jpg ... 10.jpg`` comes out in frame order.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -290,7 +291,7 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
         for p in found
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))  # a dangling link: reported
     ]
     return sorted(images, key=lambda p: _natural_key(p.relative_to(folder)))
 
