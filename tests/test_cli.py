@@ -91,6 +91,10 @@ def test_bad_boxes_file_and_unknown_model(tiny_checkpoint, tmp_path, capsys):
     refused(code, r"entry 'a\.jpg' must be a list of", capsys)
     assert main(["predict", "resnext51_coco", str(IMAGES[0])]) == 2
     assert "neither a preset" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "typo.pth"), str(IMAGES[0])]) == 2
+    assert "typo.pth: no such checkpoint file" in capsys.readouterr().err  # not the preset list
+    assert main(["predict", str(IMAGES[0]), str(IMAGES[0])]) == 2  # the image as MODEL
+    assert "(it is a JPEG image, not weights" in capsys.readouterr().err
 
 
 def test_eval_with_gt_boxes_equals_reference(oracle_weights, tmp_path, capsys):

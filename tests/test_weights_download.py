@@ -238,6 +238,8 @@ def test_http_errors_name_the_status(serve, cache):
         (b"<?xml version='1.0'?><Error><Code>AccessDenied</Code></Error>", "an XML or HTML"),
         (_foreign_zip(), "a zip archive of other files"),
         (b"\x1f\x8b\x08\x00" + bytes(64), "a gzip-compressed file"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(64), "a JPEG image"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
     ],
 )
 def test_local_files_that_are_not_checkpoints_say_what_they_are(tmp_path, content, what):

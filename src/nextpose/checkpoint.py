@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # torch is imported where a file is read or written, not to f
     import torch
     from torch import nn
 
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # what names a weights file
 # mmpose files are named "<name>-<first 8 hex digits of sha256>_<date>.pth".
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})(?:_\d{8})?\.(?:pth?|safetensors)$")
 
@@ -385,6 +386,14 @@ def _is_safetensors(head: bytes) -> bool:
     return 2 <= size < 100_000_000 and head[8:9] == b"{"
 
 
+_MEDIA = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"), (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"), (b"\x1aE\xdf\xa3", "a Matroska / WebM video"),
+    (b"%PDF", "a PDF document"),
+)  # fmt: skip
+
+
 def _not_a_checkpoint(path: Path) -> str | None:
     """What ``path`` is when it plainly is no weights file (``"an HTML page"``, ...); None when
     it may be one (a torch zip archive, a pickle, safetensors, or unknown binary data)."""
@@ -403,6 +412,9 @@ def _not_a_checkpoint(path: Path) -> str | None:
         return None
     if head.startswith(b"\x1f\x8b"):
         return "a gzip-compressed file (unpack it first)"
+    for magic, kind in _MEDIA:
+        if head.startswith(magic):
+            return kind
     if head[257:262] == b"ustar":
         return "a tar archive (unpack it first)"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()

@@ -435,6 +435,8 @@ def load(
         path = weights.resolve(source, progress)
     else:
         if not (weights.is_url(model) or Path(model).exists()):
+            if Path(model).suffix.lower() in weights.WEIGHT_SUFFIXES:
+                raise InputError(f"{model}: no such checkpoint file")
             raise InputError(
                 f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file"
             )
