@@ -125,3 +125,22 @@ def test_run_files_honour_the_umask(small, tmp_path):  # noqa: F811
     for name in ("last.pth", "best.pth", "metrics.jsonl", "config.toml", "run.json"):
         mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
         assert mode == 0o640, f"{name}: {oct(mode)}"
+
+
+def test_a_lock_that_cannot_be_written_leaves_no_lock_and_no_folder(tmp_path, monkeypatch):
+    """A full disk when the holder is written into ``train.lock``: the error names the lock
+    file, and neither the empty lock nor the run folder this run made is left behind."""
+    import errno
+
+    real_write = os.write
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("train.lock"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    refused = r"train\.lock: cannot create the lock file \(No space"
+    with pytest.raises(TrainingError, match=refused), RunFolder(tmp_path / "run"):
+        pass
+    assert list(tmp_path.iterdir()) == []

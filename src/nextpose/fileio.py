@@ -241,9 +241,14 @@ class FileLock:
                     os.close(fd)
                     continue
             previous = _read_holder(fd)
-            os.ftruncate(fd, 0)
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            os.write(fd, (json.dumps(holder) + "\n").encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, (json.dumps(holder) + "\n").encode())
+            except OSError:  # a full disk: let go of the lock as release does, leave no file
+                self.path.unlink(missing_ok=True)
+                os.close(fd)
+                raise
             self._fd = fd
             return previous
         raise LockHeld({"pid": "?"})  # it keeps changing hands

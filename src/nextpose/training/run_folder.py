@@ -53,7 +53,13 @@ class RunFolder:
             except OSError as e:
                 raise TrainingError(f"{self.path}: cannot create the run folder "
                                     f"({e.strerror or e})") from None  # fmt: skip
-            self._lock()
+            try:
+                self._lock()
+            except BaseException:  # __exit__ will not run: leave no folder this run made
+                if self._created:
+                    with contextlib.suppress(OSError):
+                        self.path.rmdir()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
