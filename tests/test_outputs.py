@@ -568,3 +568,14 @@ def test_ctrl_c_in_a_drawn_video_keeps_the_earlier_complete_drawing(
         assert left == ["clip.mp4", "clip.partial.mp4"]
         assert _frames(drawn / "clip.partial.mp4") == 2
         assert str(drawn / "clip.partial.mp4") in capsys.readouterr().err
+
+
+def test_a_refused_predict_leaves_no_drawing_folder(tiny_checkpoint, tmp_path, capsys):
+    """A job refused after its checks (the parts of another stopped run are there) removes the
+    --draw folders it made for nothing."""
+    (tmp_path / "poses.json.parts").mkdir()
+    (tmp_path / "poses.json.parts" / "part-001-00000.jsonl").write_text("")
+    args = ["--out", tmp_path / "poses.json", "--draw", tmp_path / "drawn" / "here"]
+    assert _predict(tiny_checkpoint, IMAGES[0], *args) == 2
+    assert "holds the parts of a stopped run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.json.parts"]

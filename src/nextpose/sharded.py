@@ -359,10 +359,19 @@ def predict_job(
                     targets[g, entry.index] = drawer.target(entry.name)
             else:
                 targets[g, -1] = drawer.target(Path(source).name, video=True)
-    state: _State = _broadcast_or_raise(prepare)
+    try:
+        state: _State = _broadcast_or_raise(prepare)
+    except BaseException:
+        if drawer is not None:
+            drawer.remove_if_unused()
+        raise
     try:
         return _run_job(pipeline, groups, units, totals, state, folder, out, jsonl, coco,
                         drawer, targets, max_frames, block, progress, start)  # fmt: skip
+    except BaseException:
+        if drawer is not None:  # stopped before any drawing: no empty folder left
+            drawer.remove_if_unused()
+        raise
     finally:
         lock.release()
 

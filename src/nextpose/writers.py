@@ -214,6 +214,7 @@ class DrawingWriter:
         self.dir = Path(folder)
         self.guard = guard or Guard([])
         self.guard.claim_folder(self.dir, "--draw")
+        self._made = [p for p in (self.dir, *self.dir.parents) if not p.exists()]
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -234,6 +235,15 @@ class DrawingWriter:
         self._used.add(target)
         self.guard.check_target(target, "--draw")
         return target
+
+    def remove_if_unused(self) -> None:
+        """Remove the folders made for the drawings if nothing was drawn in them (a run refused
+        after its checks)."""
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def target(self, name: str, video: bool = False) -> Path:
         """The file the next image (or video) called ``name`` is drawn to: ``DIR/<name>.jpg``
