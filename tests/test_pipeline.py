@@ -286,8 +286,11 @@ def test_cli_coco_format_with_coco_boxes(tiny_checkpoint, tmp_path, capsys):
     assert {r["image_id"] for r in results} == {int(p.stem) for p in IMAGES}
     assert {r["file_name"] for r in results} == {p.name for p in IMAGES}
     assert all(r["category_id"] == 1 and len(r["keypoints"]) == 51 for r in results)
-    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "nothing.jpg")]) == 1
-    assert "nothing.jpg: no such image file" in capsys.readouterr().err
+    (tmp_path / "notes.jpg").write_text("not an image")  # nothing readable: exit 1
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "notes.jpg")]) == 1
+    assert "notes.jpg: not a readable image" in capsys.readouterr().err
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "nothing.jpg")]) == 2
+    assert "nothing.jpg: no such file or folder (an input)" in capsys.readouterr().err
 
 
 def _png(image: np.ndarray) -> bytes:
