@@ -147,3 +147,33 @@ def test_presets_train_with_the_reference_batches():
         if name != "tiny_coco_96x64"  # no reference config
     }
     assert got == REFERENCE_BATCHES
+
+
+def test_lists_given_from_python_become_tuples():
+    """A frozen config built with lists is immutable, hashable and equal to the same config
+    built with tuples; so is a keypoint set (a model of it fits its config)."""
+    from dataclasses import asdict, fields
+
+    from nextpose import PoseEstimator, get_preset
+    from nextpose.config import AugmentConfig, TrainConfig
+    from nextpose.keypoints import COCO_KEYPOINTS, KeypointSet
+
+    model = ModelConfig(blocks=[1, 1, 1, 1], input_size=[64, 96], width_per_group=1, groups=2,
+                        deconv_channels=8, pixel_mean=[1.0, 2.0, 3.0])  # fmt: skip
+    tuples = ModelConfig(blocks=(1, 1, 1, 1), input_size=(64, 96), width_per_group=1, groups=2,
+                         deconv_channels=8, pixel_mean=(1.0, 2.0, 3.0))  # fmt: skip
+    assert model == tuples and hash(model) == hash(tuples)
+    assert all(type(getattr(model, f.name)) is type(getattr(tuples, f.name)) for f in fields(model))
+    assert TrainConfig(milestones=[1, 2]).milestones == (1, 2)
+    assert AugmentConfig(scale_factor=[0.7, 1.3]).scale_factor == (0.7, 1.3)
+
+    lists = {k: [list(v) if isinstance(v, tuple) else v for v in vs] for k, vs in
+             asdict(COCO_KEYPOINTS).items()}  # fmt: skip
+    keypoints = KeypointSet(**lists)
+    assert keypoints == COCO_KEYPOINTS and hash(keypoints) == hash(COCO_KEYPOINTS)
+    assert isinstance(keypoints.skeleton[0], tuple)
+
+    config = replace(get_preset("tiny_coco_96x64").config, model=tuples)
+    listed = replace(config, model=model)
+    PoseEstimator(PoseNet(model), config)  # fits: (1, 1, 1, 1) == [1, 1, 1, 1]
+    PoseEstimator(PoseNet(tuples), listed)

@@ -213,6 +213,9 @@ def test_predict_decodes_as_the_preset_says_or_as_asked(tmp_path):
     np.testing.assert_array_equal(keypoints, own.keypoints)
     keypoints, _ = estimator.decode(heatmaps, centers, scales)  # the tensor as it comes
     np.testing.assert_array_equal(keypoints, own.keypoints)
+    with pytest.raises(nextpose.InputError, match=r"heatmaps of shape \(1, 17, 32, 24\): this "
+                       r"model's are \(N, 17, 64, 48\)"):  # fmt: skip
+        estimator.decode(heatmaps[:, :, ::2, ::2], centers, scales)
     with pytest.raises(ConfigError, match="decode"):
         nextpose.load(str(path), decode="udp")
 

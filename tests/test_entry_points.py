@@ -183,6 +183,17 @@ def test_old_names_still_work_with_a_warning():
     with pytest.warns(DeprecationWarning, match="moved to nextpose.predictor"):
         from nextpose.inference import PoseEstimator
     assert PoseEstimator is nextpose.PoseEstimator
+    import importlib
+
+    from nextpose import inference
+
+    for name, where in inference._MOVED.items():  # every old name still resolves
+        with pytest.warns(DeprecationWarning, match=f"moved to nextpose.{where}.{name}"):
+            old = getattr(inference, name)
+        assert old is getattr(importlib.import_module(f"nextpose.{where}"), name)
+    with pytest.warns(DeprecationWarning, match="prepare_crops is deprecated"):
+        crops = inference.prepare_crops(np.zeros((40, 30, 3), np.uint8), [[1, 2, 20, 30]], (32, 64))
+    assert crops.images.shape == (1, 64, 32, 3) and crops.centers.tolist() == [[10.5, 16.0]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert nextpose.Poses is nextpose.structures.Poses  # the new names warn of nothing

@@ -897,8 +897,8 @@ def test_onnx_graph_is_exported_once_per_weights_and_kept(tiny_checkpoint, monke
 
     monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
     exports = []
-    real = runtime.export_onnx
-    monkeypatch.setattr(runtime, "export_onnx", lambda *a, **k: exports.append(1) or real(*a, **k))
+    real = runtime.to_onnx
+    monkeypatch.setattr(runtime, "to_onnx", lambda *a, **k: exports.append(1) or real(*a, **k))
     est = nextpose.load(str(tiny_checkpoint), backend="onnxruntime")
     crops = np.random.default_rng(0).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
     want = runtime.OnnxNetwork(est.model, est.config, est.options).keypoints(crops, True)

@@ -1,6 +1,7 @@
 """The networks: names and shapes equal the reference's manifests; output sizes; parameters."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -98,6 +99,17 @@ def test_output_is_quarter_resolution(name):
         out = model(torch.zeros(2, 3, config.input_size[1], config.input_size[0]))
     w, h = config.heatmap_size
     assert tuple(out.shape) == (2, config.num_keypoints, h, w)
+    assert config.heatmap_stride == 4 == config.input_size[0] / w
+
+
+@pytest.mark.parametrize("num_deconv", [1, 2, 4, 5])
+def test_heatmap_size_and_stride_follow_the_deconvolutions(num_deconv):
+    config = replace(PRESETS["tiny_coco_96x64"].config.model, num_deconv=num_deconv)
+    with torch.device("meta"):
+        out = PoseNet(config).eval()(torch.zeros(1, 3, config.input_size[1], config.input_size[0]))
+    w, h = config.heatmap_size
+    assert tuple(out.shape[2:]) == (h, w)
+    assert config.heatmap_stride == 2 ** (5 - num_deconv) == config.input_size[1] / h
 
 
 def test_head_init_is_small_normal():

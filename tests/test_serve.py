@@ -271,8 +271,14 @@ BAD_REQUESTS = {
     "bad boxes JSON": (dict(params={"boxes": "[[1, 2"}), 400, "not valid JSON"),
     "boxes not a list": (dict(params={"boxes": '{"a": 1}'}), 422, "JSON list"),
     "boxes of the wrong shape": (dict(params={"boxes": "[[1, 2, 3]]"}), 422, "not 4 or 5 num"),
-    "boxes as strings": (dict(params={"boxes": '[["1", "2", "30", "40"]]'}), 422, "box 0 is"),
-    "boxes as booleans": (dict(params={"boxes": "[[true, false, 30, 40]]"}), 422, "box 0 is"),
+    "boxes as strings": (
+        dict(params={"boxes": '[["1", "2", "30", "40"]]'}),
+        422,
+        r'box 0 \["1", "2", "30", "40"\] is',
+    ),
+    "boxes as booleans": (
+        dict(params={"boxes": "[[true, false, 30, 40]]"}), 422, r"box 0 \[true, false, 30, 40\] is"
+    ),
     "score beyond float32": (dict(params={"boxes": "[[0, 0, 10, 10, 1e300]]"}), 422, "range"),
     "boxes nested too deeply": (  # a form field: a URL that long is refused before the app
         dict(files={"image": ("a.jpg", IMAGES[0].read_bytes())}, data={"boxes": "[" * 50000}),
@@ -296,6 +302,33 @@ BAD_REQUESTS = {
     "bad threshold": (dict(params={"score_threshold": "inf"}), 422, "finite number"),
     "unknown format": (dict(params={"format": "yaml"}), 422, "format must be one of"),
     "unknown field": (dict(params={"boxs": "[]"}), 422, "unknown fields"),
+    "a field given twice": (
+        dict(files={"image": ("a.jpg", IMAGES[0].read_bytes())},
+             data={"flip": ["true", "false"]}),
+        422,
+        "field 'flip' is given twice",
+    ),
+    "a query parameter given twice": (
+        dict(params=[("flip", "true"), ("flip", "false")]), 422, "'flip' is given twice"
+    ),
+    "a field also given as a query parameter": (
+        dict(files={"image": ("a.jpg", IMAGES[0].read_bytes())}, data={"boxes": "[]"},
+             params={"boxes": "[[0, 0, 9, 9]]"}),
+        422,
+        "both as a query parameter and a form field",
+    ),
+    "boxes sent as a file": (
+        dict(files={"image": ("a.jpg", IMAGES[0].read_bytes()), "boxes": ("b.json", b"[]")},
+             data={}),
+        422,
+        "field 'boxes' must be text, not a file",
+    ),
+    "two images": (
+        dict(files=[("image", ("a.jpg", IMAGES[0].read_bytes())),
+                    ("image", ("b.jpg", IMAGES[1].read_bytes()))], data={}),
+        422,
+        "field 'image' is given twice",
+    ),
     "bad multipart": (
         dict(data=b"--x\r\nnonsense", headers={"Content-Type": "multipart/form-data; boundary=x"}),
         422,
@@ -624,6 +657,38 @@ def test_a_network_that_fails_once_fails_its_batch_at_once(tiny_checkpoint):
         np.testing.assert_array_equal(poses.keypoints, want.keypoints)
 
 
+def test_an_engine_that_cannot_be_made_fails_its_requests_and_is_not_retried_in_a_loop(
+    tiny_checkpoint, monkeypatch
+):
+    """A decoding whose engine cannot be made (a bug) fails the requests waiting for it with
+    that error, at once, and is tried again only for the next request, not in a busy loop; the
+    model's own decoding is still served."""
+    from nextpose.serve import Batcher
+
+    estimator = nextpose.load(str(tiny_checkpoint))
+    batcher = Batcher(estimator, max_wait=0.01)
+    tries = []
+
+    def broken(decode):
+        tries.append(decode)
+        raise ZeroDivisionError("a bug making the engine")
+
+    monkeypatch.setattr(estimator, "for_decode", broken)
+    image = nextpose.read_image(IMAGES[0])
+    try:
+        for _ in range(2):
+            with pytest.raises(ZeroDivisionError, match="a bug making the engine"):
+                batcher.submit(image, None, True, decode="dark").result(15)
+        time.sleep(0.3)  # a loop retrying it would have tried thousands of times by now
+        assert len(tries) in (2, 3), tries  # once per request (and once at the start)
+        poses = batcher.submit(image, None, True).result(15)
+    finally:
+        batcher.close(60)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(poses.keypoints, estimator.predict(image).keypoints)
+    assert batcher.waiting == 0 and batcher.answered == 3
+
+
 def test_requests_abandoned_while_queued_are_not_computed(tiny_checkpoint):
     """A request whose future is cancelled (its client's timeout) while it still waits behind
     a busy network is skipped: its crops never run, the queue count comes back to zero, and
@@ -745,6 +810,40 @@ def test_the_wait_for_a_decoder_counts_against_the_timeout(tiny_checkpoint, monk
     assert codes[:2] == [200, 200] and set(codes[2:]) == {504}, codes
     assert took < 2.5  # not 6 x 0.8 s
     assert all("no answer within 1 s" in a.json()["error"] for a in answers if a.status_code == 504)
+
+
+def test_max_queue_counts_requests_from_their_arrival_not_from_their_decode(
+    tiny_checkpoint, monkeypatch
+):
+    """--max-queue bounds the requests the service holds, their bodies and images included:
+    those beyond it are answered 503 before their bodies are decoded (while the decoders are
+    busy nothing had reached the network's queue, which alone counted before)."""
+    from nextpose.serve import app as app_module
+
+    real, decoded = app_module.decode_image, []
+
+    def slow(*args, **kwargs):
+        decoded.append(1)
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "decode_image", slow)
+    s = ThreadServer(nextpose.load(str(tiny_checkpoint)), max_queue=3, max_wait_ms=1.0)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: post(s, IMAGES[0]), range(8)))
+        health = requests.get(s.url + "/healthz").json()
+        stats = requests.get(s.url + "/v1/stats").json()
+    finally:
+        s.stop()
+    codes = [a.status_code for a in answers]
+    assert sorted(codes) == [200] * 3 + [503] * 5, codes
+    assert len(decoded) == 3  # the refused were never decoded
+    busy = [a for a in answers if a.status_code == 503]
+    assert all(a.headers["Retry-After"] == "1" and "--max-queue 3" in a.json()["error"]
+               for a in busy)  # fmt: skip
+    assert health == {"status": "ok", "waiting": 0}
+    assert stats["waiting"] == stats["queued"] == 0 and stats["answered"] == 3
 
 
 def test_a_client_gone_mid_body_is_no_error_of_the_service(tiny_checkpoint, caplog):
@@ -903,6 +1002,9 @@ def test_serve_options_that_would_expose_or_crash_are_refused(
     assert says in capsys.readouterr().err
     assert main(["serve", str(tiny_checkpoint), "--timeout", "1e10"]) == 2
     assert "--timeout must be at most 86400" in capsys.readouterr().err
+    for useless in (["--timeout", "1e-9"], ["--max-body-mb", "1e-9"]):  # all 504 or 413
+        assert main(["serve", str(tiny_checkpoint), *useless]) == 2
+        assert "--timeout at least 0.1 s, --max-body-mb at least 1 KiB" in capsys.readouterr().err
 
 
 def test_a_port_in_use_is_said_before_the_model_loads(tiny_checkpoint, capsys, monkeypatch):

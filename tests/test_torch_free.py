@@ -188,17 +188,6 @@ def test_the_graph_key_names_weights_flip_config_and_cpu(monkeypatch):
     assert onnxgraph.onnx_cache_path("a", config, flip=True, heatmaps=True) not in keys
 
 
-def test_crop_pixels_of_the_numpy_path_equal_the_tensor_path():
-    from nextpose import runtime
-
-    config = get_preset(TINY).config
-    locations = np.random.default_rng(0).uniform(-1, 24, (5, 17, 2)).astype(np.float32)
-    want = runtime.crop_pixels(torch.from_numpy(locations), (5, 17, 32, 24), config).numpy()
-    got = onnxgraph.crop_pixels(locations, (5, 17, 32, 24), config)
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, want)
-
-
 CLI = """
 import sys
 from nextpose.cli import main

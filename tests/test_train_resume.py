@@ -92,3 +92,57 @@ def test_a_resume_entry_that_does_not_fit_is_named(finished):
     checkpoint.save(run / "last.pth", saved)
     with pytest.raises(TrainingError, match=r"last\.pth: cannot resume: its 'optimizer' entry"):
         train(_config(epochs=2), data, run, pretrained="none", resume=True, progress=False)
+
+
+def test_cli_resume_without_data_options_reads_the_data_of_the_run(finished, capsys):
+    """The command the "another config" error suggests works as given: the run's own
+    config.toml, its folder, --resume; the data comes from run.json."""
+    run, data = finished
+    args = ["train", str(run / "config.toml"), "--out", str(run), "--resume", "--quiet",
+            "--set", "train.epochs=2"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"resuming with the data the run read (run.json): {data.ann_file.absolute()}" in err
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 2
+    starts = [json.loads(line) for line in (run / "run.json").read_text().splitlines()]
+    assert len(starts) == 2 and starts[0]["train_data"] == starts[1]["train_data"]
+    assert starts[1]["train_data"]["ann_file"] == str(data.ann_file.absolute())
+
+
+def test_cli_without_data_names_the_options(tmp_path, capsys):
+    assert main(["train", "tiny_coco_96x64", "--out", str(tmp_path / "run"), "--images", "x"]) == 2
+    assert "error: no training data: give --ann-file, or --coco-root" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_on_other_data_or_without_validation_is_warned_about(finished, tmp_path, caplog):
+    run, data = finished
+    other = tmp_path / "elsewhere.json"
+    other.write_bytes(data.ann_file.read_bytes())
+    caplog.set_level(logging.WARNING, "nextpose")
+    moved = type(data)(other, data.image_dir)
+    train(_config(epochs=2), moved, run, val_data=data, pretrained="none", resume=True,
+          progress=False)  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert any(f"with other training data: ann_file is {other}" in m for m in said), said
+    assert not any("validation" in m for m in said)  # validating from here on changes nothing
+    caplog.clear()
+    train(_config(epochs=3), moved, run, pretrained="none", resume=True, progress=False)
+    said = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert any(f"without validation: it validated on {data.ann_file}" in m for m in said), said
+    assert not any("other training data" in m for m in said)
+
+
+def test_tensorboard_drops_the_steps_logged_after_the_checkpoint_on_resume(finished):
+    """The resumed writer marks a restart at the checkpoint's next step, which TensorBoard
+    reads as "drop what older files hold from this step on" (a killed run logged them)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    run, data = finished
+    train(_config(epochs=2), data, run, pretrained="none", resume=True, progress=False)
+    files = list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(files) == 2  # the first run's, the resumed run's
+    restarts = [e.step for f in files for e in EventFileLoader(str(f)).Load()
+                if e.HasField("session_log") and e.session_log.status == 1]  # fmt: skip
+    assert sorted(restarts) == [1, 2]  # a new run from step 1; the checkpoint was at 1

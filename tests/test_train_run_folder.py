@@ -144,3 +144,42 @@ def test_a_lock_that_cannot_be_written_leaves_no_lock_and_no_folder(tmp_path, mo
     with pytest.raises(TrainingError, match=refused), RunFolder(tmp_path / "run"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_write_refused_by_a_folder_made_read_only_says_so(
+    small,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    caplog,
+):
+    """The folder turns read-only during the epoch (chattr, a remount): the error is the
+    checkpoint's, not that of the lock file which then cannot be removed either (that is only
+    logged; the next run takes the lock over)."""
+    import errno
+
+    from nextpose import checkpoint
+
+    run = tmp_path / "run"
+    real_unlink = Path.unlink
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    def unlink(self, *args, **kwargs):
+        if self.name == "train.lock":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    caplog.set_level(logging.WARNING, "nextpose")
+    with pytest.raises(TrainingError) as err:
+        train(_config(epochs=1), small, run, pretrained="none", progress=False)
+    message = str(err.value)
+    assert f"could not write {run / 'last.pth'} at the end of epoch 1" in message
+    assert "Operation not permitted" in message and "Free some space" not in message
+    assert "Once the cause is fixed, start the run again" in message
+    assert f"{run / 'train.lock'}: could not remove the lock file" in caplog.text
+    monkeypatch.undo()
+    train(_config(epochs=1), small, run, pretrained="none", progress=False)  # takes it over
+    assert (run / "last.pth").is_file() and not (run / "train.lock").exists()

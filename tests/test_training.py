@@ -155,6 +155,53 @@ def test_two_process_ddp_follows_the_single_process_trajectory(tmp_path):
     assert json.loads((double / "run.json").read_text())["world_size"] == 2
 
 
+ONE_RANK_NAN = """
+import json, os, sys
+from nextpose import get_preset
+from nextpose.training import Dataset, TrainingError, loop, train
+from nextpose.training import loss as loss_module
+
+ann_file, images, out = sys.argv[1:]
+rank = int(os.environ["RANK"])
+if rank == 1:  # only this rank's loss goes bad
+    real = loss_module.KeypointMSELoss.forward
+    loss_module.KeypointMSELoss.forward = lambda self, *a: real(self, *a) * float("nan")
+build = loop.build_learner
+learners = []
+loop.build_learner = lambda *a, **k: learners.append(build(*a, **k)) or learners[-1]
+settings = {"epochs": 1, "batch_size": 2, "warmup_iters": 1, "log_interval": 1}
+config = get_preset("tiny_coco_96x64").config.override(
+    [f"train.{k}={json.dumps(v)}" for k, v in settings.items()] + ["data.workers=0"]
+)
+try:
+    train(config, Dataset(ann_file, images), out, pretrained="none", device="cpu", progress=False)
+except TrainingError as e:
+    print(f"rank {rank}: broadcast_buffers={learners[0].network.broadcast_buffers}: {e}")
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_its_message(tmp_path):
+    """Every rank checks the mean loss: a NaN on one stops all of them with the same clear
+    error (one rank alone would leave the others waiting in DDP's all-reduce, or dying of a
+    lost peer). The ranks' BatchNorm statistics are their own until the epoch's end (DDP does
+    not broadcast rank 0's before each step, as the reference's wrapper does not)."""
+    script = tmp_path / "nan.py"
+    script.write_text(ONE_RANK_NAN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    ran = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), str(ANN_FILE), str(COCO), str(tmp_path / "run")],
+        env=env, timeout=300, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ran.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: broadcast_buffers=False: the loss became nan at iteration 0" in (
+            ran.stdout
+        ), ran.stdout[-2000:] + ran.stderr[-3000:]
+
+
 def test_the_deprecated_trainer_still_trains(tmp_path):
     with pytest.warns(DeprecationWarning, match=r"call nextpose\.training\.train"):
         trainer = Trainer(_config(epochs=1), DATA, tmp_path, pretrained="none", progress=False)

@@ -47,6 +47,7 @@ def as_boxes(
     source: str = "the image",
     bbox_format: BoxFormat = "xyxy",
     keep_inverted: bool = False,
+    warn_outside: bool = True,
 ) -> np.ndarray:
     """(N, 5) float32 xyxy + score; None means the whole image; a missing score means 1.
 
@@ -56,6 +57,8 @@ def as_boxes(
         source: the image's name, for messages.
         keep_inverted: keep boxes with x2 < x1 or y2 < y1 (or w, h < 0) instead of refusing
             them: the reference crops a detection file's boxes as given.
+        warn_outside: log boxes entirely outside the image (for a caller that refuses them
+            itself, False).
 
     Boxes entirely outside the image are kept (the reference keeps them: their crop is black)
     but logged as a warning naming ``source``: their keypoints mean nothing.
@@ -103,7 +106,7 @@ def as_boxes(
             f"{source}: {len(points)} of {len(arr)} boxes have zero width and height (box "
             f"{points[0]}: {arr[points[0], :4].tolist()}); all their keypoints land on that point"
         )
-    outside = outside_image(arr, image_shape)
+    outside = outside_image(arr, image_shape) if warn_outside else ()
     if len(outside):
         log.warning(
             f"{source}: {len(outside)} of {len(arr)} boxes lie entirely outside the {w} x {h} "

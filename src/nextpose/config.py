@@ -47,6 +47,15 @@ def _interval(low: float, high: float | None, low_open: bool) -> str:
     return f"in {'(' if low_open else '['}{text(low)}, {text(high)}]"
 
 
+def _tuples(obj: Any) -> None:
+    """Make the list values of ``obj``'s tuple fields tuples (a frozen config given
+    ``blocks=[3, 4, 6, 3]`` must still be immutable, hashable and equal to its preset's)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, list):
+            object.__setattr__(obj, f.name, tuple(value))
+
+
 def _check_number(
     key: str,
     value: Any,
@@ -88,6 +97,7 @@ class ModelConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
     def __post_init__(self) -> None:
+        _tuples(self)
         if any(isinstance(v, bool) or not isinstance(v, int) for v in self.input_size):
             raise ConfigError(f"model.input_size={_short(self.input_size)} must be 2 integers")
         w, h = self.input_size
@@ -115,10 +125,15 @@ class ModelConfig:
             )
 
     @property
+    def heatmap_stride(self) -> int:
+        """Crop pixels per heatmap pixel: 32 / 2^num_deconv (4 for the published models), a
+        power of two, so heatmap -> crop pixels is exact in any float type."""
+        return 32 // 2**self.num_deconv
+
+    @property
     def heatmap_size(self) -> tuple[int, int]:
         """(w, h) of the output heatmaps."""
-        stride = 32 // 2**self.num_deconv
-        return self.input_size[0] // stride, self.input_size[1] // stride
+        return self.input_size[0] // self.heatmap_stride, self.input_size[1] // self.heatmap_stride
 
     @property
     def depth(self) -> int | None:
@@ -186,6 +201,7 @@ class AugmentConfig:
     rotate_prob: float = 0.6
 
     def __post_init__(self) -> None:
+        _tuples(self)
         for name in ("flip_prob", "half_body_prob", "half_body_upper_prob", "shift_prob",
                      "scale_prob", "rotate_prob"):  # fmt: skip
             _check_number(f"data.augment.{name}", getattr(self, name), 0, 1)
@@ -248,6 +264,7 @@ class TrainConfig:
     freeze_bn: bool = False  # BatchNorm uses its running statistics (fine-tuning small batches)
 
     def __post_init__(self) -> None:
+        _tuples(self)
         for name in ("epochs", "batch_size", "base_batch_size", "val_interval", "log_interval"):
             _check_number(f"train.{name}", getattr(self, name), 1, integer=True)
         _check_number("train.lr", self.lr, 0, 1e3, low_open=True)

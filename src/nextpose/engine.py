@@ -6,7 +6,8 @@ Stages, each bounded so memory does not grow with the number of images or boxes:
 1. **read**: image files are decoded by ``read_threads`` threads, in order, a few ahead;
 2. **boxes and crops**: person boxes come with the task, from the detector, or cover the whole
    image; the crops of each image are cut in chunks of at most ``batch_size`` (with OpenCV, or on
-   the device with ``device_crops``); this stage runs in a background thread;
+   the device with ``device_crops``); this stage runs in a background thread when images are
+   read ahead (``read_threads > 0``), for a camera and for a service, else in the caller's;
 3. **network**: the caller's thread joins chunks of several images into batches of exactly
    ``batch_size`` crops, runs the network (flip test included) and the decoding, maps keypoints
    back to image pixels and hands out each image's :class:`Result` in task order.

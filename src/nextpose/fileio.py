@@ -8,6 +8,7 @@ give (the process umask, not ``mkstemp``'s 0600) and renamed over the target onl
 
 import errno
 import json
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,8 @@ try:
     import fcntl
 except ImportError:  # Windows: the lock file is created exclusively instead
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("nextpose")
 
 
 def cache_dir() -> Path:
@@ -265,10 +268,17 @@ class FileLock:
             os.close(fd)
 
     def release(self) -> None:
+        """Let go of the lock and remove its file; a file that cannot be removed (a folder
+        made read-only meanwhile) is logged, not raised: the error being handled is the one
+        to say, and a lock file left behind is taken over (its holder is gone)."""
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # before closing: nobody can take it between
-            os.close(self._fd)
-            self._fd = None
+            try:
+                self.path.unlink(missing_ok=True)  # before closing: nobody can take it between
+            except OSError as e:
+                log.warning("%s: could not remove the lock file (%s)", self.path, e.strerror or e)
+            finally:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -3,8 +3,8 @@ for one more release.
 
 ``PoseEstimator`` and ``load`` are in :mod:`nextpose.predictor`, ``Poses`` in
 :mod:`nextpose.structures`, ``as_boxes`` in :mod:`nextpose.boxes`, ``flip_test`` and ``normalize``
-in :mod:`nextpose.model.tta`, the backends in :mod:`nextpose.runtime`, ``ordered_map`` in
-:mod:`nextpose.engine`.
+in :mod:`nextpose.model.tta`, the backend and precision names in :mod:`nextpose.options`,
+``ordered_map`` in :mod:`nextpose.engine`.
 """
 
 import importlib
@@ -22,11 +22,12 @@ _MOVED = {
     "Poses": "structures",
     "as_boxes": "boxes",
     "flip_test": "model.tta",
+    "normalize": "model.tta",
     "ordered_map": "engine",
-    "BACKENDS": "runtime",
-    "PRECISIONS": "runtime",
-    "Backend": "runtime",
-    "Precision": "runtime",
+    "BACKENDS": "options",
+    "PRECISIONS": "options",
+    "Backend": "options",
+    "Precision": "options",
 }
 
 

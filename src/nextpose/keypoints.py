@@ -32,6 +32,13 @@ class KeypointSet:
     lower_body: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        # Lists given from Python become tuples: the set stays immutable and hashable.
+        for name in ("names", "flip_indices", "sigmas", "upper_body", "lower_body"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.skeleton, list | tuple):
+            skeleton = tuple(tuple(p) if isinstance(p, list) else p for p in self.skeleton)
+            object.__setattr__(self, "skeleton", skeleton)
         k = len(self.names)
         if len(self.flip_indices) != k or len(self.sigmas) != k:
             raise ConfigError(

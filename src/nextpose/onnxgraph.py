@@ -39,7 +39,7 @@ GRAPH_EXPORT = {"heatmaps": True}  # export options of the backend's graphs, bes
 def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:
     """Where the onnxruntime backend keeps the graph of the weights ``digest`` names
     (:func:`~nextpose.checkpoint.weights_digest`) exported with ``export`` (keywords of
-    :func:`~nextpose.export.export_onnx`), as ONNX Runtime optimized it for this CPU:
+    :func:`~nextpose.graphs.to_onnx`), as ONNX Runtime optimized it for this CPU:
     ``<cache>/onnx/<key>.onnx``, the key a sha256 of the digest, the config (but for the flip
     and decoding defaults: the graph has the flip of ``export`` and decodes MSRA, DARK decodes
     its heatmaps outside), the export options, the versions that make and run the graph, and
@@ -100,13 +100,6 @@ def ort_session(graph: str | bytes, keep: Path | None = None) -> Any:
     if out is not None:
         out.commit()
     return session
-
-
-def crop_pixels(locations: np.ndarray, shape: tuple[int, ...], config: Config) -> np.ndarray:
-    """Heatmap-pixel locations (N, K, 2) float32 -> crop pixels, for heatmaps of ``shape``."""
-    w, h = config.model.input_size
-    stride = np.array([w / shape[3], h / shape[2]], np.float32)
-    return (locations * stride).astype(np.float32)
 
 
 class GraphNetwork:
@@ -201,5 +194,5 @@ class GraphNetwork:
         if decode == "dark":
             kernel = self.config.codec.blur_kernel_size
             locations, scores = decode_heatmaps(heatmaps, decode, kernel)
-            return crop_pixels(locations, heatmaps.shape, self.config), scores
+            return locations * self.config.model.heatmap_stride, scores
         return keypoints, scores

@@ -17,7 +17,7 @@ import platform
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from .errors import InputError
 from .fileio import atomic_write_text, cache_dir
@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 Backend = Literal["auto", "eager", "fast", "compile", "onnxruntime"]
 Precision = Literal["fp32", "bf16", "fp16"]
 KeepFp32 = Literal["none", "final", "ends", "head"]
-BACKENDS: tuple[str, ...] = ("auto", "eager", "fast", "compile", "onnxruntime")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-KEEP_FP32: tuple[str, ...] = ("none", "final", "ends", "head")
+BACKENDS: tuple[str, ...] = get_args(Backend)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+KEEP_FP32: tuple[str, ...] = get_args(KeepFp32)
 # The person detectors (torchvision's COCO models, best box AP first), named here so that a
 # pipeline over given boxes and --help need not import torchvision (2.4 s).
 DETECTOR_NAMES: tuple[str, ...] = (
@@ -285,7 +285,8 @@ class Network(Protocol):
         ...
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool) -> torch.Tensor:
-        """Heatmaps (N, K, h/4, w/4) float32 of normalised inputs (N, 3, h, w)."""
+        """Heatmaps (N, K, Hh, Wh) float32 (``model.heatmap_size``) of normalised inputs
+        (N, 3, h, w)."""
         ...
 
     def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:

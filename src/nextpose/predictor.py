@@ -30,7 +30,7 @@ from .engine import Detector, Engine, ImageSource, Task
 from .errors import CheckpointError, ConfigError, InputError
 from .geometry import crop_to_image
 from .keypoints import KeypointSet
-from .onnxgraph import GraphNetwork, crop_pixels, is_cached
+from .onnxgraph import GraphNetwork, is_cached
 from .options import Backend, KeepFp32, Network, Precision, RunOptions, onnxruntime_available
 from .presets import PRESETS, get_preset
 from .structures import Poses
@@ -255,9 +255,18 @@ class PoseEstimator:
             other._network = self._network
         return other
 
-    def engine(self, detector: Detector | None = None) -> Engine:
-        """The engine that runs this estimator (with ``detector`` for tasks without boxes)."""
-        return Engine(self.network, self.config, self.options, detector)
+    def engine(
+        self,
+        detector: Detector | None = None,
+        *,
+        batch_size: int | None = None,
+        read_threads: int | None = None,
+    ) -> Engine:
+        """The engine that runs this estimator (with ``detector`` for tasks without boxes);
+        ``batch_size`` and ``read_threads`` other than the run options' share this network."""
+        changes = {"batch_size": batch_size, "read_threads": read_threads}
+        options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
+        return Engine(self.network, self.config, options, detector)
 
     def for_decode(self, decode: str | None) -> PoseEstimator:
         """The estimator that runs ``decode`` (None: the config's) as one loaded for it would:
@@ -287,8 +296,9 @@ class PoseEstimator:
         return self.network.normalize(crops)
 
     def heatmaps(self, inputs: torch.Tensor, flip: bool | None = None) -> torch.Tensor:
-        """Heatmaps (N, K, h/4, w/4) of normalised inputs, averaged with the mirrored inputs'
-        if ``flip`` (None: the config's, on); the backend's PyTorch network."""
+        """Heatmaps (N, K, Hh, Wh) (``model.heatmap_size``) of normalised inputs, averaged with
+        the mirrored inputs' if ``flip`` (None: the config's, on); the backend's PyTorch
+        network."""
         return self.network.heatmaps(inputs, self.config.inference.flip if flip is None else flip)
 
     def decode(
@@ -298,7 +308,7 @@ class PoseEstimator:
         scales: np.ndarray,
         decode: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Heatmaps (N, K, h/4, w/4; an array, or :meth:`heatmaps`' tensor) -> keypoints
+        """Heatmaps (N, K, Hh, Wh; an array, or :meth:`heatmaps`' tensor) -> keypoints
         (N, K, 2) in image pixels and scores (N, K), decoded by ``decode`` (``msra`` or ``dark``;
         None: the config's) on the CPU; ``centers``, ``scales``: (N, 2) crop regions, image
         pixels."""
@@ -306,8 +316,14 @@ class PoseEstimator:
             heatmaps = heatmaps.detach().float().cpu().numpy()
         decode = self.config.inference.decode if decode is None else decode
         kernel = self.config.codec.blur_kernel_size
+        wh, hh = self.config.model.heatmap_size
+        k = self.config.model.num_keypoints
+        if heatmaps.ndim != 4 or heatmaps.shape[1:] != (k, hh, wh):
+            raise InputError(
+                f"heatmaps of shape {heatmaps.shape}: this model's are (N, {k}, {hh}, {wh})"
+            )
         locations, scores = decode_heatmaps(heatmaps, decode, kernel)
-        pixels = crop_pixels(locations, heatmaps.shape, self.config)
+        pixels = locations * self.config.model.heatmap_stride
         return crop_to_image(pixels, centers, scales, self.input_size), scores
 
     def predict(
@@ -330,9 +346,8 @@ class PoseEstimator:
                 uses the config's (the preset's own).
         """
         est = self.for_decode(decode)
-        engine = Engine(est.network, est.config, replace(est.options, read_threads=0))
         task = Task(image, boxes, bbox_format=bbox_format)
-        (result,) = engine.run([task], flip, decode=decode)
+        (result,) = est.engine(read_threads=0).run([task], flip, decode=decode)
         if result.error is not None:
             raise result.error
         assert result.poses is not None

@@ -34,14 +34,14 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .checkpoint import cache_dir, weights_digest
+from .checkpoint import weights_digest
 from .codec import decode_heatmaps
 from .codec_torch import decode_heatmaps_torch
 from .config import Config
 from .errors import NumericsError, require
-from .export import export_onnx
-from .fileio import AtomicFile
+from .fileio import AtomicFile, cache_dir
 from .geometry_torch import warp_crops
+from .graphs import to_onnx
 from .model.tta import flip_test, normalize
 from .onnxgraph import GRAPH_EXPORT, GraphNetwork
 from .optimize import (
@@ -106,7 +106,7 @@ class TorchNetwork:
     chunking, CUDA graphs, and decoding on the device.
 
     Args:
-        net: (N, 3, h, w) float32 -> (N, K, h/4, w/4) heatmaps.
+        net: (N, 3, h, w) float32 -> (N, K, Hh, Wh) heatmaps (``model.heatmap_size``).
         config: the model's config (input size, pixel statistics, flip partners).
         options: resolved run options (device, precision, cuDNN benchmark).
         channels_last: feed the network channels-last tensors.
@@ -231,16 +231,8 @@ class TorchNetwork:
                 locations, scores = (torch.from_numpy(a) for a in found)
             else:
                 locations, scores = decode_heatmaps_torch(heatmaps, decode, kernel)
-            keypoints = crop_pixels(locations, heatmaps.shape, self._config)
+            keypoints = locations * self._config.model.heatmap_stride  # crop pixels
         return keypoints, scores
-
-
-def crop_pixels(locations: torch.Tensor, shape: tuple[int, ...], config: Config) -> torch.Tensor:
-    """Heatmap-pixel locations (N, K, 2) -> crop pixels, for heatmaps of ``shape`` (N, K, h, w)."""
-    w, h = config.model.input_size  # the stride as Python scalars: no copy to the device
-    sx = float(np.float32(w / shape[3]))
-    sy = float(np.float32(h / shape[2]))
-    return torch.stack([locations[..., 0] * sx, locations[..., 1] * sy], dim=-1)
 
 
 def _cache_key(*parts: Any) -> str:
@@ -319,7 +311,7 @@ def _export(model: nn.Module, config: Config, flip: bool) -> bytes:
     """The crops graph of the onnxruntime backend; PyTorch's view of the CPU is kept beside it
     (``auto`` on the cached graph then needs no torch)."""
     keep_cpu_capability()
-    return export_onnx(model, config, None, flip=flip, **GRAPH_EXPORT)
+    return to_onnx(model, config, flip=flip, **GRAPH_EXPORT)
 
 
 class OnnxNetwork(GraphNetwork):

@@ -71,7 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=count(1),
         default=256,
         metavar="N",
-        help="requests waiting at most; more are answered 503 with Retry-After (default 256)",
+        help="requests taken at a time (being received, decoded or waiting for their poses); "
+        "more are answered 503 with Retry-After (default 256)",
     )
     p.add_argument(
         "--timeout",
@@ -104,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("fastapi", "uvicorn", "multipart"):  # multipart: found, not imported
         require(name, "serve", "nextpose serve", load=name != "multipart")
-    if args.max_wait_ms < 0 or args.timeout <= 0 or args.max_body_mb <= 0:
-        raise InputError("--max-wait-ms must be >= 0, --timeout and --max-body-mb > 0")
+    if args.max_wait_ms < 0 or args.timeout < 0.1 or args.max_body_mb * 2**20 < 1024:
+        # smaller ones start a service that answers every request 413 or 504
+        raise InputError(
+            "--max-wait-ms must be >= 0, --timeout at least 0.1 s, --max-body-mb at least "
+            f"1 KiB (0.001), not {args.max_wait_ms:g}, {args.timeout:g}, {args.max_body_mb:g}"
+        )
     if args.timeout > 86400 or args.max_wait_ms > 60000:
         raise InputError("--timeout must be at most 86400 s, --max-wait-ms at most 60000")
     check_detector(args)

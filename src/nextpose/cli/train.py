@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,24 @@ def _check_run_folder(out: Path, inputs: list[Path], resume: bool) -> None:
             )
 
 
+def _data_of_the_run(args: argparse.Namespace, validate: bool) -> None:
+    """A resume given no data options reads the data its run read (``run.json``'s latest
+    start), its validation data too unless other validation options were given."""
+    from ..training.run_folder import RunFolder
+
+    start = RunFolder(Path(args.out), writer=False).last_start() or {}
+    data, val = start.get("train_data"), start.get("val_data")
+    if not isinstance(data, dict) or not data.get("ann_file") or not data.get("image_dir"):
+        return  # an older or foreign record: the options are needed
+    args.ann_file, args.images = data["ann_file"], data["image_dir"]
+    said = f"{args.ann_file}, {args.images}"
+    if validate and isinstance(val, dict) and val.get("ann_file") and val.get("image_dir"):
+        args.val_ann_file, args.val_images = val["ann_file"], val["image_dir"]
+        args.val_bbox_file = val.get("bbox_file")
+        said += f"; validation {args.val_ann_file}"
+    print(f"resuming with the data the run read (run.json): {said}", file=sys.stderr)
+
+
 def train(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training import Dataset
@@ -128,11 +147,20 @@ def train(args: argparse.Namespace) -> int:
         raise InputError("--out: an empty path (give the run folder)")
     cfg = resolve_config(args.model, args.set, args.keypoints)
     check_device(args.device)
+    val_options = ("val_ann_file", "val_images", "val_bbox_file")
+    given_val = ["--" + n.replace("_", "-") for n in val_options if getattr(args, n)]
+    if args.no_val and given_val:
+        warnings.warn(f"{', '.join(given_val)}: no effect with --no-val", stacklevel=1)
+    if args.resume and not (args.ann_file or args.images or args.coco_root):
+        _data_of_the_run(args, validate=not args.no_val and not given_val)
     root = Path(args.coco_root) if args.coco_root else None
     if root is not None:
         existing(root, "COCO folder", "--coco-root")
     ann = Path(args.ann_file) if args.ann_file else root / COCO_TRAIN_ANN if root else None
     images = Path(args.images) if args.images else root / COCO_TRAIN_IMAGES if root else None
+    if ann is None or images is None:
+        missing = " and ".join(o for o, v in (("--ann-file", ann), ("--images", images)) if not v)
+        raise InputError(f"no training data: give {missing}, or --coco-root")
     by_root = "--coco-root"
     train_data = Dataset(
         _require(ann, "annotation file", "--ann-file" if args.ann_file else by_root),

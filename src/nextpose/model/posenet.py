@@ -11,7 +11,8 @@ from .head import HeatmapHead
 class PoseNet(nn.Module):
     """ResNeXt trunk + deconvolution head (Xiao et al. 2018, "Simple Baselines").
 
-    ``forward`` maps (N, 3, h, w) normalised RGB crops to (N, K, h/4, w/4) heatmaps. Pre- and
+    ``forward`` maps (N, 3, h, w) normalised RGB crops to (N, K, h/s, w/s) heatmaps, s =
+    ``config.heatmap_stride`` (4 for the published models). Pre- and
     post-processing live in :class:`nextpose.PoseEstimator`.
     """
 

@@ -118,12 +118,16 @@ def parse_boxes(
         )
     for i, box in enumerate(value):
         if not (isinstance(box, list) and len(box) in (4, 5) and are_json_numbers(box)):
+            given = json.dumps(box)
+            given = given if len(given) <= 80 else given[:77] + "..."
             raise RequestError(
-                422, f"{shape_help}: box {i} is not 4 or 5 numbers (finite, in float32 range)"
+                422,
+                f"{shape_help}: box {i} {given} is not 4 or 5 numbers (finite, in float32 range)",
             )
     value = [box if len(box) == 5 else [*box, 1.0] for box in value]  # a missing score is 1
+    source = f"{name}: boxes"
     try:
-        boxes = as_boxes(value, shape, f"{name}: boxes", bbox_format)  # type: ignore[arg-type]
+        boxes = as_boxes(value, shape, source, bbox_format, warn_outside=False)  # type: ignore[arg-type]
     except NextposeError as e:
         raise RequestError(422, str(e)) from None
     outside = outside_image(boxes, shape)
@@ -132,7 +136,7 @@ def parse_boxes(
         i = int(outside[0])
         raise RequestError(
             422,
-            f"{name}: box {i} {boxes[i, :4].tolist()} lies entirely outside the {w} x {h} image",
+            f"{source}: box {i} {boxes[i, :4].tolist()} lies entirely outside the {w} x {h} image",
         )
     return boxes
 
@@ -242,9 +246,11 @@ def create_app(
     async def index() -> Any:
         return responses.HTMLResponse(page)
 
+    taken = 0  # requests being received, decoded or waiting for their poses (this loop's)
+
     @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers, curl -I
     async def healthz() -> dict:
-        return {"status": "ok", "waiting": batcher.waiting}
+        return {"status": "ok", "waiting": taken}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -252,7 +258,8 @@ def create_app(
 
     @app.get("/v1/stats")
     async def stats() -> dict:
-        return batcher.stats()
+        queued = batcher.stats()
+        return {**queued, "waiting": taken, "queued": queued["waiting"]}
 
     async def drain(request: Request) -> None:
         """Read and drop what the client still sends, within bounds: closing on unread bytes
@@ -309,7 +316,11 @@ def create_app(
 
     async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
         """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
-        fields: dict[str, str] = dict(request.query_params)
+        fields: dict[str, str] = {}
+        for key, value in request.query_params.multi_items():
+            if key in fields:
+                raise RequestError(422, f"query parameter {key!r} is given twice")
+            fields[key] = value
         kind = request.headers.get("content-type", "").lower()  # media types ignore case
         if not kind.startswith("multipart/form-data"):
             return body, fields, None
@@ -317,29 +328,60 @@ def create_app(
         async def stream():
             yield body
 
-        try:
+        try:  # files: as many as fields, so that a field sent as a file is named below
             form = await formparsers.MultiPartParser(
-                request.headers, stream(), max_files=1, max_fields=len(FIELDS),
+                request.headers, stream(), max_files=len(FIELDS), max_fields=len(FIELDS),
                 max_part_size=2**20,
             ).parse()  # fmt: skip
         except Exception as e:  # starlette's MultiPartException, or a malformed body
             raise RequestError(400, f"not a valid multipart/form-data body: {e}") from None
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise RequestError(422, "a multipart request needs the image as a file field 'image'")
-        for key, value in form.multi_items():
-            if key != "image":
-                if not isinstance(value, str):
+        try:
+            upload, given = None, set()
+            for key, value in form.multi_items():
+                if key in given:
+                    raise RequestError(422, f"field {key!r} is given twice")
+                if key in fields:
+                    raise RequestError(
+                        422, f"field {key!r} is given both as a query parameter and a form field"
+                    )
+                given.add(key)
+                if key == "image":
+                    upload = value
+                elif not isinstance(value, str):
                     raise RequestError(422, f"field {key!r} must be text, not a file")
-                fields[key] = value
-        data = await upload.read()
-        return data, fields, upload.filename
+                else:
+                    fields[key] = value
+            if upload is None or isinstance(upload, str):
+                raise RequestError(
+                    422, "a multipart request needs the image as a file field 'image'"
+                )
+            return await upload.read(), fields, upload.filename
+        finally:
+            await form.close()  # the uploads' temporary files
 
     @app.post("/v1/poses")
     async def poses(request: Request) -> Any:
+        nonlocal taken
+        # Counted from its first byte: each holds its body, then its image, till it is answered.
+        if taken >= max_queue:
+            await drain(request)
+            raise RequestError(
+                503, f"{taken} requests are being received or waiting, as many as the service "
+                f"takes (--max-queue {max_queue}); try again shortly",
+                {"Retry-After": "1", **CLOSE},
+            )  # fmt: skip
+        taken += 1
+        try:
+            return await estimate(request)
+        finally:
+            taken -= 1
+
+    async def estimate(request: Request) -> Any:
+        """The poses of one request (the handler's work once the request is counted)."""
         deadline = asyncio.get_running_loop().time() + timeout  # the body's, then the answer's
         body = await body_of(request)
         data, fields, filename = await fields_of(request, body)
+        del body  # a multipart body's image is in ``data``: one copy while it is decoded
         unknown = sorted(set(fields) - set(FIELDS))
         if unknown:
             raise RequestError(422, f"unknown fields {unknown}; choose from {list(FIELDS)}")
@@ -402,8 +444,8 @@ def create_app(
             raise RequestError(400, "the client disconnected before its answer")
         try:
             result = answer.result()
-        except (InputError, ImageError, NumericsError) as e:
-            raise RequestError(_status(e), str(e)) from None
+        except (InputError, ImageError, NumericsError) as e:  # a decoded image: 422, not 415
+            raise RequestError(413 if isinstance(e, ImageTooLargeError) else 422, str(e)) from None
         return records(result, image, name, image_id, out_format == "coco", threshold)
 
     return app

@@ -9,12 +9,12 @@ seconds. Each request gets a :class:`~concurrent.futures.Future` of its
 others.
 """
 
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -57,8 +57,7 @@ class Batcher:
                 f"max_batch and max_queue must be >= 1 and max_wait >= 0, not {max_batch}, "
                 f"{max_queue}, {max_wait}"
             )
-        options = replace(estimator.options, batch_size=max_batch)
-        self.engine = Engine(estimator.network, estimator.config, options, detector)
+        self.engine = estimator.engine(detector, batch_size=max_batch)
         self._estimator, self._detector, self._max_batch = estimator, detector, max_batch
         # A request's other decoding runs where a model loaded for it would (DARK: eager).
         self._engines = {check_decode(estimator.config.inference.decode): self.engine}
@@ -159,10 +158,10 @@ class Batcher:
             thread.start()
         return self._feeds[how]
 
-    def _tasks(self, how: How, run: int) -> Iterator[Task]:
+    def _tasks(self, how: How, run: int, first: Task | None = None) -> Iterator[Task]:
         feed, running = self._feeds[how], self._running[how]
         while True:
-            task = feed.get()
+            task, first = (feed.get() if first is None else first), None
             if task is _STALE:
                 if run != self._runs[how]:
                     return
@@ -179,11 +178,13 @@ class Batcher:
 
     def _serve(self, how: How) -> None:
         flip, decode = how
+        first: Task | None = None  # taken from the feed for the next run, before it started
         while True:
             run = self._runs[how]
+            engine = None
             try:
-                tasks = self._tasks(how, run)
                 engine = self._engine(decode)
+                tasks = self._tasks(how, run, first)
                 for result in engine.run(tasks, flip, max_wait=self.max_wait, decode=decode):
                     self._answer(how, result)
                 return  # closed, everything answered
@@ -191,16 +192,42 @@ class Batcher:
                 log.exception("the pose service's engine run failed; starting a new one")
                 self._runs[how] = run + 1
                 self._feeds[how].put(_STALE)
-                for future in list(self._running[how]):
+                failed = list(self._running[how])
+                if first is not None and first.tag not in failed and not first.tag.done():
+                    failed.append(first.tag)  # the run failed before taking it
+                first = None
+                for future in failed:
                     self._settle(how, future, error=e)
+                if engine is None or not failed:  # not again before the next request
+                    first = self._after_failure(how, e)
+                    if first is None:
+                        return  # closed
+
+    def _after_failure(self, how: How, error: Exception) -> Task | None:
+        """Fail the requests waiting for a run that could not start (its engine could not be
+        made) or failed before taking any, then wait for the next request, for the next run to
+        try; None: closed."""
+        feed = self._feeds[how]
+        with contextlib.suppress(queue.Empty):
+            while True:
+                task = feed.get_nowait()
+                if task is _CLOSE:
+                    return None
+                if task is not _STALE:
+                    self._settle(how, task.tag, error=error)
+        while True:
+            task = feed.get()
+            if task is _CLOSE:
+                return None
+            if task is not _STALE and not task.tag.cancelled():
+                return task
 
     def _engine(self, decode: str) -> Engine:
         """The engine for ``decode`` (made on its first request, in that decoding's thread)."""
         engine = self._engines.get(decode)
         if engine is None:
             est = self._estimator.for_decode(decode)
-            options = replace(est.options, batch_size=self._max_batch)
-            engine = Engine(est.network, est.config, options, self._detector)
+            engine = est.engine(self._detector, batch_size=self._max_batch)
             with self._lock:
                 engine = self._engines.setdefault(decode, engine)
         return engine

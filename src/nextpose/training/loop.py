@@ -113,8 +113,10 @@ class Learner:
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             heatmaps = self.network(images)
         loss = self.loss_fn(heatmaps.float(), targets, weights)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(loss.item())
+        # Every rank stops alike: one alone would leave the others waiting in DDP's all-reduce.
+        checked = dist.all_reduce_mean(loss.detach()) if self.world_size > 1 else loss
+        if not torch.isfinite(checked):
+            raise NonFiniteLoss(loss.item() if not torch.isfinite(loss) else checked.item())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -204,6 +206,8 @@ def build_model(
         model.to(memory_format=torch.channels_last)
     if config.train.sync_bn and env.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif config.train.sync_bn:
+        log.warning("train.sync_bn has no effect on one process (torchrun starts several)")
     return model, loaded
 
 
@@ -228,7 +232,10 @@ def build_learner(
     network: nn.Module = model
     if env.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        network = DistributedDataParallel(network, device_ids=ids)
+        # BatchNorm statistics stay each rank's own during the epoch and are averaged at its end
+        # (average_buffers), as the reference does; DDP's default broadcast of rank 0's would
+        # discard the others' before every step.
+        network = DistributedDataParallel(network, device_ids=ids, broadcast_buffers=False)
         warnings.filterwarnings("ignore", message=SAME_LAYOUT_1X1, category=UserWarning)
     if config.compile:
         network = torch.compile(network)
@@ -460,6 +467,8 @@ def train(
                 del saved  # the weights and optimizer state are in place now
             loader = build_loader(train_instances, train_data, config, dev, env)
             info = _run_info(config, train_data, val_data, dev, env, state, resume)
+            if resume and env.is_main:
+                _warn_other_data(run, info)
             run.start(config.to_toml(), info, state.iteration)
 
             epochs = config.train.epochs
@@ -477,6 +486,10 @@ def train(
                 ):
                     metrics = validate(learner, config, val_set, val_data, env)
                     run.log({"epoch": done, "iteration": state.iteration, "val": metrics})
+                    if env.is_main:
+                        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                          if k in ("AP", "AP50", "AP75", "AR"))  # fmt: skip
+                        log.info("epoch %d/%d: %s", done, epochs, shown)
                 state.epoch = done
                 if env.is_main:
                     _save(run, learner, config, state, metrics)
@@ -503,8 +516,9 @@ def _save(run: RunFolder, learner: Learner, config: Config, state: TrainState,
 
 
 def _paths(data: Dataset) -> dict[str, str | None]:
-    """A dataset's files for ``run.json``: strings, and null (not "None") where there is none."""
-    return {k: None if v is None else str(v) for k, v in vars(data).items()}
+    """A dataset's files for ``run.json``: absolute paths (the run may be resumed from another
+    folder), and null (not "None") where there is none."""
+    return {k: None if v is None else str(Path(v).absolute()) for k, v in vars(data).items()}
 
 
 def _run_info(config: Config, train_data: Dataset, val_data: Dataset | None, device: torch.device,
@@ -525,10 +539,45 @@ def _run_info(config: Config, train_data: Dataset, val_data: Dataset | None, dev
     }
 
 
+def _warn_other_data(run: RunFolder, info: dict[str, Any]) -> None:
+    """Say where a resumed run reads other training data than the run it continues did (it then
+    will not reach the weights of an unbroken run), validates on other data (best.pth then
+    compares APs of two sets) or no longer validates."""
+    before = run.last_start()
+    if before is None:
+        return
+    for key, what in (("train_data", "training"), ("val_data", "validation")):
+        old, new = before.get(key), info[key]
+        if old == new:
+            continue
+        if new is None:
+            log.warning("resuming %s without validation: it validated on %s until now; "
+                        "best.pth is no longer updated", run.path, old.get("ann_file"))  # fmt: skip
+            continue
+        if old is None:  # validation from here on: the weights are those of the same run
+            continue
+        for name, value in new.items():
+            was = old.get(name)
+            if (was is None) != (value is None) or (
+                was is not None and Path(was).resolve() != Path(value).resolve()
+            ):
+                log.warning("resuming %s with other %s data: %s is %s (was %s)",
+                            run.path, what, name, value, was)  # fmt: skip
+
+
 def _git_sha() -> str:
+    """The commit of nextpose's own checkout (``-dirty`` with changes not committed); "unknown"
+    for an installed package, even one inside another project's git repository."""
+    source = Path(__file__).resolve().parents[1]  # src/nextpose
     try:
+        top = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--show-toplevel"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        if (Path(top) / "src" / "nextpose").resolve() != source:
+            return "unknown"  # a checkout, but another project's
         out = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+            ["git", "-C", top, "describe", "--always", "--dirty", "--abbrev=40"],
             capture_output=True, text=True, timeout=10, check=True,
         )  # fmt: skip
         return out.stdout.strip()

@@ -8,6 +8,7 @@ resume, written atomically after every epoch) and ``best.pth`` (the best validat
 """
 
 import contextlib
+import errno
 import json
 import logging
 from pathlib import Path
@@ -161,14 +162,24 @@ class RunFolder:
                 return True
         return False
 
-    def _started_here(self) -> bool:
-        """Whether ``run.json`` is a nextpose run's record (one JSON line per start)."""
+    def _starts(self) -> list[dict[str, Any]]:
+        """``run.json``'s records, one per start; [] when it is missing or not a run's."""
         try:
             lines = (self.path / RUN_LOG).read_text().splitlines()
             records = [json.loads(line) for line in lines if line.strip()]
         except (OSError, UnicodeDecodeError, ValueError):
-            return False
-        return bool(records) and all(isinstance(r, dict) and "nextpose" in r for r in records)
+            return []
+        ours = all(isinstance(r, dict) and "nextpose" in r for r in records)
+        return records if ours else []
+
+    def _started_here(self) -> bool:
+        """Whether ``run.json`` is a nextpose run's record (one JSON line per start)."""
+        return bool(self._starts())
+
+    def last_start(self) -> dict[str, Any] | None:
+        """The ``run.json`` record of the latest start (its data, versions, world size)."""
+        starts = self._starts()
+        return starts[-1] if starts else None
 
     # -- files -------------------------------------------------------------------------------
 
@@ -185,7 +196,9 @@ class RunFolder:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(self.path / "tb"))
+            # Steps after the checkpoint, logged by the run that was stopped, are dropped as
+            # metrics.jsonl's are (they are logged again); all of them for a new run.
+            self._tensorboard = SummaryWriter(str(self.path / "tb"), purge_step=iteration + 1)
         except ImportError:
             log.info("install tensorboard for training curves (pip install tensorboard)")
 
@@ -238,8 +251,13 @@ class RunFolder:
             raise TrainingError(
                 f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
                 + (
-                    "Free some space and continue with --resume"
+                    "Free some space"
+                    if getattr(e, "errno", None) == errno.ENOSPC
+                    else "Once the cause is fixed,"
+                )
+                + (
+                    " continue with --resume"
                     if self.last.is_file()
-                    else "Free some space and start the run again (without --resume)"
+                    else " start the run again (without --resume)"
                 )
             ) from e

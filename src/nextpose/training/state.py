@@ -112,11 +112,14 @@ def restore_checkpoint(
                             f"random state ({e})") from None  # fmt: skip
     before = saved.get("world_size")
     if isinstance(before, int) and before != world_size:
+        config = saved.get("config")
+        train = config.get("train") if isinstance(config, dict) else None
+        with_lr = isinstance(train, dict) and train.get("scale_lr") is True
+        scaled = " and the learning rate scaled with it" if with_lr else ""
         log.warning(
-            "resuming %s on %d process%s; it trained on %d until now: from here the total batch "
-            "and the learning rate scaled with it change, so the run will not equal one trained "
-            "on %d throughout", path.parent, world_size, "" if world_size == 1 else "es",
-            before, before,
+            "resuming %s on %d process%s; it trained on %d until now: from here the total batch"
+            "%s changes, so the run will not equal one trained on %d throughout",
+            path.parent, world_size, "" if world_size == 1 else "es", before, scaled, before,
         )  # fmt: skip
     return TrainState(
         epoch=saved["epoch"],
