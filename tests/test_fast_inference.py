@@ -788,6 +788,23 @@ def test_benchmark_verb_times_and_recommends(tiny_checkpoint, capsys):
     assert f"fastest fp32 with the plain model's keypoints: --backend {fastest}" in out
 
 
+def test_benchmark_decodes_as_the_model_does(tiny_checkpoint):
+    """A DARK model's candidates are timed and compared with DARK's keypoints (found by a
+    user-pass review: MSRA's were compared, "100 % equal" where DARK moves them)."""
+    from nextpose import benchmark
+
+    dark = nextpose.load(str(tiny_checkpoint), decode="dark")
+    crops = np.random.default_rng(0).integers(0, 256, (2, SIZE[1], SIZE[0], 3), dtype=np.uint8)
+    seen = []
+    network = dark.with_options(backend="fast", precision="fp32").network
+    real = type(network).keypoints
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(type(network), "keypoints", lambda self, c, f, d="msra": seen.append(d)
+                  or real(self, c, f, d))  # fmt: skip
+        (timing,) = benchmark.run(dark, [("fast", "fp32")], crops, seconds=0.1)
+    assert timing.error is None and set(seen) == {"dark"}
+
+
 def test_benchmark_refuses_an_unknown_candidate(tiny_checkpoint, capsys):
     from nextpose.cli import main
 
@@ -916,3 +933,21 @@ def test_onnx_graph_is_exported_once_per_weights_and_kept(tiny_checkpoint, monke
         other.head.final_layer.bias += 1
     runtime.OnnxNetwork(other, est.config, est.options).keypoints(crops, True)
     assert len(exports) == 3 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+
+def test_a_dark_models_onnx_graph_is_cached_as_the_msra_one_it_is(
+    tiny_checkpoint, monkeypatch, tmp_path
+):
+    """The onnxruntime backend's graph decodes MSRA whatever the model's decoding (DARK
+    decodes its heatmaps outside): a run with ``decode="dark"`` then one with MSRA on the same
+    cache give the eager backend's MSRA keypoints, not the DARK ones cached under the same key
+    (found by a user-pass review: 791 px off)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("NEXTPOSE_CACHE", str(tmp_path / "cache"))
+    image = nextpose.read_image(IMAGES[0])
+    boxes = [[100, 50, 300, 400], [20, 30, 200, 380]]
+    dark = nextpose.load(str(tiny_checkpoint), backend="onnxruntime", decode="dark")
+    dark.predict(image, boxes)
+    msra = nextpose.load(str(tiny_checkpoint), backend="onnxruntime").predict(image, boxes)
+    want = nextpose.load(str(tiny_checkpoint), backend="eager").predict(image, boxes)
+    np.testing.assert_array_equal(msra.keypoints, want.keypoints)

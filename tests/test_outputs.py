@@ -579,3 +579,47 @@ def test_a_refused_predict_leaves_no_drawing_folder(tiny_checkpoint, tmp_path, c
     assert _predict(tiny_checkpoint, IMAGES[0], *args) == 2
     assert "holds the parts of a stopped run" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.json.parts"]
+
+
+def test_a_predict_that_draws_nothing_leaves_no_drawing_folder(tiny_checkpoint, tmp_path, capsys):
+    """Outside the resumable job too: an input none of which is readable (exit 1) leaves no
+    empty --draw folder behind."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    assert _predict(tiny_checkpoint, broken, "--draw", tmp_path / "drawn" / "here") == 1
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jpg"]
+
+
+def test_an_output_inside_the_jobs_parts_folder_is_refused_before_any_work(
+    tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "poses.json"
+    assert _predict(tiny_checkpoint, IMAGES[0], "--out", out, "--jsonl", f"{out}.parts") == 2
+    assert f"--jsonl {out}.parts: the job keeps its parts in {out}.parts" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_runs_hidden_video_is_removed_when_the_video_is_drawn_again(tmp_path):
+    """SIGKILL while drawing a video leaves ``.<stem>.<pid>.tmp.mp4``; the run that draws that
+    video again removes it (its process is gone), not a live process's."""
+    import subprocess
+    import sys
+
+    from nextpose.writers import DrawingWriter
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    stale = drawn / f".clip.{dead}.tmp.mp4"
+    live = drawn / f".clip.{os.getppid()}.tmp.mp4"
+    other = drawn / f".clip-2.{dead}.tmp.mp4"
+    for path in (stale, live, other):
+        path.write_bytes(b"half a video")
+    image = cv2.imread(str(IMAGES[0]))[:, :, ::-1].copy()
+    drawer = DrawingWriter(drawn)
+    drawer.video_frame(Frame(0, "clip.mp4", 0, nextpose.Poses.empty(), image, fps=5.0))
+    drawer.end_video()
+    assert not stale.exists() and live.exists() and other.exists()
+    assert _frames(drawn / "clip.mp4") == 1

@@ -33,7 +33,9 @@ from .options import Network, RunOptions, cpu_fingerprint
 if TYPE_CHECKING:
     import torch
 
-GRAPH_EXPORT = {"heatmaps": True}  # export options of the backend's graphs, besides the flip
+# The backend's graphs, but for the flip: MSRA inside (DARK decodes their heatmaps outside),
+# whatever the config's decoding (a DARK config's graph was cached as the MSRA one).
+GRAPH_EXPORT = {"heatmaps": True, "decode": "msra"}
 
 
 def onnx_cache_path(digest: str, config: Config, **export: Any) -> Path:

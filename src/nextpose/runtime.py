@@ -277,7 +277,8 @@ class PackagedModel:
             try:
                 return load_compiled(path)
             except Exception:  # a damaged or foreign file: compile it again
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only cache keeps it
+                    path.unlink(missing_ok=True)
         require_cpp_compiler()
         log.info(
             "compiling the model for this CPU (once per weights and precision, ~20 s for "

@@ -283,6 +283,13 @@ def predict_job(
         else:
             units.append(Unit(g))
     folder = parts_folder(out, jsonl)
+    for path, name in ((out, "--out"), (jsonl, "--jsonl")):
+        if path is not None:
+            where = Path(path).absolute()
+            if where == folder.absolute() or folder.absolute() in where.parents:
+                raise InputError(
+                    f"{name} {path}: the job keeps its parts in {folder}; write elsewhere"
+                )
     manifest = {
         "inputs": inputs,
         "listing": [[kind, str(source) if kind != "images" else source, total]

@@ -9,6 +9,7 @@ replaces an input or leaves a half-written file where a complete one was.
   there was no file there before, otherwise beside it as ``NAME.partial.EXT``.
 """
 
+import glob
 import json
 import os
 import sys
@@ -204,6 +205,23 @@ class JsonLinesWriter(_Output):
         self._write(text + "\n")
 
 
+def _remove_stale_videos(target: Path) -> None:
+    """Remove the hidden ``.<stem>.<pid>.tmp.mp4`` of ``target`` that a killed run left (its
+    process is gone: nobody else writes there, and no run would find it again)."""
+    pattern = f".{glob.escape(target.stem)}.*.tmp.mp4"
+    for stale in target.parent.glob(pattern):
+        pid = stale.name[len(target.stem) + 2 : -len(".tmp.mp4")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # a live process: its own video
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            continue  # another user's live process, or not a pid
+
+
 class DrawingWriter:
     """``--draw DIR``: each image as ``DIR/<name>.jpg`` (a folder's layout kept), each video or
     camera as ``DIR/<name>.mp4``, with boxes, skeletons and keypoints drawn."""
@@ -273,6 +291,7 @@ class DrawingWriter:
             h, w = frame.image.shape[:2]
             # Written under a hidden name (with the .mp4 suffix OpenCV needs) and renamed.
             tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.mp4")
+            _remove_stale_videos(target)
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
             video = cv2.VideoWriter(str(tmp), fourcc, frame.fps or 30.0, (w, h))
             if not video.isOpened():

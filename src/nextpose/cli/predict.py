@@ -238,8 +238,10 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         kept = [w.keep_partial() for w in outputs]
         names = list(dict.fromkeys("standard output" if k is None else str(k) for k in kept))
         video = drawer.keep_partial() if drawer is not None else None
-        where = ", ".join(names + ([str(video)] if video is not None else [])) or "standard output"
-        print(f"\ninterrupted after {frames} frames; {where} hold them", file=sys.stderr)
+        held = names + ([str(video)] if video is not None else []) or ["standard output"]
+        verb = "holds" if len(held) == 1 else "hold"
+        print(f"\ninterrupted after {frames} frames; {', '.join(held)} {verb} them",
+              file=sys.stderr)  # fmt: skip
         return 0 if all(kind == "camera" for kind, _ in groups) else 130
     except BaseException:
         for w in outputs:
@@ -247,6 +249,9 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         if drawer is not None:
             drawer.abort()
         raise
+    finally:
+        if drawer is not None and not drawer.written:  # nothing drawn: no empty folder left
+            drawer.remove_if_unused()
     # Nothing read: an earlier output stays as it was (a new one is a valid, empty file).
     kept = [w for w in outputs if not frames and w.path is not None and w.path.exists()]
     for w in outputs:
