@@ -305,6 +305,10 @@ def test_resume_of_another_job_is_refused(predict_args, tmp_path, capsys):
     refused(code, r"--resume: .*poses\.json\.parts is the run of another job \(.*inputs", capsys)
     code = main(predict_args(tmp_path))
     refused(code, r"holds the parts of a stopped run: pass --resume", capsys)
+    # the settings are named as the command line names them (not the description's keys)
+    (parts / "job.json").write_text(json.dumps({"coco": True}))
+    code = main(predict_args(tmp_path, "--resume"))
+    refused(code, r"another job \((?!.*\bcoco\b).*--format", capsys)
 
 
 @pytest.fixture

@@ -264,6 +264,7 @@ def test_out_in_the_draw_folder_keeps_both(tiny_checkpoint, tmp_path, capsys):
         (["export", "{ckpt}", "{image}"], "the output must be an .onnx file"),
         (["export", "{ckpt}", "{image}/pose.onnx"], "is a file, not a folder"),
         (["export", "{ckpt}", "{tmp}/folder.onnx"], "is a folder, not a file"),
+        (["export", "{ckpt}", "{tmp}/new.onnx/"], "a folder name; name the .onnx file"),
         (["convert", "{ckpt}", "{tmp}/folder.safetensors"], "is a folder, not a file"),
         (["convert", "{ckpt}", "{image}/w.safetensors"], "is a file, not a folder"),
         (

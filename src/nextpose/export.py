@@ -30,7 +30,4 @@ def export_onnx(
     data = to_onnx(model, config, input, flip, warp, heatmaps, opset, decode)
     if path is None:
         return data
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-    return path
+    return atomic_write_bytes(path, data)  # its folders made, a refusal naming the file

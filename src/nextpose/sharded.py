@@ -41,6 +41,11 @@ LOCK = "job.lock"  # held by the run writing the parts
 PARTS_SUFFIX = ".parts"
 
 
+# What a job's description calls its settings, as the command line names them.
+_OPTION_NAMES = {"inputs": "the inputs", "listing": "the inputs' files", "coco": "--format",
+                 "flip": "--no-flip", "max_frames": "--max-frames"}  # fmt: skip
+
+
 def parts_folder(out: str | Path | None, jsonl: str | Path | None) -> Path:
     """Where a job writing ``out`` (else ``jsonl``) keeps its parts: ``OUT.parts/``."""
     target = Path(out if out is not None else jsonl)  # type: ignore[arg-type]
@@ -345,8 +350,10 @@ def predict_job(
                 ) from None
             changed = sorted(k for k in {*before, *manifest} if before.get(k) != manifest.get(k))
             if changed:
+                named = dict.fromkeys(_OPTION_NAMES.get(k, "--" + k.replace("_", "-"))
+                                      for k in changed)  # fmt: skip
                 raise InputError(
-                    f"--resume: {folder} is the run of another job ({', '.join(changed)} "
+                    f"--resume: {folder} is the run of another job ({', '.join(named)} "
                     "differ); give the same inputs and options, or remove the folder"
                 )
             return _scan(folder)

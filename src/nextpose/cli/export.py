@@ -1,6 +1,7 @@
 """``nextpose export``: an ONNX graph with the flip test and decoding inside."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     for given in (args.model, args.checkpoint):
         if given and Path(given).exists() and Path(given).resolve() == out:
             raise InputError(f"{args.out}: is the model's own file; name another output")
+    if args.out.endswith(("/", os.sep)):  # Path() drops the slash: a folder was meant
+        raise InputError(f"{args.out}: a folder name; name the .onnx file to write")
     if out.suffix.lower() != ".onnx":  # not over an image or a checkpoint by a slip
         raise InputError(f"{args.out}: the output must be an .onnx file")
     check_writable(args.out, "OUT")
