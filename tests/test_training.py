@@ -1,7 +1,9 @@
 """Training on the COCO sample with the tiny model: loss goes down, resume is exact, DDP agrees."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +40,13 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 NO_AUGMENT = [f"data.augment.{p}_prob=0" for p in ("flip", "half_body", "shift", "scale", "rotate")]
 
 
-def test_training_reduces_the_loss_and_writes_a_run_folder(tmp_path):
+def test_training_reduces_the_loss_and_writes_a_run_folder(tmp_path, caplog):
     config = _config(epochs=6, val_interval=3, lr=3e-3).override(NO_AUGMENT)
+    caplog.set_level(logging.INFO, "nextpose")
     summary = train(config, DATA, tmp_path, val_data=DATA, pretrained="none", progress=False)
+    printed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [m.split(":")[0] for m in printed] == ["epoch 3/6", "epoch 6/6"]  # each validation's
+    assert all(re.search(r": AP \d\.\d{3}, AP50 .*, AR \d\.\d{3}$", m) for m in printed)
     assert summary["epochs"] == 6 and summary["iterations"] == 18  # 12 persons / batch 4
     losses = _losses(tmp_path)
     assert len(losses) == 18
