@@ -12,7 +12,7 @@ import nextpose
 from nextpose.cli import main
 
 
-def test_predict_tiny_with_boxes_file_and_drawing(tiny_checkpoint, tmp_path):
+def test_predict_tiny_with_boxes_file_and_drawing(tiny_checkpoint, tmp_path, capsys):
     boxes = {IMAGES[0].name: [[100, 50, 300, 400, 0.9], [10, 10, 60, 120]]}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     out = tmp_path / "poses.json"
@@ -38,6 +38,16 @@ def test_predict_tiny_with_boxes_file_and_drawing(tiny_checkpoint, tmp_path):
         original = cv2.imread(str(image))
         assert drawn.shape == original.shape
         assert np.abs(drawn.astype(int) - original).max() > 100  # something was drawn
+    err = capsys.readouterr().err
+    assert "2 images, 3 people in" in err and f"wrote {out}" in err and "drew 2 files in" in err
+    one = tmp_path / "one.json"
+    args = ["predict", str(tiny_checkpoint), str(IMAGES[1]), "--out", str(one), "--no-progress"]
+    assert main([*args, "--draw", str(tmp_path / "one")]) == 0
+    err = capsys.readouterr().err
+    assert "1 image, 1 person in" in err and "drew 1 file in" in err
+    # A device is written as the poses come, not by a job:
+    assert main([*args[:3], "--out", "/dev/stdout", "--no-progress"]) == 0
+    assert "wrote 1 pose from 1 image to /dev/stdout" in capsys.readouterr().err
 
 
 def test_predict_equals_reference_keypoints(oracle_weights, tmp_path):

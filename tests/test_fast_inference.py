@@ -266,8 +266,12 @@ def test_run_option_choices():
         RunOptions(precision="int8")
     with pytest.raises(nextpose.InputError, match="batch_size"):
         RunOptions(batch_size=0)
-    with pytest.raises(nextpose.InputError, match="CPU"):
+    with pytest.raises(
+        nextpose.InputError, match="onnxruntime runs on the CPU, not on device 'cuda'"
+    ):
         RunOptions(device="cuda", backend="onnxruntime").resolve()
+    with pytest.raises(nextpose.InputError, match="fp32 only, not precision fp16: use precision"):
+        RunOptions(backend="onnxruntime", precision="fp16").resolve()
     if not cpu_supports_bf16():
         with pytest.raises(nextpose.InputError, match="native bf16"):
             RunOptions(precision="bf16").resolve()

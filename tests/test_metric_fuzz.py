@@ -155,3 +155,14 @@ def test_fast_number_check_sees_one_bad_value_among_many():
         assert not are_json_numbers([*good[:20], bad, *good[20:]]), bad
     # each value within float32 range although their sum is not: still accepted
     assert are_json_numbers([3.0e38, 3.0e38, -3.0e38])
+
+
+def test_a_crowd_given_as_a_float_is_a_crowd(tmp_path):
+    """xtcocotools reads ``iscrowd`` by truth: 1.0 is a crowd, as 1 and True are."""
+    gt, res = _valid()
+    gt["annotations"][1]["bbox"] = [400.0, 300.0, 50.0, 50.0]  # the second person unmatched
+    stats = {}
+    for crowd in (0, 1, 1.0, True):
+        gt["annotations"][1]["iscrowd"] = crowd
+        stats[repr(crowd)] = _score(tmp_path, gt, res)
+    assert stats["1"] == stats["1.0"] == stats["True"] != stats["0"]

@@ -412,3 +412,18 @@ def test_predict_cli_warns_about_a_box_outside_the_image(tiny_checkpoint, tmp_pa
     err = capsys.readouterr().err
     assert f"warning: {name}: 1 of 1 boxes lie entirely outside" in err
     assert len(json.loads(out.read_text())) == 1
+
+
+def test_ground_truth_boxes_clip_to_the_files_width_as_written(tmp_path):
+    """The reference clips a box to ``width - 1`` of the file's number: 639.5 for 640.5 (§1.2)."""
+    kpts = [v for k in range(17) for v in (610.0 + k, 420.0 + k, 2)]
+    data = {"images": [{"id": 1, "file_name": "1.jpg", "width": 640.5, "height": 480.7}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                             "area": 5000.0, "bbox": [600.0, 400.0, 100.0, 100.0],
+                             "keypoints": kpts, "num_keypoints": 17}],
+            "categories": [{"id": 1, "name": "person"}]}  # fmt: skip
+    (inst,) = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
+    np.testing.assert_array_equal(inst.bbox, np.float32([600, 400, 639.5, 479.7]))
+    data["images"][0].update(width=640, height=480)  # integers: the last pixel index
+    (inst,) = CocoKeypoints(write_json(tmp_path / "int.json", data)).ground_truth_instances()
+    np.testing.assert_array_equal(inst.bbox, np.float32([600, 400, 639, 479]))

@@ -513,6 +513,29 @@ def test_sigterm_finishes_the_requests_in_flight(tiny_checkpoint):
     assert all(len(a.json()) == 1 for a in answers)
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_answering_503_without_tracebacks(tiny_checkpoint):
+    s = Server(tiny_checkpoint, "--timeout", "30")
+    with socket.create_connection(("127.0.0.1", s.port)) as client:  # a body still coming
+        client.sendall(b"POST /v1/poses HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab")
+        deadline = time.monotonic() + 30
+        while requests.get(s.url + "/healthz").json()["waiting"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s.process.send_signal(signal.SIGINT)  # waits for the request (up to --timeout) ...
+        time.sleep(1)
+        s.process.send_signal(signal.SIGINT)  # ... or not: stop now
+        client.settimeout(30)
+        answer = b""
+        while chunk := client.recv(4096):  # till the server closes the connection
+            answer += chunk
+    code, out = s.stop()
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert b"the service stopped before answering" in answer
+    assert "Traceback" not in out and "CancelledError" not in out, out
+    assert "stopped at once" in out and code != 0
+
+
 def test_serve_without_the_extra_names_it(tiny_checkpoint, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     assert main(["serve", str(tiny_checkpoint)]) == 2

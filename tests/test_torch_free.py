@@ -377,6 +377,10 @@ def test_a_kept_cpu_capability_that_means_nothing_is_not_believed(cache):
     code = "from nextpose import options; print(options.cpu_capability())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == str(torch.backends.cpu.get_cpu_capability()), done.stderr
+    for damaged in ("garbage", b"\xff\xfe\x00"):  # ... and kept again over the damage
+        record.write_bytes(damaged.encode() if isinstance(damaged, str) else damaged)
+        options.keep_cpu_capability()
+        assert record.read_text() == options.cpu_capability()
 
 
 def test_a_damaged_graph_in_a_cache_that_cannot_be_changed(tiny_weights, cache, monkeypatch):

@@ -310,10 +310,9 @@ class Engine:
             background = _Background(chunks, maxsize=depth)
             chunks = background
         try:
-            if background is not None and service:
-                yield from self._serve(background, (flip, decode), float(max_wait))
-            else:
-                yield from self._estimate(chunks, (flip, decode), background if live else None)
+            yield from self._estimate(
+                chunks, (flip, decode), background if live else None, max_wait
+            )
         finally:
             if background is not None:
                 background.close(wait=not service)
@@ -432,67 +431,48 @@ class Engine:
         self,
         chunks: Iterator["_Item | _Chunk | _BlockEnd"],
         how: tuple[bool, str],
-        live: _Background | None,
+        live: _Background | None = None,
+        max_wait: float | None = None,
     ) -> Iterator[Result]:
+        """Join chunks into batches of ``batch_size`` crops and run them; a partial batch runs
+        at a block's end, at the end, for a camera (``live``) when no chunk is waiting, and for
+        a service (``max_wait``, with ``chunks`` a :class:`_Background`) once its first crop has
+        waited ``max_wait`` seconds. A service's failing batch fails its tasks only."""
+        service = max_wait is not None
+        assert not service or isinstance(chunks, _Background)
         order: deque[_Item] = deque()
         pending: list[_Chunk] = []
         count = 0
-        for entry in chunks:
-            if isinstance(entry, _BlockEnd):
+        deadline = 0.0  # when the oldest waiting crop of a service must run
+        while True:
+            try:
+                if service:
+                    wait = max(0.0, deadline - time.monotonic()) if count else None
+                    entry = chunks.next_within(wait)  # type: ignore[attr-defined]
+                else:
+                    entry = next(chunks)
+            except StopIteration:  # for a service: it is closing, finish what it has
+                break
+            if entry is _WAITED or isinstance(entry, _BlockEnd):
                 if count:
-                    pending, count = self._run_batch(pending, how, count)
-                yield from self._done(order)
-                continue
-            if isinstance(entry, _Item):
+                    pending, count = self._run_batch(pending, how, count, service)
+            elif isinstance(entry, _Item):
                 if not entry.queued:  # its first appearance (its last marks its end)
                     entry.queued = True
                     order.append(entry)
             else:
                 pending.append(entry)
+                if not count:
+                    deadline = time.monotonic() + (max_wait or 0.0)
                 count += len(entry.centers)
-            while count >= self.options.batch_size:
-                pending, count = self._run_batch(pending, how, self.options.batch_size)
+                while count >= self.options.batch_size:
+                    pending, count = self._run_batch(pending, how, self.options.batch_size, service)
+                    deadline = time.monotonic() + (max_wait or 0.0)  # the rest waits anew
             if live is not None and count and live.idle():
                 pending, count = self._run_batch(pending, how, count)
             yield from self._done(order)
         if count:
-            self._run_batch(pending, how, count)
-        yield from self._done(order)
-
-    def _serve(
-        self, chunks: _Background, how: tuple[bool, str], max_wait: float
-    ) -> Iterator[Result]:
-        """:meth:`_estimate` for a service: full batches run at once, a partial one when its
-        first crop has waited ``max_wait`` seconds; a failing batch fails its tasks only."""
-        order: deque[_Item] = deque()
-        pending: list[_Chunk] = []
-        count = 0
-        deadline = 0.0
-        while True:
-            timeout = max(0.0, deadline - time.monotonic()) if count else None
-            try:
-                entry = chunks.next_within(timeout)
-            except StopIteration:  # the service is closing: finish what it has
-                break
-            if entry is _WAITED:  # the oldest crop has waited long enough
-                pending, count = self._run_batch(pending, how, count, isolate=True)
-            elif isinstance(entry, _Item):
-                if not entry.queued:
-                    entry.queued = True
-                    order.append(entry)
-            else:
-                pending.append(entry)
-                if not count:
-                    deadline = time.monotonic() + max_wait
-                count += len(entry.centers)
-                while count >= self.options.batch_size:
-                    pending, count = self._run_batch(
-                        pending, how, self.options.batch_size, isolate=True
-                    )
-                    deadline = time.monotonic() + max_wait  # the rest's wait starts now
-            yield from self._done(order)
-        if count:
-            self._run_batch(pending, how, count, isolate=True)
+            self._run_batch(pending, how, count, service)
         yield from self._done(order)
 
     def _run_batch(

@@ -92,9 +92,13 @@ def cpu_capability() -> str:
 
 def keep_cpu_capability() -> None:
     """Keep PyTorch's :func:`cpu_capability` for this machine and torch version in the cache
-    (once; a cache that cannot be written is no error)."""
+    (once, or again over a damaged record; a cache that cannot be written is no error)."""
     record = _capability_record()
-    if not record.is_file():
+    try:
+        kept = record.read_text().strip() if record.is_file() else None
+    except (OSError, ValueError):  # unreadable, or not text
+        kept = None
+    if kept not in CPU_CAPABILITIES:
         with contextlib.suppress(OSError):
             atomic_write_text(record, cpu_capability())
 
@@ -256,9 +260,15 @@ class RunOptions:
             backend = auto_backend(self.device, self.precision, decode=decode)
         if backend == "onnxruntime":
             if kind != "cpu":
-                raise InputError("the onnxruntime backend runs on the CPU (device='cpu')")
+                raise InputError(
+                    f"backend onnxruntime runs on the CPU, not on device {self.device!r}: use "
+                    "device 'cpu', or another backend (fast, compile, eager) on this device"
+                )
             if self.precision != "fp32":
-                raise InputError("the onnxruntime backend runs in fp32 only")
+                raise InputError(
+                    f"backend onnxruntime runs in fp32 only, not precision {self.precision}: use "
+                    f"precision fp32, or backend fast or compile for {self.precision}"
+                )
         if kind == "cpu" and self.precision != "fp32":
             native = cpu_supports_bf16() if self.precision == "bf16" else cpu_supports_fp16()
             if not native:

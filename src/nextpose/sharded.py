@@ -208,6 +208,101 @@ def _broadcast_or_raise(make: Any) -> Any:
     return value[1]
 
 
+def _totals(groups: list[tuple[str, Any]], max_frames: int | None) -> list[int | None]:
+    """The images or frames of each input group (None: a video that cannot be opened, which
+    is reported when its unit runs)."""
+    totals: list[int | None] = []
+    for kind, source in groups:
+        if kind == "images":
+            totals.append(open_stream(source, max_frames).total)
+            continue
+        try:
+            stream = open_stream(source, max_frames)
+        except VideoError:
+            totals.append(None)
+            continue
+        totals.append(stream.total)
+        if stream.reader is not None:
+            stream.reader.close()
+    return totals
+
+
+def _units(
+    groups: list[tuple[str, Any]], totals: list[int | None], block: int, sequence: bool
+) -> list[Unit]:
+    """The job's units in input order: blocks of ``block`` images, whole videos, and whole
+    image sequences when ``sequence`` (tracking)."""
+    units: list[Unit] = []
+    for g, ((kind, _), total) in enumerate(zip(groups, totals, strict=True)):
+        if kind == "images" and not sequence:
+            assert total is not None
+            units += [Unit(g, b, min(b + block, total)) for b in range(0, total, block)]
+        else:
+            units.append(Unit(g))
+    return units
+
+
+def _open_parts(
+    folder: Path, lock: FileLock, manifest: dict[str, Any], resume: bool, option: str, out: Any
+) -> _State:
+    """Make or reopen the parts folder, holding its lock (released again if refused): the
+    stopped run's state with ``resume``, else a new job described by ``manifest``. ``option``
+    ``out``: the output as the command line gave it, for messages."""
+    named = f"{option} {out}"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: exists and is not a folder (the job's parts go there)")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except LockHeld as e:
+        raise InputError(
+            f"{named}: another predict run is writing it now ({e}; its parts are in "
+            f"{folder}): wait for it to end, or give another {option}"
+        ) from None
+    except OSError as e:
+        raise OutputError(
+            f"{named}: cannot write its parts folder {folder} ({e.strerror or e})"
+        ) from None
+    try:
+        return _resume_or_start(folder, manifest, resume)
+    except BaseException:
+        lock.release()
+        if created:  # refused before any part: no folder left to block the next run
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _resume_or_start(folder: Path, manifest: dict[str, Any], resume: bool) -> _State:
+    """The state of the stopped run in ``folder`` (refused if it was another job), or a new
+    job: its description written, nothing done."""
+    saved = folder / MANIFEST
+    if not resume and any(p.name != LOCK for p in folder.iterdir()):
+        raise InputError(
+            f"{folder} holds the parts of a stopped run: pass --resume to continue it, or "
+            "remove the folder to start again"
+        )
+    if resume and saved.is_file():
+        try:
+            before = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{saved}: cannot read the stopped run's description ({e})") from None
+        changed = sorted(k for k in {*before, *manifest} if before.get(k) != manifest.get(k))
+        if changed:
+            named = dict.fromkeys(_OPTION_NAMES.get(k, "--" + k.replace("_", "-"))
+                                  for k in changed)  # fmt: skip
+            raise InputError(
+                f"--resume: {folder} is the run of another job ({', '.join(named)} "
+                "differ); give the same inputs and options, or remove the folder"
+            )
+        return _scan(folder)
+    if resume:
+        log.info("--resume: no stopped run in %s; starting from the beginning", folder)
+    atomic_write_text(saved, json.dumps(manifest, indent=1) + "\n")
+    return _State()
+
+
 def predict_job(
     pipeline: PosePipeline,
     inputs: Sequence[str],
@@ -266,27 +361,8 @@ def predict_job(
         if path is not None:
             guard.claim(path, option)
     block = block_size or pipeline.estimator.options.batch_size
-    sequence = pipeline.track
-    totals: list[int | None] = []
-    for kind, source in groups:
-        if kind == "images":
-            totals.append(open_stream(source, max_frames).total)
-        else:
-            try:
-                stream = open_stream(source, max_frames)
-            except VideoError:
-                totals.append(None)  # reported when its unit runs
-                continue
-            totals.append(stream.total)
-            if stream.reader is not None:
-                stream.reader.close()
-    units: list[Unit] = []
-    for g, ((kind, _), total) in enumerate(zip(groups, totals, strict=True)):
-        if kind == "images" and not sequence:
-            assert total is not None
-            units += [Unit(g, b, min(b + block, total)) for b in range(0, total, block)]
-        else:
-            units.append(Unit(g))
+    totals = _totals(groups, max_frames)
+    units = _units(groups, totals, block, pipeline.track)
     folder = parts_folder(out, jsonl)
     for path, name in ((out, "--out"), (jsonl, "--jsonl")):
         if path is not None:
@@ -304,63 +380,8 @@ def predict_job(
         "jsonl": str(jsonl) if jsonl else None, **(options or {}),
     }  # fmt: skip
     manifest = json.loads(json.dumps(manifest))  # as it reads back from the file
-
     lock = FileLock(folder / LOCK)
     option = "--out" if out is not None else "--jsonl"
-
-    def prepare() -> _State:
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"{folder}: exists and is not a folder (the job's parts go there)")
-        saved = folder / MANIFEST
-        created = not folder.exists()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-        except LockHeld as e:
-            raise InputError(
-                f"{option} {out or jsonl}: another predict run is writing it now ({e}; its "
-                f"parts are in {folder}): wait for it to end, or give another {option}"
-            ) from None
-        except OSError as e:
-            raise OutputError(
-                f"{option} {out or jsonl}: cannot write its parts folder {folder} "
-                f"({e.strerror or e})"
-            ) from None
-        try:
-            return scan_or_start(saved)
-        except BaseException:
-            lock.release()
-            if created:  # refused before any part: no folder left to block the next run
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
-
-    def scan_or_start(saved: Path) -> _State:
-        if not resume and any(p.name != LOCK for p in folder.iterdir()):
-            raise InputError(
-                f"{folder} holds the parts of a stopped run: pass --resume to continue it, or "
-                "remove the folder to start again"
-            )
-        if resume and saved.is_file():
-            try:
-                before = json.loads(saved.read_text())
-            except (OSError, ValueError) as e:
-                raise InputError(
-                    f"{saved}: cannot read the stopped run's description ({e})"
-                ) from None
-            changed = sorted(k for k in {*before, *manifest} if before.get(k) != manifest.get(k))
-            if changed:
-                named = dict.fromkeys(_OPTION_NAMES.get(k, "--" + k.replace("_", "-"))
-                                      for k in changed)  # fmt: skip
-                raise InputError(
-                    f"--resume: {folder} is the run of another job ({', '.join(named)} "
-                    "differ); give the same inputs and options, or remove the folder"
-                )
-            return _scan(folder)
-        if resume:
-            log.info("--resume: no stopped run in %s; starting from the beginning", folder)
-        atomic_write_text(saved, json.dumps(manifest, indent=1) + "\n")
-        return _State()
 
     # The drawings' names and checks first: a refused --draw leaves no parts folder behind.
     drawer, targets = None, {}
@@ -374,7 +395,9 @@ def predict_job(
             else:
                 targets[g, -1] = drawer.target(Path(source).name, video=True)
     try:
-        state: _State = _broadcast_or_raise(prepare)
+        state: _State = _broadcast_or_raise(
+            lambda: _open_parts(folder, lock, manifest, resume, option, out or jsonl)
+        )
     except BaseException:
         if drawer is not None:
             drawer.remove_if_unused()

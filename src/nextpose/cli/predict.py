@@ -240,7 +240,7 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         video = drawer.keep_partial() if drawer is not None else None
         held = names + ([str(video)] if video is not None else []) or ["standard output"]
         verb = "holds" if len(held) == 1 else "hold"
-        print(f"\ninterrupted after {frames} frames; {', '.join(held)} {verb} them",
+        print(f"\ninterrupted after {_count(frames, 'frame')}; {', '.join(held)} {verb} them",
               file=sys.stderr)  # fmt: skip
         return 0 if all(kind == "camera" for kind, _ in groups) else 130
     except BaseException:
@@ -256,13 +256,14 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
     kept = [w for w in outputs if not frames and w.path is not None and w.path.exists()]
     for w in outputs:
         w.abort() if w in kept else w.close()
-    unit = "frames" if videos else "images"
+    unit = "frame" if videos else "image"
     if args.out and results not in kept:
-        print(f"wrote {people} poses from {frames} {unit} to {args.out}", file=sys.stderr)
+        print(f"wrote {_count(people, 'pose')} from {_count(frames, unit)} to {args.out}",
+              file=sys.stderr)  # fmt: skip
     if kept:
         _kept([str(w.path) for w in kept])
     if drawer is not None and drawer.written:
-        print(f"drew {len(drawer.written)} files in {args.draw}", file=sys.stderr)
+        print(f"drew {_count(len(drawer.written), 'file')} in {args.draw}", file=sys.stderr)
     if failed:
         what = "inputs" if videos else "images"
         print(f"warning: {len(failed)} of {inputs} {what} were skipped", file=sys.stderr)
@@ -343,13 +344,14 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     if not main:
         return 0
     videos = any(kind != "images" for kind, _ in sharded.input_groups(args.inputs))
-    unit = "frames" if videos else "images"
+    unit = "frame" if videos else "image"
     earlier = summary.frames - summary.new_frames
     note = f" ({earlier} from the stopped run)" if args.resume and earlier > 0 else ""
     rate = summary.new_people / max(summary.seconds, 1e-9)
     world = summary.world_size
     print(
-        f"{summary.frames} {unit}{note}, {summary.people} people in {summary.seconds:.1f} s "
+        f"{_count(summary.frames, unit)}{note}, {_count(summary.people, 'person', 'people')} in "
+        f"{summary.seconds:.1f} s "
         f"({rate:.1f} people/s), {world} {'process' if world == 1 else 'processes'}",
         file=sys.stderr,
     )
@@ -358,7 +360,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     written = {Path(p).resolve() for p in summary.outputs}
     _kept([f for f in (args.out, args.jsonl) if f and Path(f).resolve() not in written])
     if summary.drawn:
-        print(f"drew {summary.drawn} files in {args.draw}", file=sys.stderr)
+        print(f"drew {_count(summary.drawn, 'file')} in {args.draw}", file=sys.stderr)
     if summary.failed:
         what = "inputs" if videos else "images"
         print(f"warning: {len(summary.failed)} of {summary.inputs} {what} were skipped",
@@ -374,3 +376,8 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
             print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the noun, singular for 1: "1 pose", "2 poses"."""
+    return f"{n} {one if n == 1 else many or one + 's'}"

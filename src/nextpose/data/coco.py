@@ -159,13 +159,15 @@ class CocoKeypoints:
         if not (np.isfinite([x, y, w, h]).all() and np.isfinite(kpts).all()):
             raise AnnotationError(f"{self.path}: annotation {ann.get('id')} has NaN/inf values")
         width, height = int(img["width"]), int(img["height"])
-        # Clip in float64 to the last pixel index, then store as float32 (§1.2).
+        # Clip in float64 to the last pixel index, then store as float32 (§1.2); the reference
+        # clips to the file's width - 1 as written (639.5 for a width of 640.5).
+        right, bottom = float(img["width"]) - 1, float(img["height"]) - 1
         bbox = np.array(
             [
-                np.clip(x, 0, width - 1),
-                np.clip(y, 0, height - 1),
-                np.clip(x + w, 0, width - 1),
-                np.clip(y + h, 0, height - 1),
+                np.clip(x, 0, right),
+                np.clip(y, 0, bottom),
+                np.clip(x + w, 0, right),
+                np.clip(y + h, 0, bottom),
             ]
         ).astype(np.float32)
         coords = kpts[:, :2]

@@ -322,7 +322,7 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
     Everything the evaluation reads is checked (:class:`AnnotationError` naming ``source``, the
     entry and the problem): ``images`` with integer ids, a ``categories`` list, and per annotation
     an integer ``id``/``image_id``/``category_id``, ``keypoints`` (3K finite numbers), ``area``
-    (a finite number), ``bbox`` (4 finite numbers) and ``iscrowd`` (an integer or boolean;
+    (a finite number), ``bbox`` (4 finite numbers) and ``iscrowd`` (a number or boolean;
     non-zero is a crowd, as in xtcocotools) if given.
     Other fields (``segmentation``: polygons or RLE) play no part in keypoint evaluation.
     """
@@ -397,9 +397,9 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
                 f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r:.80}"
             )
         iscrowd = ann.get("iscrowd", 0)
-        if not isinstance(iscrowd, int | bool):
+        if not (isinstance(iscrowd, bool) or is_json_number(iscrowd)):
             raise AnnotationError(
-                f"{where}: 'iscrowd' must be 0 or 1 (an integer), got {iscrowd!r:.40}"
+                f"{where}: 'iscrowd' must be 0 or 1 (a number), got {iscrowd!r:.40}"
             )
         anns.append(
             {
@@ -411,7 +411,7 @@ def prepare_ground_truth(data: Any, source: str, num_keypoints: int = 17) -> dic
                 "num_keypoints": sum(1 for v in kpts[2::3] if v > 0),
                 "area": float(area),
                 "bbox": [float(v) for v in bbox],
-                "iscrowd": int(iscrowd),
+                "iscrowd": int(bool(iscrowd)),  # non-zero is a crowd, as in xtcocotools
             }
         )
     return {"images": images, "annotations": anns, "categories": cats}

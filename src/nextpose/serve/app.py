@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import socket
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import PurePath
 from typing import Any
@@ -179,6 +180,167 @@ def model_info(estimator: PoseEstimator, batcher: Batcher, detector: Detector | 
     }
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What a request's text fields ask for (``FIELDS`` but the image and its boxes)."""
+
+    name: str
+    image_id: int
+    bbox_format: str
+    format: str
+    flip: bool
+    decode: str | None
+    score_threshold: float | None
+
+    @classmethod
+    def of(
+        cls, data: bytes, fields: dict[str, str], filename: str | None, flip: bool
+    ) -> "_Options":
+        """The options of a request with image bytes ``data`` and ``fields`` (400 without an
+        image, 422 for a bad field), ``flip`` where it does not say; the name defaults to the
+        upload's file name, the image id to a name's integer stem."""
+        unknown = sorted(set(fields) - set(FIELDS))
+        if unknown:
+            raise RequestError(422, f"unknown fields {unknown}; choose from {list(FIELDS)}")
+        name = fields.get("name") or (PurePath(filename).name if filename else "image")
+        if not data:
+            raise RequestError(400, "no image: send it as the body or a multipart field 'image'")
+        bbox_format = fields.get("bbox_format", "xyxy")
+        if bbox_format not in BOX_FORMATS:
+            raise RequestError(422, f"bbox_format must be one of {list(BOX_FORMATS)}")
+        out_format = fields.get("format", "nextpose")
+        if out_format not in FORMATS:
+            raise RequestError(422, f"format must be one of {list(FORMATS)}, not {out_format!r}")
+        decode = fields.get("decode")
+        if decode is not None and decode not in DECODINGS:
+            raise RequestError(422, f"decode must be one of {list(DECODINGS)}, not {decode!r}")
+        threshold = fields.get("score_threshold")
+        stem = PurePath(name).stem
+        image_id = int(stem) if _INTEGER.fullmatch(stem) and stem[0] != "-" else 0
+        if "image_id" in fields:
+            text = fields["image_id"].strip()
+            if not _INTEGER.fullmatch(text):
+                raise RequestError(
+                    422, f"image_id must be an integer of at most 18 digits, not {text[:40]!r}"
+                )
+            image_id = int(text)
+        return cls(
+            name,
+            image_id,
+            bbox_format,
+            out_format,
+            _flag("flip", fields["flip"]) if "flip" in fields else flip,
+            decode,
+            None if threshold is None else _number("score_threshold", threshold),
+        )
+
+
+async def _drain(request: Any, timeout: float) -> None:
+    """Read and drop what the client still sends, within bounds: closing on unread bytes
+    resets the connection, and a client that sends its whole body before reading its answer
+    (most do) would see the reset, not the 413."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(min(timeout, DRAIN_SECONDS)):
+            dropped = 0
+            while dropped <= DRAIN_BYTES:
+                message = await request.receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break  # the body's end, or the client gone
+                dropped += len(message.get("body", b""))
+
+
+async def _disconnected(request: Any) -> None:
+    """Return when the client closes its connection (its body is read: nothing else comes on
+    the ASGI channel until then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(request: Any, max_body: int, timeout: float) -> bytes:
+    """The request's body: 413 over ``max_body`` bytes, 408 if it takes over ``timeout``
+    seconds to arrive."""
+    from starlette.requests import ClientDisconnect
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        await _drain(request, timeout)
+        raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
+                           f"limit of {max_body} bytes (--max-body-mb)", CLOSE)  # fmt: skip
+    parts, size, more = [], 0, True
+
+    async def read() -> None:  # from the ASGI channel, to know whether more is coming
+        nonlocal size, more
+        while more and size <= max_body:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            more = message.get("more_body", False)
+
+    try:  # a client that stops sending mid-body would hold its connection for ever
+        await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RequestError(
+            408, f"the request body did not arrive within {timeout:g} s (--timeout)", CLOSE
+        ) from None
+    except ClientDisconnect:  # nobody to answer: not an error of the service
+        raise RequestError(400, "the client disconnected before its body arrived") from None
+    if size > max_body:
+        parts.clear()
+        if more:
+            await _drain(request, timeout)
+        raise RequestError(413, f"the request body is larger than the limit of {max_body} "
+                           "bytes (--max-body-mb)", CLOSE)  # fmt: skip
+    return b"".join(parts)
+
+
+async def _fields(request: Any, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
+    """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
+    from starlette.formparsers import MultiPartParser
+
+    fields: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key in fields:
+            raise RequestError(422, f"query parameter {key!r} is given twice")
+        fields[key] = value
+    kind = request.headers.get("content-type", "").lower()  # media types ignore case
+    if not kind.startswith("multipart/form-data"):
+        return body, fields, None
+
+    async def stream():
+        yield body
+
+    try:  # files: as many as fields, so that a field sent as a file is named below
+        form = await MultiPartParser(
+            request.headers, stream(), max_files=len(FIELDS), max_fields=len(FIELDS),
+            max_part_size=2**20,
+        ).parse()  # fmt: skip
+    except Exception as e:  # starlette's MultiPartException, or a malformed body
+        raise RequestError(400, f"not a valid multipart/form-data body: {e}") from None
+    try:
+        upload, given = None, set()
+        for key, value in form.multi_items():
+            if key in given:
+                raise RequestError(422, f"field {key!r} is given twice")
+            if key in fields:
+                raise RequestError(
+                    422, f"field {key!r} is given both as a query parameter and a form field"
+                )
+            given.add(key)
+            if key == "image":
+                upload = value
+            elif not isinstance(value, str):
+                raise RequestError(422, f"field {key!r} must be text, not a file")
+            else:
+                fields[key] = value
+        if upload is None or isinstance(upload, str):
+            raise RequestError(422, "a multipart request needs the image as a file field 'image'")
+        return await upload.read(), fields, upload.filename
+    finally:
+        await form.close()  # the uploads' temporary files
+
+
 def create_app(
     estimator: PoseEstimator,
     detector: Detector | None = None,
@@ -205,12 +367,11 @@ def create_app(
     """
     fastapi = require("fastapi", "serve", "nextpose serve")
     responses = require("fastapi.responses", "serve", "nextpose serve")
-    formparsers = require("starlette.formparsers", "serve", "nextpose serve")
+    require("starlette.formparsers", "serve", "nextpose serve", load=False)
     # python-multipart, for uploads: starlette imports it (under either of its names)
     require("multipart", "serve", "nextpose serve", load=False)
     concurrency = require("starlette.concurrency", "serve", "nextpose serve")
     exceptions = require("starlette.exceptions", "serve", "nextpose serve")
-    requests = require("starlette.requests", "serve", "nextpose serve")
     JSONResponse, Request = responses.JSONResponse, fastapi.Request
 
     batcher = Batcher(estimator, detector, max_batch, max_wait_ms / 1000, max_queue)
@@ -261,110 +422,12 @@ def create_app(
         queued = batcher.stats()
         return {**queued, "waiting": taken, "queued": queued["waiting"]}
 
-    async def drain(request: Request) -> None:
-        """Read and drop what the client still sends, within bounds: closing on unread bytes
-        resets the connection, and a client that sends its whole body before reading its
-        answer (most do) would see the reset, not the 413."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(timeout, DRAIN_SECONDS)):
-                dropped = 0
-                while dropped <= DRAIN_BYTES:
-                    message = await request.receive()
-                    if message["type"] != "http.request" or not message.get("more_body"):
-                        break  # the body's end, or the client gone
-                    dropped += len(message.get("body", b""))
-
-    async def disconnected(request: Request) -> None:
-        """Return when the client closes its connection (its body is read: nothing else comes
-        on the ASGI channel until then)."""
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    async def body_of(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            await drain(request)
-            raise RequestError(413, f"the request body ({declared} bytes) is larger than the "
-                               f"limit of {max_body} bytes (--max-body-mb)", CLOSE)  # fmt: skip
-        parts, size, more = [], 0, True
-
-        async def read() -> None:  # from the ASGI channel, to know whether more is coming
-            nonlocal size, more
-            while more and size <= max_body:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    raise requests.ClientDisconnect
-                parts.append(message.get("body", b""))
-                size += len(parts[-1])
-                more = message.get("more_body", False)
-
-        try:  # a client that stops sending mid-body would hold its connection for ever
-            await asyncio.wait_for(read(), timeout)
-        except TimeoutError:
-            raise RequestError(
-                408, f"the request body did not arrive within {timeout:g} s (--timeout)", CLOSE
-            ) from None
-        except requests.ClientDisconnect:  # nobody to answer: not an error of the service
-            raise RequestError(400, "the client disconnected before its body arrived") from None
-        if size > max_body:
-            parts.clear()
-            if more:
-                await drain(request)
-            raise RequestError(413, f"the request body is larger than the limit of {max_body} "
-                               "bytes (--max-body-mb)", CLOSE)  # fmt: skip
-        return b"".join(parts)
-
-    async def fields_of(request: Request, body: bytes) -> tuple[bytes, dict[str, str], str | None]:
-        """(image bytes, text fields, uploaded file name) of a multipart or raw request."""
-        fields: dict[str, str] = {}
-        for key, value in request.query_params.multi_items():
-            if key in fields:
-                raise RequestError(422, f"query parameter {key!r} is given twice")
-            fields[key] = value
-        kind = request.headers.get("content-type", "").lower()  # media types ignore case
-        if not kind.startswith("multipart/form-data"):
-            return body, fields, None
-
-        async def stream():
-            yield body
-
-        try:  # files: as many as fields, so that a field sent as a file is named below
-            form = await formparsers.MultiPartParser(
-                request.headers, stream(), max_files=len(FIELDS), max_fields=len(FIELDS),
-                max_part_size=2**20,
-            ).parse()  # fmt: skip
-        except Exception as e:  # starlette's MultiPartException, or a malformed body
-            raise RequestError(400, f"not a valid multipart/form-data body: {e}") from None
-        try:
-            upload, given = None, set()
-            for key, value in form.multi_items():
-                if key in given:
-                    raise RequestError(422, f"field {key!r} is given twice")
-                if key in fields:
-                    raise RequestError(
-                        422, f"field {key!r} is given both as a query parameter and a form field"
-                    )
-                given.add(key)
-                if key == "image":
-                    upload = value
-                elif not isinstance(value, str):
-                    raise RequestError(422, f"field {key!r} must be text, not a file")
-                else:
-                    fields[key] = value
-            if upload is None or isinstance(upload, str):
-                raise RequestError(
-                    422, "a multipart request needs the image as a file field 'image'"
-                )
-            return await upload.read(), fields, upload.filename
-        finally:
-            await form.close()  # the uploads' temporary files
-
     @app.post("/v1/poses")
     async def poses(request: Request) -> Any:
         nonlocal taken
         # Counted from its first byte: each holds its body, then its image, till it is answered.
         if taken >= max_queue:
-            await drain(request)
+            await _drain(request, timeout)
             raise RequestError(
                 503, f"{taken} requests are being received or waiting, as many as the service "
                 f"takes (--max-queue {max_queue}); try again shortly",
@@ -373,45 +436,19 @@ def create_app(
         taken += 1
         try:
             return await estimate(request)
+        except asyncio.CancelledError:  # the server stops at once (a second Ctrl-C)
+            raise RequestError(503, "the service stopped before answering", CLOSE) from None
         finally:
             taken -= 1
 
     async def estimate(request: Request) -> Any:
         """The poses of one request (the handler's work once the request is counted)."""
         deadline = asyncio.get_running_loop().time() + timeout  # the body's, then the answer's
-        body = await body_of(request)
-        data, fields, filename = await fields_of(request, body)
+        body = await _read_body(request, max_body, timeout)
+        data, fields, filename = await _fields(request, body)
         del body  # a multipart body's image is in ``data``: one copy while it is decoded
-        unknown = sorted(set(fields) - set(FIELDS))
-        if unknown:
-            raise RequestError(422, f"unknown fields {unknown}; choose from {list(FIELDS)}")
-        name = fields.get("name") or (PurePath(filename).name if filename else "image")
-        if not data:
-            raise RequestError(400, "no image: send it as the body or a multipart field 'image'")
-        bbox_format = fields.get("bbox_format", "xyxy")
-        if bbox_format not in BOX_FORMATS:
-            raise RequestError(422, f"bbox_format must be one of {list(BOX_FORMATS)}")
-        out_format = fields.get("format", "nextpose")
-        if out_format not in FORMATS:
-            raise RequestError(422, f"format must be one of {list(FORMATS)}, not {out_format!r}")
-        use_flip = _flag("flip", fields["flip"]) if "flip" in fields else flip
-        decode = fields.get("decode")
-        if decode is not None and decode not in DECODINGS:
-            raise RequestError(422, f"decode must be one of {list(DECODINGS)}, not {decode!r}")
-        threshold = (
-            _number("score_threshold", fields["score_threshold"])
-            if "score_threshold" in fields
-            else None
-        )
-        stem = PurePath(name).stem
-        image_id = int(stem) if _INTEGER.fullmatch(stem) and stem[0] != "-" else 0
-        if "image_id" in fields:
-            text = fields["image_id"].strip()
-            if not _INTEGER.fullmatch(text):
-                raise RequestError(
-                    422, f"image_id must be an integer of at most 18 digits, not {text[:40]!r}"
-                )
-            image_id = int(text)
+        o = _Options.of(data, fields, filename, flip)
+        name = o.name
         try:  # the wait for a decoder counts against the request's time; a decode runs to its end
             async with asyncio.timeout_at(deadline):
                 await decoding.acquire()
@@ -425,13 +462,13 @@ def create_app(
             decoding.release()
         boxes = None
         if "boxes" in fields:
-            boxes = parse_boxes(fields["boxes"], image.shape, name, bbox_format, max_boxes)
+            boxes = parse_boxes(fields["boxes"], image.shape, name, o.bbox_format, max_boxes)
         try:
-            future = batcher.submit(image, boxes, use_flip, name, decode)
+            future = batcher.submit(image, boxes, o.flip, name, o.decode)
         except ServiceBusyError as e:
             raise RequestError(503, str(e), {"Retry-After": "1"}) from None
         answer = asyncio.wrap_future(future)
-        gone = asyncio.ensure_future(disconnected(request))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
             async with asyncio.timeout_at(deadline):
                 await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -446,9 +483,30 @@ def create_app(
             result = answer.result()
         except (InputError, ImageError, NumericsError) as e:  # a decoded image: 422, not 415
             raise RequestError(413 if isinstance(e, ImageTooLargeError) else 422, str(e)) from None
-        return records(result, image, name, image_id, out_format == "coco", threshold)
+        return records(result, image, name, o.image_id, o.format == "coco", o.score_threshold)
 
     return app
+
+
+class _ForcedExit(logging.Filter):
+    """Drops uvicorn's tracebacks of the tasks it cancels when told to stop at once (a second
+    Ctrl-C): a stop asked for, not an error; one line says what it left."""
+
+    def __init__(self, server: Any):
+        super().__init__()
+        self.server = server
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.server.force_exit:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, asyncio.CancelledError) or "CancelledError" in record.getMessage():
+            if not self.said:
+                self.said = True
+                log.warning("stopped at once: the requests in flight were answered 503")
+            return False
+        return True
 
 
 def _where(host: str, port: int) -> str:
@@ -511,6 +569,7 @@ def serve(
         app, log_level="warning", timeout_graceful_shutdown=max(1, math.ceil(timeout))
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_ForcedExit(server))
     where = ", ".join(f"http://{_where(*s.getsockname()[:2])}/" for s in sockets)
     log.info(f"serving on {where} (the web page; POST /v1/poses); Ctrl-C stops")
     server.run(sockets=sockets)
