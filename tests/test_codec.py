@@ -63,3 +63,21 @@ def test_batch_shapes():
     loc, score = decode_heatmaps(hm)
     assert loc.shape == (3, 17, 2) and score.shape == (3, 17)
     np.testing.assert_array_equal(score, hm.reshape(3, 17, -1).max(-1))
+
+
+def test_a_nan_maximum_keeps_its_place_in_both_decoders():
+    """The reference marks a keypoint invalid where its maximum is <= 0; NaN is not, so it keeps
+    the argmax (NumPy's and PyTorch's argmax both take the first NaN)."""
+    import torch
+
+    from nextpose.codec_torch import decode_heatmaps_torch
+
+    hm = np.zeros((1, 2, 8, 6), np.float32)
+    hm[0, 0, 5, 2] = np.nan
+    hm[0, 1] -= 1  # and a negative map: invalid in both
+    loc, score = decode_heatmaps(hm)
+    np.testing.assert_array_equal(loc[0], [[2, 5], [-1, -1]])
+    assert np.isnan(score[0, 0])
+    t_loc, t_score = decode_heatmaps_torch(torch.from_numpy(hm))
+    np.testing.assert_array_equal(t_loc.numpy(), loc)
+    np.testing.assert_array_equal(t_score.numpy(), score)

@@ -427,3 +427,14 @@ def test_ground_truth_boxes_clip_to_the_files_width_as_written(tmp_path):
     data["images"][0].update(width=640, height=480)  # integers: the last pixel index
     (inst,) = CocoKeypoints(write_json(tmp_path / "int.json", data)).ground_truth_instances()
     np.testing.assert_array_equal(inst.bbox, np.float32([600, 400, 639, 479]))
+
+
+def test_a_missing_area_is_the_references_estimate_of_the_unrounded_box(tmp_path):
+    """0.53 x the clipped box's area, in float64 from the unrounded clipped corners, then float32
+    (mmpose's parse_data_info): 10722.234375 here, where float32 corners give 10722.233."""
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                             "bbox": [10.1, 20.3, 100.7, 200.9], "keypoints": [50, 60, 2] * 17}],
+            "categories": [{"id": 1, "name": "person"}]}  # fmt: skip
+    (inst,) = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
+    assert inst.area == 10722.234375

@@ -62,10 +62,11 @@ def _argmax(
     flat: torch.Tensor, w: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first maximum of row-major heatmaps (N, K, Hh * Wh): its index, value and x, y
-    (N, K, 1); x and y are -1 where the maximum is <= 0."""
+    (N, K, 1); x and y are -1 where the maximum is <= 0 (a NaN maximum keeps its place, as
+    in the reference)."""
     index = flat.argmax(dim=2, keepdim=True)
     scores = flat.gather(2, index)
-    valid = scores > 0
+    valid = ~(scores <= 0)
     x = torch.where(valid, torch.remainder(index, w), torch.full_like(index, -1))
     y = torch.where(valid, torch.div(index, w, rounding_mode="floor"), torch.full_like(index, -1))
     return index, scores, x, y

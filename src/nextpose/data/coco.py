@@ -162,14 +162,15 @@ class CocoKeypoints:
         # Clip in float64 to the last pixel index, then store as float32 (§1.2); the reference
         # clips to the file's width - 1 as written (639.5 for a width of 640.5).
         right, bottom = float(img["width"]) - 1, float(img["height"]) - 1
-        bbox = np.array(
+        clipped = np.array(
             [
                 np.clip(x, 0, right),
                 np.clip(y, 0, bottom),
                 np.clip(x + w, 0, right),
                 np.clip(y + h, 0, bottom),
             ]
-        ).astype(np.float32)
+        )
+        bbox = clipped.astype(np.float32)
         coords = kpts[:, :2]
         visible = np.minimum(1, kpts[:, 2]).astype(np.float32)
         num_keypoints = ann.get("num_keypoints", int((coords.max(axis=1) > 0).sum()))
@@ -187,11 +188,10 @@ class CocoKeypoints:
                 f"{self.path}: annotation {ann.get('id')}: 'area' must be a finite number, "
                 f"got {area!r:.60}"
             )
-        area = (
-            float(np.float32(area))
-            if area is not None
-            else max(1.0, float((bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) * 0.53))
-        )
+        if area is None:  # the reference's estimate, in float64 from the unrounded box
+            x1, y1, x2, y2 = clipped
+            area = max(1.0, (x2 - x1) * (y2 - y1) * 0.53)
+        area = float(np.float32(area))
         return PersonInstance(
             id=ann["id"],
             image_id=img["id"],

@@ -48,7 +48,9 @@ NmsMode = Literal["oks", "soft_oks", "none"]
 
 @dataclass
 class PosePrediction:
-    """One evaluated person instance, as the metric receives it (§7.1).
+    """One evaluated person instance, as the metric receives it (§7.1). Its numbers are kept in
+    float32, the model's output type, which the metric's arithmetic follows; float64 values are
+    rounded to float32 first (the reference would compute on float64 inputs in float64).
 
     Attributes:
         id: instance id (annotation id for ground-truth boxes, running detection index otherwise);
