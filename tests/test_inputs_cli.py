@@ -121,3 +121,23 @@ def test_a_box_of_zero_size_is_used_with_a_warning(tiny_checkpoint, tmp_path, ca
     point, person = json.loads(out.read_text())
     assert {tuple(k[:2]) for k in point["keypoints"]} == {(10.0, 10.0)}
     assert len({tuple(k[:2]) for k in person["keypoints"]}) > 1
+
+
+def test_images_of_two_folders_with_the_same_name_are_warned_of(tiny_checkpoint, tmp_path, capsys):
+    for folder, image in (("a", IMAGES[0]), ("b", IMAGES[1])):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        shutil.copy(image, tmp_path / folder / "same-name.jpg")
+        shutil.copy(image, tmp_path / folder / "sub" / "same-name.jpg")  # sub/same-name.jpg
+    out = tmp_path / "poses.json"
+    assert _predict(tiny_checkpoint, tmp_path / "a", "--out", out) == 0
+    assert "more than once" not in capsys.readouterr().err  # names relative to the folder
+    out = tmp_path / "both.json"
+    assert _predict(tiny_checkpoint, tmp_path / "a", tmp_path / "b", "--out", out) == 0
+    err = capsys.readouterr().err
+    a, b = tmp_path / "a" / "same-name.jpg", tmp_path / "b" / "same-name.jpg"
+    assert (
+        f"2 image names occur more than once among the inputs (same-name.jpg: {a} and {b})" in err
+    )
+    assert err.count("more than once") == 1  # said once, though the job lists its inputs twice
+    assert [r["image"] for r in json.loads(out.read_text())] == ["same-name.jpg",
+            "sub/same-name.jpg", "same-name.jpg", "sub/same-name.jpg"]  # fmt: skip

@@ -132,6 +132,28 @@ class NewestFrames:
             self.dropped = 0  # said once
 
 
+_WARNED: set[tuple[str, ...]] = set()  # repeated names said once per process (streams reopen)
+
+
+def _warn_repeated_names(listing: list[tuple[Any, str, tuple[str, ...], Path | None]]) -> None:
+    """Warn when image files of several inputs have the same name (``a/x.jpg``, ``b/x.jpg``):
+    the outputs' ``image`` fields cannot tell them apart."""
+    paths: dict[str, list[Path]] = {}
+    for _, name, _, path in listing:
+        if path is not None:
+            paths.setdefault(name, []).append(path)
+    repeated = tuple(sorted(name for name, found in paths.items() if len(found) > 1))
+    if repeated and repeated not in _WARNED:
+        _WARNED.add(repeated)
+        first = paths[repeated[0]]
+        what = "1 image name occurs" if len(repeated) == 1 else f"{len(repeated)} image names occur"
+        log.warning(
+            "%s more than once among the inputs (%s: %s and %s): the outputs name images by "
+            "these names, so only their order tells those images apart",
+            what, repeated[0], first[0], first[1],
+        )  # fmt: skip
+
+
 def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream:
     """Image files, folders (listed recursively) and arrays, flattened into one stream."""
     sized = isinstance(inputs, Sequence)
@@ -153,6 +175,7 @@ def _image_stream(inputs: Iterable[ImageLike], max_frames: int | None) -> Stream
 
     if sized:
         listing = [entry for x in inputs for entry in expand(x)][:max_frames]
+        _warn_repeated_names(listing)
         stems = [p.stem for _, _, _, p in listing if p is not None]
         numeric = len(stems) == len(listing) and all(s.isdigit() for s in stems)
         numeric = numeric and len({int(s) for s in stems}) == len(stems)
