@@ -170,3 +170,31 @@ def test_predict_api_equals_reference_inference_topdown(estimator):
     assert poses.keypoints.shape == (5, 17, 2)
     assert np.abs(poses.keypoints - expected_kpts).max() <= 1e-3
     assert (np.abs(poses.scores - expected_scores) / np.abs(expected_scores)).max() <= 1e-5
+    eager = estimator.with_options(backend="eager").predict(COCO / ref["image"], boxes)
+    np.testing.assert_array_equal(eager.keypoints, expected_kpts)  # the README's "bit for bit"
+    np.testing.assert_array_equal(eager.scores, expected_scores)
+
+
+@pytest.mark.parametrize("run", ["gt_flip", "det_noflip"])
+def test_crop_regions_and_crop_keypoints_equal_reference(estimator, run):
+    """The steps between box and keypoint: the padded centre and scale before the aspect fix
+    (§2.1), and the decoded keypoints in input-crop pixels before back-projection (§6.4)."""
+    from nextpose.geometry import box_to_center_scale, crop_region
+
+    oracle = np.load(ORACLE_RUNS / f"oracle_{run}.npz")
+    center, scale = box_to_center_scale(oracle["bbox_xyxy"], 1.25)
+    np.testing.assert_array_equal(center, oracle["bbox_center"])
+    np.testing.assert_array_equal(scale, oracle["bbox_scale_padded"])
+    centers, scales = crop_region(oracle["bbox_xyxy"], (192, 256), 1.25)
+    np.testing.assert_array_equal(centers, oracle["input_center"])
+    np.testing.assert_array_equal(scales, oracle["input_scale"])
+    instances = _instances(run.split("_")[0])
+    images = {i.image_file: nextpose.read_image(COCO / i.image_file) for i in instances}
+    crops = np.concatenate(
+        [crops_of(images[i.image_file], i.bbox[None], (192, 256))[0] for i in instances]
+    )
+    network = estimator.with_options(backend="eager").network
+    keypoints, scores = network.keypoints(crops, run.endswith("_flip"))
+    keypoints, scores = np.asarray(keypoints), np.asarray(scores)
+    np.testing.assert_array_equal(keypoints, oracle["kpts_input"])
+    np.testing.assert_array_equal(scores, oracle["kpt_scores"])
