@@ -252,3 +252,14 @@ def test_a_boxes_file_of_absurd_coordinates_is_refused_naming_the_entry(
     err = capsys.readouterr().err
     assert "boxes.json: entry 0 must be a COCO detection" in err and "at most 1e9 pixels" in err
     assert not out.exists()
+
+
+def test_help_states_the_exit_codes_the_commands_return(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done; 1 predict read no image" in text and "130 interrupted" in text
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    assert main(["predict", str(tiny_checkpoint), str(broken), "--no-progress"]) == 1
+    assert main(["predict", str(tiny_checkpoint), str(tmp_path / "typo.jpg")]) == 2

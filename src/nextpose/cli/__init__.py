@@ -20,7 +20,10 @@ from . import benchmark, convert, evaluate, export, predict, serve, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nextpose", description="Top-down human pose estimation (ResNeXt SimpleBaseline)."
+        prog="nextpose",
+        description="Top-down human pose estimation (ResNeXt SimpleBaseline).",
+        epilog="exit status: 0 done; 1 predict read no image (each skipped one is named); 2 a "
+        "bad input, option or file (error: names it); 130 interrupted (what was done is kept)",
     )
     parser.add_argument("--version", action="version", version=f"nextpose {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

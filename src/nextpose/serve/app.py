@@ -569,7 +569,11 @@ def serve(
         app, log_level="warning", timeout_graceful_shutdown=max(1, math.ceil(timeout))
     )
     server = uvicorn.Server(config)
-    logging.getLogger("uvicorn.error").addFilter(_ForcedExit(server))
+    quiet, uvicorn_log = _ForcedExit(server), logging.getLogger("uvicorn.error")
     where = ", ".join(f"http://{_where(*s.getsockname()[:2])}/" for s in sockets)
     log.info(f"serving on {where} (the web page; POST /v1/poses); Ctrl-C stops")
-    server.run(sockets=sockets)
+    uvicorn_log.addFilter(quiet)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        uvicorn_log.removeFilter(quiet)
