@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -433,51 +433,96 @@ def load(
         PRESETS[str(model)].config.inference.decode if model in PRESETS else None
     )
     resolved = options.resolve(own_decode or "msra")  # a bad option fails before any download
+    files = _files(str(model), checkpoint, decode, progress)
     # A file's sha256 leads to what the cache knows of it (the weights' digest, the config it
     # carries): when a graph of those weights is cached, the file is not read (nor torch
     # imported) until something needs the model.
-    graph = resolved.backend == "onnxruntime" and not resolved.device_crops
-    graph = graph and onnxruntime_available()
-    model = str(model)
-    own: Path | None = None  # the file that carries the config
-    config: Config | None = None
+    digests: tuple[str | None, str | None] = (None, None)
+    if resolved.backend == "onnxruntime" and not resolved.device_crops and onnxruntime_available():
+        digest, own = _sha256(files.weights), files.config_file
+        digests = (digest, digest if own == files.weights else _sha256(own) if own else None)
+        cached = _from_cache(files, digests, decode, options)
+        if cached is not None:
+            return cached
+    return _read(files, digests, decode, options, str(model))
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The files :func:`load` reads: the weights, and the one that carries the config."""
+
+    name: str  # the estimator's: the preset's, or the file's stem
+    weights: Path
+    config_file: Path | None  # None for a preset, whose config is known
+    config: Config | None  # a preset's; a file's is read from it
+
+
+def _files(model: str, checkpoint: str | Path | None, decode: str | None, progress: bool) -> _Files:
+    """Where ``model`` and ``checkpoint`` lead (URLs downloaded to the cache)."""
     if model in PRESETS:
         preset = get_preset(model)
-        config, name = _decoding(preset.config, decode), preset.name
         source = checkpoint or preset.weights_url
         if source is None:
-            raise CheckpointError(f"preset '{name}' has no published weights; pass a checkpoint")
-        path = weights.resolve(source, progress)
-    else:
-        if not (weights.is_url(model) or Path(model).exists()):
-            if Path(model).suffix.lower() in weights.WEIGHT_SUFFIXES:
-                raise InputError(f"{model}: no such checkpoint file")
-            raise InputError(
-                f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file"
+            raise CheckpointError(
+                f"preset '{preset.name}' has no published weights; pass a checkpoint"
             )
-        name = Path(model).stem
-        path = weights.resolve(checkpoint or model, progress)
-        own = weights.resolve(model, progress) if checkpoint else path
-    digest = _sha256(path) if graph else None
-    own_digest = digest if own == path else _sha256(own) if graph and own else None
-    if digest is not None:
-        known = weights.recalled_file(digest) or {}
-        if own is not None:
-            carried = known if own == path else weights.recalled_file(own_digest or "") or {}
-            config = _decoding(_recorded_config(carried.get("config")), decode)
-        state = known.get("weights")
-        cached = isinstance(state, str) and config is not None
-        if cached and any(is_cached(state, config, flip) for flip in (True, False)):
-            notes = known.get("warnings")  # what reading the file warned about
-            for note in notes if isinstance(notes, list) else []:
-                warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
-            return PoseEstimator(
-                _reader(path, config, name, state), config, name=name, options=options,
-                digest=state,
-            )  # fmt: skip
+        path = weights.resolve(source, progress)
+        return _Files(preset.name, path, None, _decoding(preset.config, decode))
+    if not (weights.is_url(model) or Path(model).exists()):
+        if Path(model).suffix.lower() in weights.WEIGHT_SUFFIXES:
+            raise InputError(f"{model}: no such checkpoint file")
+        raise InputError(
+            f"'{model}' is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file"
+        )
+    path = weights.resolve(checkpoint or model, progress)
+    own = weights.resolve(model, progress) if checkpoint else path
+    return _Files(Path(model).stem, path, own, None)
+
+
+def _from_cache(
+    files: _Files, digests: tuple[str | None, str | None], decode: str | None, options: RunOptions
+) -> PoseEstimator | None:
+    """An estimator on the cached ONNX graph of these weights, the files left unread; None
+    when the cache has no graph of them. ``digests``: the sha256 of the weights file and of
+    the file carrying the config."""
+    digest, own_digest = digests
+    if digest is None:
+        return None
+    known = weights.recalled_file(digest) or {}
+    config = files.config
+    if files.config_file is not None:
+        same = files.config_file == files.weights
+        carried = known if same else weights.recalled_file(own_digest or "") or {}
+        config = _decoding(_recorded_config(carried.get("config")), decode)
+    state = known.get("weights")
+    if not isinstance(state, str) or config is None:
+        return None
+    if not any(is_cached(state, config, flip) for flip in (True, False)):
+        return None
+    notes = known.get("warnings")  # what reading the file warned about
+    for note in notes if isinstance(notes, list) else []:
+        warnings.warn(f"{files.weights}: {note}", UserWarning, stacklevel=3)
+    return PoseEstimator(
+        _reader(files.weights, config, files.name, state), config, name=files.name,
+        options=options, digest=state,
+    )  # fmt: skip
+
+
+def _read(
+    files: _Files,
+    digests: tuple[str | None, str | None],
+    decode: str | None,
+    options: RunOptions,
+    model: str,
+) -> PoseEstimator:
+    """An estimator on the model read from the files; what was read is remembered in the cache
+    under ``digests`` (the sha256 of the weights file and of the file carrying the config)."""
+    digest, own_digest = digests
+    path = files.weights
     obj = weights.read(path)
-    if own is not None:
-        carried = weights.read(own) if own != path else obj
+    config = files.config
+    if files.config_file is not None:
+        carried = weights.read(files.config_file) if files.config_file != path else obj
         if "config" not in carried:
             raise CheckpointError(
                 f"{model}: the file carries no nextpose config; name a preset as MODEL and pass "
@@ -489,14 +534,14 @@ def load(
     assert config is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        net = _read_model(obj, config, str(path), name)
+        net = _read_model(obj, config, str(path), files.name)
     for w in caught:  # shown as they would have been, and kept for runs that skip the file
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     if digest is not None and _sha256(path) == digest:  # the bytes read are those hashed
         prefix = f"{path}: "
         notes = [str(w.message)[len(prefix) :] for w in caught if str(w.message).startswith(prefix)]
         weights.remember_file(digest, weights=weights.weights_digest(net), warnings=notes)
-    return PoseEstimator(net, config, name=name, options=options)
+    return PoseEstimator(net, config, name=files.name, options=options)
 
 
 def _decoding(config: Config | None, decode: str | None) -> Config | None:
