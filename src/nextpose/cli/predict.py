@@ -157,25 +157,13 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool = True) -> int:
     from .. import distributed
     from ..boxes import BoxTable
-    from ..errors import VideoError
     from ..pipeline import PosePipeline
     from ..predictor import load
-    from ..writers import DrawingWriter, Guard, JsonLinesWriter, JsonListWriter
 
     check_detector(args)
     if main:
         note_ignored(args)
-    # glob patterns are expanded: the files they name are inputs; so are the boxes and weights
-    guard = Guard(
-        [p for kind, source in groups if kind != "camera"
-         for p in (source if kind == "images" else [source])] + read_files(args)
-    )  # fmt: skip
-    if args.out:
-        guard.claim(args.out, "--out")
-    if args.jsonl:
-        guard.claim(args.jsonl, "--jsonl")
-    if args.draw:
-        guard.claim_folder(args.draw, "--draw")
+    guard = _guard(args, groups)
     table = BoxTable.read(args.boxes, args.bbox_format) if args.boxes else None
     check_device(args.device)
     check_extras(args)
@@ -187,9 +175,35 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         estimator, detector, boxes=table, flip=not args.no_flip, track=args.track,
         smooth=args.smooth,
     )  # fmt: skip
-    coco = args.format == "coco"
     if device is not None:
         return _run_job(args, pipeline, main)
+    return _stream(args, groups, pipeline, guard, table)
+
+
+def _guard(args: argparse.Namespace, groups: list):
+    """The guard of the run's inputs, with its outputs claimed (none may replace an input)."""
+    from ..writers import Guard
+
+    # glob patterns are expanded: the files they name are inputs; so are the boxes and weights
+    guard = Guard(
+        [p for kind, source in groups if kind != "camera"
+         for p in (source if kind == "images" else [source])] + read_files(args)
+    )  # fmt: skip
+    if args.out:
+        guard.claim(args.out, "--out")
+    if args.jsonl:
+        guard.claim(args.jsonl, "--jsonl")
+    if args.draw:
+        guard.claim_folder(args.draw, "--draw")
+    return guard
+
+
+def _stream(args: argparse.Namespace, groups: list, pipeline, guard, table) -> int:
+    """The inputs through the pipeline in this process, the poses written as they come."""
+    from ..errors import VideoError
+    from ..writers import DrawingWriter, JsonLinesWriter, JsonListWriter
+
+    coco = args.format == "coco"
     failed: list[str] = []
     frames = people = inputs = 0
 
@@ -264,19 +278,28 @@ def _run(args: argparse.Namespace, groups: list, device: str | None, main: bool 
         _kept([str(w.path) for w in kept])
     if drawer is not None and drawer.written:
         print(f"drew {_count(len(drawer.written), 'file')} in {args.draw}", file=sys.stderr)
+    misses, lookups = (table.misses, table.lookups) if table is not None else (0, 0)
+    return _warn(args, videos, len(failed), inputs, misses, lookups, frames)
+
+
+def _warn(
+    args: argparse.Namespace, videos: bool, failed: int, inputs: int, misses: int, lookups: int,
+    frames: int,
+) -> int:  # fmt: skip
+    """Say what went wrong in a run (skipped inputs, images without boxes, no image at all);
+    the exit status: 1 if no image was read."""
     if failed:
         what = "inputs" if videos else "images"
-        print(f"warning: {len(failed)} of {inputs} {what} were skipped", file=sys.stderr)
-    if table is not None and table.misses:
+        print(f"warning: {failed} of {inputs} {what} were skipped", file=sys.stderr)
+    if misses:
         print(
-            f"warning: {table.misses} of {table.lookups} images had no entry in {args.boxes}; "
+            f"warning: {misses} of {lookups} images had no entry in {args.boxes}; "
             "each got one whole-image box (check the file names or image ids)",
             file=sys.stderr,
         )
     if frames == 0 and not failed:
         print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
-    return 1 if failed and frames == 0 else 0
+    return 1 if frames == 0 else 0
 
 
 def _kept(paths: list[str]) -> None:
@@ -361,21 +384,10 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     _kept([f for f in (args.out, args.jsonl) if f and Path(f).resolve() not in written])
     if summary.drawn:
         print(f"drew {_count(summary.drawn, 'file')} in {args.draw}", file=sys.stderr)
-    if summary.failed:
-        what = "inputs" if videos else "images"
-        print(f"warning: {len(summary.failed)} of {summary.inputs} {what} were skipped",
-              file=sys.stderr)  # fmt: skip
-    if summary.box_misses:
-        print(
-            f"warning: {summary.box_misses} of {summary.box_lookups} images had no entry in "
-            f"{args.boxes}; each got one whole-image box (check the file names or image ids)",
-            file=sys.stderr,
-        )
-    if summary.frames == 0:
-        if not summary.failed:
-            print(f"warning: no images found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
-    return 0
+    return _warn(
+        args, videos, len(summary.failed), summary.inputs, summary.box_misses,
+        summary.box_lookups, summary.frames,
+    )  # fmt: skip
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
