@@ -164,6 +164,18 @@ def test_eval_of_a_checkpoint_with_its_own_keypoints_reads_each_file_once(tmp_pa
         assert sorted(reads) == sorted(files)
 
 
+def test_eval_says_when_it_falls_back_to_the_ground_truth_boxes(tiny_checkpoint, tmp_path, capsys):
+    """--images and --ann-file without a detection file score the annotated boxes: numbers not
+    comparable with the published detector-box AP, so the run says so (and only then)."""
+    base = ["eval", str(tiny_checkpoint), "--ann-file", str(ANN_FILE), "--images", str(COCO),
+            "--no-progress"]  # fmt: skip
+    det = str(COCO / "test_coco_det_AP_H_56.json")
+    for boxes, noted in (([], True), (["--gt-boxes"], False), (["--bbox-file", det], False)):
+        assert main([*base, *boxes, "--out", str(tmp_path / f"run{len(boxes)}")]) == 0
+        err = capsys.readouterr().err
+        assert ("scored on the ground-truth boxes" in err) == noted, boxes
+
+
 def test_eval_scores_a_results_file_without_a_model(tmp_path):
     results = DATA / "oracle" / "metric_check" / "noisy_gt_det.keypoints.json"
     out = tmp_path / "eval"

@@ -309,6 +309,9 @@ def test_resume_of_another_job_is_refused(predict_args, tmp_path, capsys):
     (parts / "job.json").write_text(json.dumps({"coco": True}))
     code = main(predict_args(tmp_path, "--resume"))
     refused(code, r"another job \((?!.*\bcoco\b).*--format", capsys)
+    (parts / "job.json").write_text(json.dumps({"block_size": 1}))  # the CLI's --batch-size
+    code = main(predict_args(tmp_path, "--resume"))
+    refused(code, r"another job \((?!.*block-size).*--batch-size", capsys)
 
 
 @pytest.fixture

@@ -774,6 +774,23 @@ def test_cli_backend_and_precision_options(tiny_checkpoint, tmp_path, capsys):
         assert "no native bf16" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("precision", "needs"), [("bf16", "AVX-512 BF16 or AMX"), ("fp16", "AVX-512 FP16 or AMX-FP16")]
+)
+def test_a_cpu_without_native_reduced_precision_is_refused_naming_what_it_needs(
+    precision, needs, monkeypatch
+):
+    """bf16 and fp16 need different CPU features (a CPU with AVX-512 BF16 may have no fp16):
+    the refusal names the right ones."""
+    from nextpose import options
+
+    monkeypatch.setattr(options, f"cpu_supports_{precision}", lambda: False)
+    with pytest.raises(
+        nextpose.InputError, match=f"no native {precision} \\(that needs {needs}\\)"
+    ):
+        RunOptions(precision=precision).resolve()
+
+
 def test_benchmark_verb_times_and_recommends(tiny_checkpoint, capsys):
     """`nextpose benchmark`: a row per candidate with its speed and keypoint equality, and the
     fastest fp32 backend whose keypoints equal the plain model's."""

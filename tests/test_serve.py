@@ -1054,3 +1054,15 @@ def test_a_port_in_use_is_said_before_the_model_loads(tiny_checkpoint, capsys, m
     assert main(["serve", str(tiny_checkpoint), "--host", "no-such-host.invalid"]) == 2
     assert "error: --host no-such-host.invalid:" in capsys.readouterr().err
     assert loads == []
+
+
+def test_serve_help_names_every_request_field(capsys):
+    """`nextpose serve --help` lists each field a request may carry (the app refuses others)."""
+    from nextpose.serve.app import FIELDS
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    description = text.split("POST an image", 1)[1].split("Needs pip install", 1)[0]
+    missing = [f for f in FIELDS if not re.search(rf"\b{f}\b", description)]
+    assert not missing, missing

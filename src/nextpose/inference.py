@@ -1,5 +1,5 @@
-"""Deprecated: the names that lived here moved to the modules below during 0.1 and are kept here
-for one more release.
+"""Deprecated: the names that lived here in nextpose's pre-releases (before 0.1.0) moved to the
+modules below; they are kept here until 0.2.
 
 ``PoseEstimator`` and ``load`` are in :mod:`nextpose.predictor`, ``Poses`` in
 :mod:`nextpose.structures`, ``as_boxes`` in :mod:`nextpose.boxes`, ``flip_test`` and ``normalize``

@@ -180,15 +180,17 @@ class RunOptions:
         device: where the network runs, e.g. ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         backend: see :mod:`nextpose.runtime`; ``auto`` resolves by :func:`auto_backend` to a
             backend whose keypoints equal eager's on the reference sample (BENCHMARKS.md).
-        precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16 or fp16
-            only). On a GPU, fp32 convolutions run in IEEE float32, not TF32.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` (GPUs; CPUs with native bf16, AVX-512
+            BF16 or AMX, or native fp16, AVX-512 FP16 or AMX-FP16, only). On a GPU, fp32
+            convolutions run in IEEE float32, not TF32.
         keep_fp32: with bf16/fp16 on the ``fast`` and ``compile`` backends, the layers left in
             float32 (:class:`~nextpose.optimize.ReducedPrecision`): ``ends`` (the stem and the
             1x1 heatmap layer, ~2 % of the FLOPs), ``final``, ``head`` (25 %) or ``none``.
             ``eager`` autocasts everything.
         device_crops: cut the crops on the device (a GPU) with OpenCV's arithmetic, instead of
             with OpenCV on the CPU.
-        batch_size: crops per network forward pass.
+        batch_size: crops per network batch; on a CPU the ``fast`` and ``compile`` backends
+            run it in passes of at most 8 crops (quicker per crop there than larger ones).
         read_threads: threads decoding and cropping images ahead of the network (0: none).
         cudnn_benchmark: on CUDA, let cuDNN time its convolution algorithms per input shape.
     """
@@ -270,10 +272,11 @@ class RunOptions:
                     f"precision fp32, or backend fast or compile for {self.precision}"
                 )
         if kind == "cpu" and self.precision != "fp32":
-            native = cpu_supports_bf16() if self.precision == "bf16" else cpu_supports_fp16()
-            if not native:
+            bf16 = self.precision == "bf16"
+            if not (cpu_supports_bf16() if bf16 else cpu_supports_fp16()):
+                needs = "AVX-512 BF16 or AMX" if bf16 else "AVX-512 FP16 or AMX-FP16"
                 raise InputError(
-                    f"this CPU has no native {self.precision} (AVX-512 BF16/FP16 or AMX); "
+                    f"this CPU has no native {self.precision} (that needs {needs}); "
                     "it would run slower than fp32: use precision='fp32'"
                 )
         check_device(self.device)

@@ -43,7 +43,8 @@ PARTS_SUFFIX = ".parts"
 
 # What a job's description calls its settings, as the command line names them.
 _OPTION_NAMES = {"inputs": "the inputs", "listing": "the inputs' files", "coco": "--format",
-                 "flip": "--no-flip", "max_frames": "--max-frames"}  # fmt: skip
+                 "flip": "--no-flip", "max_frames": "--max-frames",
+                 "block_size": "--batch-size"}  # fmt: skip  # the CLI's blocks are its batches
 
 
 def parts_folder(out: str | Path | None, jsonl: str | Path | None) -> Path:

@@ -191,7 +191,8 @@ def add_runtime(
     p: argparse.ArgumentParser,
     read_help: str = "image decoding threads",
     batch_flags: tuple[str, ...] = ("--batch-size",),
-    batch_help: str = "crops per pose forward pass (default 32)",
+    batch_help: str = "crops per pose network batch (default 32; on a CPU the fast and compile "
+    "backends run it in passes of at most 8)",
     threads: bool = True,
 ) -> None:
     """How the pose network runs: --device, --backend, --precision, --batch-size (under the
@@ -203,7 +204,7 @@ def add_runtime(
         default="auto",
         help="how the pose network runs: eager (plain PyTorch, the reference's op order), fast "
         "(BatchNorm folded, channels-last), compile (fast compiled by inductor; on a CPU kept "
-        "in the cache folder, ~20 s the first time), onnxruntime (CPU, fp32); auto (default): "
+        "in the cache folder, ~20-55 s the first time), onnxruntime (CPU, fp32); auto (default): "
         "the fastest measured, all with the same keypoints: onnxruntime in fp32 on a CPU "
         "without AVX-512 when the onnx extra is installed, eager in fp32 on a CPU for a DARK "
         "model (the reference's heatmaps bit for bit, which DARK needs), fast otherwise. "
@@ -214,9 +215,9 @@ def add_runtime(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="run the network in bf16/fp16 (GPUs; CPUs with native bf16/fp16 only: AVX-512 "
-        "BF16 or AMX); 3-4x faster on AMX, a few percent of keypoints move, mostly by a quarter "
-        "or half heatmap pixel",
+        help="run the network in bf16/fp16 (GPUs; on a CPU bf16 needs AVX-512 BF16 or AMX, "
+        "fp16 AVX-512 FP16 or AMX-FP16); 3-4x faster on AMX, a few percent of keypoints "
+        "move, mostly by a quarter or half heatmap pixel",
     )
     p.add_argument(
         "--keep-fp32",

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--backends",
         help="comma-separated BACKEND[:PRECISION] to time, e.g. fast,onnxruntime,compile:bf16 "
         "(default: eager, fast, onnxruntime on a CPU, and fast in each precision this device "
-        "runs natively; compile only when named: its first call takes ~35 s)",
+        "runs natively; compile only when named: its first call takes ~20-55 s)",
     )
     p.add_argument("--batch-size", type=count(1), default=8, help="crops per call (default 8)")
     p.add_argument(

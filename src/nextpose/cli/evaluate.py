@@ -36,7 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ann-file", help="keypoint annotations (overrides --coco-root)")
     boxes = p.add_mutually_exclusive_group()
     boxes.add_argument("--bbox-file", help="person detections, COCO results format")
-    boxes.add_argument("--gt-boxes", action="store_true", help="use the ground-truth boxes")
+    boxes.add_argument(
+        "--gt-boxes",
+        action="store_true",
+        help="use the ground-truth boxes (also what --images and --ann-file without "
+        "--bbox-file or --coco-root use)",
+    )
     p.add_argument(
         "--bbox-score-threshold",
         type=number,
@@ -128,6 +133,13 @@ def _run(args: argparse.Namespace, env, device: str) -> int:
             bbox_file = root / COCO_VAL_DETECTIONS
         if bbox_file is not None and not bbox_file.is_file():
             raise InputError(f"{bbox_file}: no such detection file (or use --gt-boxes)")
+        if bbox_file is None and not args.gt_boxes and env.is_main:
+            print(
+                "note: no --bbox-file (nor --coco-root holding the detections): the poses are "
+                "scored on the ground-truth boxes, as with --gt-boxes, not the detector boxes "
+                "of the published numbers",
+                file=sys.stderr,
+            )
         check_extras(args)
         if env.is_main:
             note_ignored(args)

@@ -354,7 +354,8 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
                 print("\ninterrupted before any image was done; nothing written", file=sys.stderr)
                 return 130
             where = ", ".join(str(k) for k in kept)
-            print(f"\ninterrupted; {where} hold what was done", file=sys.stderr)
+            verb = "holds" if len(kept) == 1 else "hold"
+            print(f"\ninterrupted; {where} {verb} what was done", file=sys.stderr)
         print(f"--resume continues from {folder}", file=sys.stderr)
         return 130
     except NextposeError as e:  # a full disk, an unwritable drawing: the parts done are kept

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the model over HTTP (POST /v1/poses) with a web page, batching requests",
         description="POST an image (multipart field 'image', or the raw body) to /v1/poses, "
-        "with optional boxes (JSON), flip, score_threshold, format: the records `nextpose "
+        "with optional fields boxes (JSON), bbox_format, flip, decode, score_threshold, "
+        "format, name, image_id: the records `nextpose "
         "predict` writes. The crops of concurrent requests go through the network together. "
         'Needs pip install "nextpose[serve]".',
     )
