@@ -314,6 +314,40 @@ def test_resume_of_another_job_is_refused(predict_args, tmp_path, capsys):
     refused(code, r"another job \((?!.*block-size).*--batch-size", capsys)
 
 
+def test_a_parts_folder_holding_other_files_is_neither_used_nor_removed(
+    predict_args, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """OUT.parts that nextpose did not make (a user's folder, an input folder of that name) is
+    refused with and without --resume, and left as it was; a job removes only its own files."""
+    parts = tmp_path / "poses.json.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("mine")
+    for extra in ([], ["--resume"]):
+        code = main(predict_args(tmp_path, *extra))
+        refused(code, r"poses\.json\.parts, which holds other files \(notes\.txt\)", capsys)
+        assert sorted(p.name for p in parts.iterdir()) == ["notes.txt"]
+    shots = tmp_path / "shots.json.parts"  # the input folder itself
+    shots.mkdir()
+    (shots / "a.jpg").write_bytes((COCO / "000000000785.jpg").read_bytes())
+    for extra in ([], ["--resume"]):
+        args = ["predict", str(tiny_checkpoint), str(shots), "--out", str(tmp_path / "shots.json"),
+                "--no-progress", *extra]  # fmt: skip
+        refused(main(args), r"which holds other files \(a\.jpg\)", capsys)
+        assert [p.name for p in shots.iterdir()] == ["a.jpg"]
+    # A file put into the parts folder while the job runs outlives the job's cleanup.
+    real_merge = sharded._merge
+
+    def merge(folder, *args):
+        (folder / "kept.txt").write_text("someone else's")
+        return real_merge(folder, *args)
+
+    monkeypatch.setattr(sharded, "_merge", merge)
+    own = tmp_path / "own"
+    own.mkdir()
+    assert main(predict_args(own)) == 0
+    assert sorted(p.name for p in (own / "poses.json.parts").iterdir()) == ["kept.txt"]
+
+
 @pytest.fixture
 def one_thread():
     """In this process, the thread count of torchrun's processes (see _one_process)."""

@@ -427,6 +427,36 @@ def test_a_second_job_into_the_same_output_is_refused_while_the_first_runs(
     assert not parts.exists()
 
 
+def test_a_job_writing_another_jobs_jsonl_is_refused_while_that_one_runs(
+    tiny_checkpoint, photos, tmp_path, monkeypatch, capsys
+):
+    """Each output file is locked, not only the parts folder of --out: a second job whose --out
+    differs but whose --jsonl (or --out) is the running job's --jsonl is refused, and the
+    running job's outputs are complete."""
+    from nextpose import sharded
+
+    run_blocks, second = sharded._run_blocks, []
+    p_json, p_jsonl = tmp_path / "p.json", tmp_path / "p.jsonl"
+
+    def running(*args, **kwargs):
+        if not second:  # job A is running: B and C try to write its --jsonl
+            monkeypatch.setattr(sharded, "_run_blocks", run_blocks)
+            b = ("--out", tmp_path / "q.json", "--jsonl", p_jsonl)
+            second.append((_predict(tiny_checkpoint, photos, *b), capsys.readouterr().err))
+            c = ("--out", p_jsonl)
+            second.append((_predict(tiny_checkpoint, photos, *c), capsys.readouterr().err))
+        return run_blocks(*args, **kwargs)
+
+    monkeypatch.setattr(sharded, "_run_blocks", running)
+    assert _predict(tiny_checkpoint, photos, "--out", p_json, "--jsonl", p_jsonl) == 0
+    for (code, err), option in zip(second, ("--jsonl", "--out"), strict=True):
+        assert code == 2, err
+        assert f"{option} {p_jsonl}: another predict run is writing it now" in err, err
+        assert "remove the folder" not in err
+    assert len(p_jsonl.read_text().splitlines()) == 2  # A's, one line per image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.jsonl", "photos"]
+
+
 def test_ctrl_c_before_any_image_is_done_writes_nothing(
     tiny_checkpoint, photos, tmp_path, monkeypatch, capsys
 ):

@@ -18,7 +18,7 @@ import contextlib
 import heapq
 import json
 import logging
-import shutil
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -141,6 +141,38 @@ def _part_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.jsonl"))
 
 
+def _is_own(path: Path) -> bool:
+    """Whether a parts folder's entry is one a job writes: its description (and the temporary
+    file it is written through), its lock, a part."""
+    name = path.name
+    own = name in (MANIFEST, LOCK) or (name.startswith("part-") and name.endswith(".jsonl"))
+    return path.is_file() and (own or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")))
+
+
+def _foreign(folder: Path) -> list[str]:
+    """The entries of ``folder`` no predict job wrote (sorted names)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if not _is_own(p))
+    except OSError:
+        return []
+
+
+def _remove_parts(folder: Path) -> None:
+    """Remove the job's own files from its parts folder, then the folder (only if that emptied
+    it: nothing another program put there is removed)."""
+    try:
+        entries = [p for p in folder.iterdir() if _is_own(p) and p.name != LOCK]
+    except OSError:
+        return
+    for path in entries:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        (folder / LOCK).unlink()  # held until release, which finds it gone
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
 def _scan(folder: Path) -> _State:
     state = _State()
     for path in _part_files(folder):
@@ -243,19 +275,39 @@ def _units(
     return units
 
 
+def _lock_of(output: str | Path) -> Path:
+    """The lock file a job holds for an output file: hidden beside the file it names (links
+    followed, so that two names of one file share it)."""
+    real = Path(os.path.realpath(output))
+    return real.with_name(f".{real.name}.lock")
+
+
 def _open_parts(
-    folder: Path, lock: FileLock, manifest: dict[str, Any], resume: bool, option: str, out: Any
+    folder: Path,
+    locks: list[FileLock],
+    manifest: dict[str, Any],
+    resume: bool,
+    outputs: dict[str, Any],
 ) -> _State:
-    """Make or reopen the parts folder, holding its lock (released again if refused): the
-    stopped run's state with ``resume``, else a new job described by ``manifest``. ``option``
-    ``out``: the output as the command line gave it, for messages."""
+    """Make or reopen the parts folder, holding ``locks`` (the folder's, then one per output
+    file; released again if refused): the stopped run's state with ``resume``, else a new job
+    described by ``manifest``. ``outputs``: option -> the output file as the command line gave
+    it (the parts folder's first), for messages."""
+    option, out = next(iter(outputs.items()))
     named = f"{option} {out}"
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: exists and is not a folder (the job's parts go there)")
+    foreign = _foreign(folder) if folder.is_dir() else []
+    if foreign:  # not a job's parts: nothing here may be written over or removed
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise InputError(
+            f"{named}: the job keeps its parts in {folder}, which holds other files ({shown}); "
+            f"move them away, or give another {option}"
+        )
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        locks[0].acquire()
     except LockHeld as e:
         raise InputError(
             f"{named}: another predict run is writing it now ({e}; its parts are in "
@@ -266,9 +318,24 @@ def _open_parts(
             f"{named}: cannot write its parts folder {folder} ({e.strerror or e})"
         ) from None
     try:
+        # Another job may write one of these files without sharing this parts folder (its
+        # --out is another file): each output has a lock of its own too.
+        for (opt, path), lock in zip(outputs.items(), locks[1:], strict=True):
+            try:
+                lock.acquire()
+            except LockHeld as e:
+                raise InputError(
+                    f"{opt} {path}: another predict run is writing it now ({e}): wait for it to "
+                    f"end, or give another {opt}"
+                ) from None
+            except OSError as e:
+                raise OutputError(
+                    f"{opt} {path}: cannot write its lock file {lock.path} ({e.strerror or e})"
+                ) from None
         return _resume_or_start(folder, manifest, resume)
     except BaseException:
-        lock.release()
+        for lock in locks:
+            lock.release()
         if created:  # refused before any part: no folder left to block the next run
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -381,8 +448,8 @@ def predict_job(
         "jsonl": str(jsonl) if jsonl else None, **(options or {}),
     }  # fmt: skip
     manifest = json.loads(json.dumps(manifest))  # as it reads back from the file
-    lock = FileLock(folder / LOCK)
-    option = "--out" if out is not None else "--jsonl"
+    outputs = {o: p for o, p in (("--out", out), ("--jsonl", jsonl)) if p is not None}
+    locks = [FileLock(folder / LOCK)] + [FileLock(_lock_of(p)) for p in outputs.values()]
 
     # The drawings' names and checks first: a refused --draw leaves no parts folder behind.
     drawer, targets = None, {}
@@ -397,7 +464,7 @@ def predict_job(
                 targets[g, -1] = drawer.target(Path(source).name, video=True)
     try:
         state: _State = _broadcast_or_raise(
-            lambda: _open_parts(folder, lock, manifest, resume, option, out or jsonl)
+            lambda: _open_parts(folder, locks, manifest, resume, outputs)
         )
     except BaseException:
         if drawer is not None:
@@ -411,7 +478,8 @@ def predict_job(
             drawer.remove_if_unused()
         raise
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
 
 
 def _run_job(
@@ -465,7 +533,7 @@ def _run_job(
     except BaseException:
         part.close()
         if env.world_size == 1 and not _scan(folder).done:  # nothing to resume: no folder
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_parts(folder)
         raise
     finally:
         part.close()
@@ -490,7 +558,7 @@ def _run_job(
                 if stale.is_file():
                     stale.unlink()
                     log.info("removed %s: the stopped run's output, complete in %s", stale, path)
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_parts(folder)
     summary.seconds = time.perf_counter() - start
     result = distributed.broadcast_object(summary)
     distributed.barrier()

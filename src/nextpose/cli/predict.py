@@ -322,7 +322,7 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
     from pathlib import Path
 
     from .. import distributed, sharded
-    from ..errors import NextposeError
+    from ..errors import InputError, NextposeError
     from ..options import device_type
 
     described = ("model", "checkpoint", "boxes", "bbox_format", "detector", "detector_weights",
@@ -360,7 +360,10 @@ def _run_job(args: argparse.Namespace, pipeline, main: bool) -> int:
         return 130
     except NextposeError as e:  # a full disk, an unwritable drawing: the parts done are kept
         folder = sharded.parts_folder(args.out, args.jsonl)
-        if main and folder.is_dir() and any(folder.glob("part-*")):
+        # A refusal (InputError: a live run's folder, another job's, files not a job's) says
+        # itself what to do with the folder; removing a live run's would lose its work.
+        refused = isinstance(e, InputError)
+        if main and not refused and folder.is_dir() and any(folder.glob("part-*")):
             note = (f"{folder} keeps what was done: once that is fixed, the same command with "
                     "--resume continues from it (or remove the folder to start again)")  # fmt: skip
             raise type(e)(f"{e.args[0] if e.args else e}\n{note}") from None
