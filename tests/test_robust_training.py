@@ -357,6 +357,31 @@ def test_a_training_crop_that_cannot_be_cut_skips_the_sample(monkeypatch):
 # -- what a new run may find in its folder -------------------------------------------------------
 
 
+def test_a_run_stopped_between_its_first_best_and_last_checkpoints_is_started_again(
+    small, tmp_path, monkeypatch, caplog
+):
+    """Epoch 1 writes best.pth, then last.pth: stopped between the two (killed, a full disk),
+    the folder holds that epoch's best.pth and no last.pth; a new run starts again there."""
+    from nextpose.training.run_folder import RunFolder
+
+    run, save = tmp_path / "run", RunFolder.save
+
+    def stopped(self, name, payload, epoch):
+        if name == "last.pth":
+            raise KeyboardInterrupt
+        save(self, name, payload, epoch)
+
+    monkeypatch.setattr(RunFolder, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(), small, run, val_data=small, pretrained="none", progress=False)
+    monkeypatch.undo()
+    assert (run / "best.pth").is_file() and not (run / "last.pth").exists()
+    caplog.set_level(logging.WARNING, "nextpose")
+    summary = train(_config(), small, run, val_data=small, pretrained="none", progress=False)
+    assert summary["epochs"] == 2 and (run / "last.pth").is_file()
+    assert "stopped before it finished an epoch (no last.pth was saved)" in caplog.text
+
+
 def test_a_run_stopped_before_its_first_checkpoint_is_started_again(
     small, tmp_path, monkeypatch, caplog
 ):

@@ -102,9 +102,10 @@ class RunFolder:
     def check(self, resume: bool) -> None:
         """A new run needs a folder without a run in it; a resumed one needs its ``last.pth``.
 
-        A run that stopped before finishing its first epoch left no weights, only its own
-        ``config.toml``, ``run.json`` and ``metrics.jsonl``: a new run starts again in its place
-        (with a warning). Files in the folder that no run wrote are never replaced.
+        A run that stopped before finishing its first epoch left no ``last.pth`` (at most the
+        ``best.pth`` of that epoch, written first), only its own ``config.toml``, ``run.json``
+        and ``metrics.jsonl``: a new run starts again in its place (with a warning). Files in
+        the folder that no run wrote are never replaced.
 
         Raises:
             TrainingError: naming the files found (new run) or missing (resume).
@@ -121,17 +122,19 @@ class RunFolder:
         if not found:
             return
         held = [name for name in found if name in (LAST, BEST, METRICS)]
-        if LAST in found:
-            advice = "continue that run with --resume (resume=True), or train into another folder"
-        elif BEST in found or (ours and not unfinished):
-            advice = (f"it cannot be resumed without {LAST}: train into another folder, or move "
-                      "those files away")  # fmt: skip
-        elif unfinished:
+        # A best.pth beside that run's log, which records no saved epoch, is its first epoch's
+        # (written before last.pth); without the log nothing says so: it is kept.
+        if unfinished and LAST not in found and (BEST not in found or METRICS in found):
             log.warning(
                 "%s: the run started here stopped before it finished an epoch (no %s was "
                 "saved); starting it again", self.path, LAST,
             )  # fmt: skip
             return
+        if LAST in found:
+            advice = "continue that run with --resume (resume=True), or train into another folder"
+        elif BEST in found or ours:
+            advice = (f"it cannot be resumed without {LAST}: train into another folder, or move "
+                      "those files away")  # fmt: skip
         else:
             raise TrainingError(
                 f"{self.path} holds {', '.join(found)}, not written by a nextpose run: a run "
@@ -247,7 +250,12 @@ class RunFolder:
                 or (e.strerror if isinstance(e, OSError) else None)
                 or str(e).strip()[:300]
             )
-            kept = f"the previous {name} is intact" if path.is_file() else "nothing was saved"
+            saved = [n for n in (BEST, LAST) if (self.path / n).is_file()]
+            kept = (
+                f"the previous {name} is intact" if path.is_file()
+                else f"{', '.join(saved)} saved, no {name}" if saved
+                else "nothing was saved"
+            )  # fmt: skip
             raise TrainingError(
                 f"could not write {path} at the end of epoch {epoch} ({reason}); {kept}. "
                 + (
