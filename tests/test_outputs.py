@@ -67,8 +67,26 @@ def test_drawn_image_never_overwrites_a_file_input(tiny_checkpoint, tmp_path, ca
     other.mkdir()
     shutil.copy(IMAGES[0], other / IMAGES[0].name)
     assert _predict(tiny_checkpoint, other / IMAGES[0].name, image, "--draw", out) == 2
-    assert "would overwrite an input" in capsys.readouterr().err
+    assert f"--draw {out}: holds the input {image}" in capsys.readouterr().err
     assert image.read_bytes() == before
+
+
+def test_a_draw_folder_holding_an_input_is_refused(tiny_checkpoint, tmp_path, capsys):
+    """The drawing of ``shot.png`` is ``shot.jpg``: a --draw folder beside an input file, or
+    above an input folder, would replace the user's other files there (none an input)."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    cv2.imwrite(str(photos / "shot.png"), cv2.imread(str(IMAGES[0])))
+    shutil.copy(IMAGES[1], photos / "shot.jpg")  # the user's, not an input
+    shutil.copy(IMAGES[1], photos / "sub" / "a.jpg")
+    before = _snapshot(photos)
+    job = ("--out", tmp_path / "p.json")  # the resumable job's path too
+    for args in ((photos / "shot.png", "--draw", photos), (photos / "sub", "--draw", photos),
+                 (photos / "shot.png", *job, "--draw", photos)):  # fmt: skip
+        assert _predict(tiny_checkpoint, *args) == 2
+        assert f"--draw {photos}: holds the input {photos}" in capsys.readouterr().err
+        assert _snapshot(photos) == before
+    assert not (tmp_path / "p.json.parts").exists()
 
 
 def test_a_failed_rerun_keeps_the_complete_earlier_output(tiny_checkpoint, tmp_path, monkeypatch):
@@ -397,7 +415,7 @@ def test_a_refused_draw_leaves_no_parts_and_the_corrected_command_runs(
     """A drawing that would land on its input image is found once the names are given out."""
     out, image = tmp_path / "poses.json", photos / IMAGES[0].name
     assert _predict(tiny_checkpoint, image, "--out", out, "--draw", photos) == 2
-    assert "would overwrite an input" in capsys.readouterr().err
+    assert f"--draw {photos}: holds the input {image}" in capsys.readouterr().err
     assert not (tmp_path / "poses.json.parts").exists()
     assert _predict(tiny_checkpoint, image, "--out", out, "--draw", tmp_path / "drawn") == 0
     assert len(json.loads(out.read_text())) == 1

@@ -95,7 +95,9 @@ class Guard:
         return path
 
     def claim_folder(self, folder: str | Path, option: str) -> Path:
-        """Check that an output folder is neither an input folder nor inside one."""
+        """Check that an output folder is neither an input folder nor inside one, and holds no
+        input image, video or folder (a drawing ``x.jpg`` of ``x.png`` would replace the
+        ``x.jpg`` beside it)."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{option} {folder}: exists and is not a folder")
@@ -104,6 +106,13 @@ class Guard:
                 raise OutputError(
                     f"{option} {folder}: inside the input folder {f}; drawn images would "
                     "overwrite or mix with the inputs, choose another folder"
+                )
+        media = [f for f in self.files if is_image_file(f) or is_video_file(f)]
+        for held in (*self.folders, *media):
+            if _inside(held, folder):
+                raise OutputError(
+                    f"{option} {folder}: holds the input {held}; drawn images would overwrite "
+                    "or mix with the files beside the inputs, choose another folder"
                 )
         return folder
 
