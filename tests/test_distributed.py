@@ -312,6 +312,12 @@ def test_resume_of_another_job_is_refused(predict_args, tmp_path, capsys):
     (parts / "job.json").write_text(json.dumps({"block_size": 1}))  # the CLI's --batch-size
     code = main(predict_args(tmp_path, "--resume"))
     refused(code, r"another job \((?!.*block-size).*--batch-size", capsys)
+    (parts / "job.json").write_text("[1, 2]")
+    refused(main(predict_args(tmp_path, "--resume")), r"job\.json: not a job description", capsys)
+    (parts / "job.json").unlink()  # parts of an unknown job: merged, they could repeat images
+    (parts / "part-000-00000.jsonl").write_text('{"g": 0, "i": 0, "people": 0, "out": []}\n')
+    for extra in ((), ("--resume",)):
+        refused(main(predict_args(tmp_path, *extra)), r"holds parts but no job\.json", capsys)
 
 
 def test_a_parts_folder_holding_other_files_is_neither_used_nor_removed(

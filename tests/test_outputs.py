@@ -626,7 +626,7 @@ def test_a_refused_predict_leaves_no_drawing_folder(tiny_checkpoint, tmp_path, c
     (tmp_path / "poses.json.parts" / "part-001-00000.jsonl").write_text("")
     args = ["--out", tmp_path / "poses.json", "--draw", tmp_path / "drawn" / "here"]
     assert _predict(tiny_checkpoint, IMAGES[0], *args) == 2
-    assert "holds the parts of a stopped run" in capsys.readouterr().err
+    assert "holds parts but no job.json" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poses.json.parts"]
 
 

@@ -438,3 +438,23 @@ def test_a_missing_area_is_the_references_estimate_of_the_unrounded_box(tmp_path
             "categories": [{"id": 1, "name": "person"}]}  # fmt: skip
     (inst,) = CocoKeypoints(write_json(tmp_path / "ann.json", data)).ground_truth_instances()
     assert inst.area == 10722.234375
+
+
+def test_json_nested_too_deeply_is_refused_naming_the_file(tiny_checkpoint, tmp_path, capsys):
+    """JSON nesting past Python's recursion limit is a bad file, not a crash: annotations,
+    detections, results and keypoint metainfo files alike."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    out = ["--out", str(tmp_path / "ev")]
+    commands = [
+        ["eval", str(tiny_checkpoint), "--images", str(COCO), "--ann-file", str(deep),
+         "--gt-boxes", *out],
+        ["eval", str(tiny_checkpoint), "--images", str(COCO), "--ann-file", str(ANN_FILE),
+         "--bbox-file", str(deep), *out],
+        ["eval", "--results", str(deep), "--ann-file", str(ANN_FILE), *out],
+        ["config", "tiny_coco_96x64", "--keypoints", str(deep)],
+    ]  # fmt: skip
+    for args in commands:
+        refused(
+            main(args), rf"{deep}: cannot (read the \w+ file: its JSON|parse \(it) nests", capsys
+        )

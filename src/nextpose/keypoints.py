@@ -116,6 +116,8 @@ def load_keypoint_set(path: str | Path) -> KeypointSet:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot parse ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot parse (it nests too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object with 'names', 'sigmas', 'flip_pairs', ...")
     unknown = sorted(set(data) - set(METAINFO_KEYS))

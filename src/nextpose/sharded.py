@@ -346,6 +346,12 @@ def _resume_or_start(folder: Path, manifest: dict[str, Any], resume: bool) -> _S
     """The state of the stopped run in ``folder`` (refused if it was another job), or a new
     job: its description written, nothing done."""
     saved = folder / MANIFEST
+    # Parts whose job is unknown: merged into another run's, they could repeat images.
+    if not saved.is_file() and _part_files(folder):
+        raise InputError(
+            f"{folder} holds parts but no {MANIFEST} (the description of their job): they "
+            "cannot be resumed; remove the folder to start again"
+        )
     if not resume and any(p.name != LOCK for p in folder.iterdir()):
         raise InputError(
             f"{folder} holds the parts of a stopped run: pass --resume to continue it, or "
@@ -356,6 +362,8 @@ def _resume_or_start(folder: Path, manifest: dict[str, Any], resume: bool) -> _S
             before = json.loads(saved.read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{saved}: cannot read the stopped run's description ({e})") from None
+        if not isinstance(before, dict):
+            raise InputError(f"{saved}: not a job description (a JSON object); remove the folder")
         changed = sorted(k for k in {*before, *manifest} if before.get(k) != manifest.get(k))
         if changed:
             named = dict.fromkeys(_OPTION_NAMES.get(k, "--" + k.replace("_", "-"))

@@ -83,6 +83,10 @@ def load_json(path: Path, what: str) -> Any:
         raise AnnotationError(f"{path}: not a {what} file (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise AnnotationError(
+            f"{path}: cannot read the {what} file: its JSON nests too deeply"
+        ) from None
 
 
 class CocoKeypoints:
