@@ -57,6 +57,24 @@ def test_not_a_coco_file(tmp_path):
         CocoKeypoints(path)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("file_name", 785, r"'file_name' must be a string, not 785"),
+     ("file_name", None, r"'file_name' must be a string, not None"),
+     ("height", math.inf, r"needs 'id', 'file_name', 'width' and 'height' \(finite numbers\)")],
+)  # fmt: skip
+def test_image_entry_of_the_wrong_type(key, value, message, tmp_path, capsys, no_model):
+    """A number as a file name, an infinite height: a bad file, named, not a TypeError or
+    OverflowError deep in cropping."""
+    data = coco_json()
+    data["images"][2][key] = value
+    path = write_json(tmp_path / "ann.json", data)
+    with pytest.raises(AnnotationError, match=rf"images\[2\]:? {message}"):
+        CocoKeypoints(path)
+    assert _eval_cli(path, "--gt-boxes") == 2
+    assert "images[2]" in capsys.readouterr().err
+
+
 def test_image_entry_missing_keys(tmp_path, capsys, no_model):
     data = coco_json()
     del data["images"][2]["file_name"]

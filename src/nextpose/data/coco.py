@@ -107,11 +107,16 @@ class CocoKeypoints:
         for i, img in enumerate(data["images"]):
             try:
                 image_id = img["id"]
-                _ = img["file_name"], int(img["width"]), int(img["height"])
-            except (KeyError, TypeError, ValueError):
+                name, _, _ = img["file_name"], int(img["width"]), int(img["height"])
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise AnnotationError(
-                    f"{self.path}: images[{i}] needs 'id', 'file_name', 'width' and 'height'"
+                    f"{self.path}: images[{i}] needs 'id', 'file_name', 'width' and 'height' "
+                    "(finite numbers)"
                 ) from None
+            if not isinstance(name, str):
+                raise AnnotationError(
+                    f"{self.path}: images[{i}]: 'file_name' must be a string, not {name!r}"
+                )
             if image_id in self.images:
                 raise AnnotationError(f"{self.path}: duplicate image id {image_id}")
             self.images[image_id] = img
